@@ -1,0 +1,108 @@
+"""Addresses and folder names: pure functions, no file system.
+
+- ``split_address("alice+work@example.org", "+")`` ->
+  ("alice+work", "example.org", "alice", "work")
+- ``check_folder(name)`` -> list of path components, or None when the name
+  must never be used (SPEC 1.2: empty, ".", "..", leading ".", NUL,
+  empty levels, anything that could leave the mailbox).
+- ``maildir_folder(name, encoding)`` -> ".Work.Reports" (Maildir++).
+- ``mbox_folder(name, encoding)`` -> "Work/Reports" (relative file path).
+- ``encode_mutf7(text)``: IMAP modified UTF-7 (RFC 3501 5.1.3), dovecot's
+  default on-disk folder name encoding.
+
+SECURITY: every folder name that reaches the file system has passed
+``check_folder``; callers treat None as "never use" (-m: usage error;
++extension: INBOX).
+"""
+
+INBOX = "INBOX"
+
+
+def split_address(address, delimiters="+"):
+    """(local, domain, user, extension) of an address.
+
+    The extension is what follows the first delimiter character in the
+    local part, as postfix's ``recipient_delimiter`` (each character of
+    the setting is a delimiter).
+    """
+    address = address.strip().strip("<>")
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    user, extension = local, ""
+    if delimiters:
+        cut = -1
+        for d in delimiters:
+            i = local.find(d)
+            if i > 0 and (cut < 0 or i < cut):
+                cut = i
+        if cut > 0:
+            user, extension = local[:cut], local[cut + 1 :]
+    return local, domain, user, extension
+
+
+def is_inbox(name):
+    return name.upper() == INBOX
+
+
+def check_folder(name):
+    """Folder levels of ``name`` ('/'-separated) or None if it is unsafe."""
+    if not name or "\0" in name or name.startswith(".") or name.startswith("/"):
+        return None
+    levels = name.split("/")
+    for level in levels:
+        if not level or level in (".", "..") or level.startswith("."):
+            return None
+        if "\n" in level or "\r" in level:
+            return None
+    return levels
+
+
+def _encode_level(level, encoding):
+    if encoding == "utf8" or (level.isascii() and "&" not in level):
+        return level
+    return encode_mutf7(level)
+
+
+def maildir_folder(name, encoding="utf7"):
+    """Maildir++ directory name for a checked folder: '.A.B'.
+
+    A '.' inside a level is Maildir++'s own hierarchy separator, so
+    'a.b' and 'a/b' are the same folder (as in dovecot's maildir++ layout).
+    """
+    levels = check_folder(name)
+    if levels is None:
+        raise ValueError(f"unsafe folder name {name!r}")
+    return "." + ".".join(_encode_level(level, encoding) for level in levels)
+
+
+def mbox_folder(name, encoding="utf7"):
+    """Relative mbox file path for a checked folder: 'A/B'."""
+    levels = check_folder(name)
+    if levels is None:
+        raise ValueError(f"unsafe folder name {name!r}")
+    return "/".join(_encode_level(level, encoding) for level in levels)
+
+
+def encode_mutf7(text):
+    """IMAP modified UTF-7: '&' -> '&-', non-ASCII runs as &base64(utf16be)-."""
+    import binascii
+
+    out = []
+    run = []
+
+    def flush():
+        if run:
+            data = "".join(run).encode("utf-16-be")
+            b64 = binascii.b2a_base64(data, newline=False).rstrip(b"=")
+            out.append("&" + b64.decode("ascii").replace("/", ",") + "-")
+            run.clear()
+
+    for ch in text:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            run.append(ch)
+    flush()
+    return "".join(out)

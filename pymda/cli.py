@@ -1,0 +1,315 @@
+"""``pymda``: argv + environment -> objects -> one delivery -> exit code.
+
+The per-message command parses its options with the standard library from
+one option table (OPTIONS), the single source of truth for parsing and
+--help: click costs ~20 ms to import and argparse/getopt pull in gettext
+and re - more than a whole dovecot-lda delivery.
+
+EXIT CONTRACT (SPEC 1.9): only sysexits codes; on failure exactly one
+line ``D.S.N text`` on stderr (postfix reads the status from the first
+bytes of the output), nothing on success.  This module holds the one
+broad catch of the program: anything unexpected is ``4.3.0``, exit 75,
+because postfix bounces every other status and a traceback would return
+the user's mail to its sender.
+
+Order of work: options -> config -> read ALL input (postfix counts an
+early exit 0 as delivered) -> user -> switch to the user -> plan ->
+deliver.  As root, nothing of the user's is touched before the switch.
+"""
+
+import os
+import sys
+
+from pymda.errors import EX_TEMPFAIL, DeliveryError, UsageError
+
+# (short, long, dest, takes_value, help).  "--no-forward" is derived.
+OPTIONS = (
+    ("f", "from", "sender", True, 'envelope sender ("" or <> for the null sender)'),
+    ("a", "recipient", "recipient", True, "envelope recipient"),
+    ("d", "user", "user", True, "the user whose mail this is"),
+    ("m", "folder", "folder", True, "deliver into this folder (INBOX: main mailbox)"),
+    (None, "mailbox", "mailbox", True, "main mailbox (trailing / = Maildir)"),
+    ("p", "path", "path", True, "read the message from FILE instead of stdin"),
+    ("c", "config", "config", True, "configuration file"),
+    ("o", "set", "overrides", True, "override one config key: KEY=VALUE (repeatable)"),
+    (None, "forward", "forward", False, "read .forward files (--no-forward: do not)"),
+    ("n", "dry-run", "dry_run", False, "print the plan, write nothing"),
+    (None, "json", "json", False, "with -n: print the plan as JSON"),
+    ("v", "verbose", "verbose", False, "also log to stderr"),
+    ("h", "help", "help", False, "show this help"),
+    (None, "version", "version", False, "show the version"),
+)
+
+_METAVAR = {"sender": "ADDR", "recipient": "ADDR", "user": "NAME", "folder": "NAME",
+            "mailbox": "PATH", "path": "FILE", "config": "FILE", "overrides": "KEY=VALUE"}
+
+
+def usage():
+    lines = ["usage: pymda [options] < message", ""]
+    for short, long, dest, takes, text in OPTIONS:
+        names = (f"-{short}, " if short else "    ") + f"--{long}"
+        if dest == "forward":
+            names += " / --no-forward"
+        if takes:
+            names += " " + _METAVAR.get(dest, "VALUE")
+        lines.append(f"  {names:<28} {text}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    """Options from ``argv`` (without argv[0]) -> dict; UsageError on misuse."""
+    by_short = {o[0]: o for o in OPTIONS if o[0]}
+    by_long = {o[1]: o for o in OPTIONS}
+    opts = {"overrides": []}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            if i < len(argv):
+                raise UsageError(f"unexpected argument {argv[i]!r}")
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            if name == "no-forward" and not eq:
+                opts["forward"] = False
+                continue
+            opt = by_long.get(name)
+            if opt is None:
+                raise UsageError(f"unknown option --{name}")
+            if opt[3]:
+                if not eq:
+                    if i >= len(argv):
+                        raise UsageError(f"--{name} needs a value")
+                    value = argv[i]
+                    i += 1
+                _store(opts, opt[2], value)
+            elif eq:
+                raise UsageError(f"--{name} takes no value")
+            else:
+                opts[opt[2]] = True
+            continue
+        if arg.startswith("-") and len(arg) > 1:
+            j = 1
+            while j < len(arg):
+                opt = by_short.get(arg[j])
+                if opt is None:
+                    raise UsageError(f"unknown option -{arg[j]}")
+                j += 1
+                if opt[3]:
+                    if j < len(arg):
+                        value = arg[j:]
+                    elif i < len(argv):
+                        value = argv[i]
+                        i += 1
+                    else:
+                        raise UsageError(f"-{opt[0]} needs a value")
+                    _store(opts, opt[2], value)
+                    break
+                opts[opt[2]] = True
+            continue
+        raise UsageError(f"unexpected argument {arg!r} (the message is read from stdin)")
+    return opts
+
+
+def _store(opts, dest, value):
+    if dest == "overrides":
+        opts["overrides"].append(value)
+    else:
+        opts[dest] = value
+
+
+def _censor(text):
+    """postfix's default command_expansion_filter: others become '_'."""
+    allowed = (
+        "1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    )
+    return "".join(c if c in allowed else "_" for c in text)
+
+
+def choose_sender(opts, environ, message):
+    """SPEC 1 -f default chain, with postfix's censoring undone (SPEC 1.1)."""
+    if "sender" in opts:
+        given = opts["sender"]
+    elif "SENDER" in environ:
+        given = environ["SENDER"]
+    elif message.from_sender is not None:
+        return message.from_sender
+    else:
+        return ""
+    given = given.strip()
+    if given in ("<>", ""):
+        return ""
+    if given.startswith("<") and given.endswith(">"):
+        given = given[1:-1]
+    exact = [message.from_sender or ""]
+    for name, value in message.leading:
+        if name == "return-path":
+            exact.append(value.strip().strip("<>"))
+    for candidate in exact:
+        if candidate and candidate != given and _censor(candidate) == given:
+            return candidate
+    return given
+
+
+def build_envelope(opts, environ, message, cfg, is_root):
+    """(Envelope, user name) from options and postfix's environment."""
+    from pymda.address import split_address
+    from pymda.resolve import Envelope
+
+    recipient = opts.get("recipient")
+    from_env = False
+    if recipient is None and environ.get("RECIPIENT"):
+        recipient = environ["RECIPIENT"]
+        from_env = True
+    user = opts.get("user")
+    if user is None and not is_root:
+        from pymda.users import current
+
+        user = current().name
+    if recipient is None:
+        if user is None:
+            raise UsageError("no recipient: give -d USER or -a ADDRESS")
+        recipient = f"{user}@{os.uname().nodename}"
+    recipient = recipient.strip().strip("<>")
+    local, domain, base, extension = split_address(recipient, cfg.recipient_delimiter)
+    if from_env and "EXTENSION" in environ:
+        extension = environ["EXTENSION"]
+    if user is None:
+        user = base
+        # A virtual user may be configured by full address.
+        if domain and cfg.user(f"{base}@{domain}"):
+            user = f"{base}@{domain}"
+    if not user:
+        raise UsageError("empty user name")
+    sender = choose_sender(opts, environ, message)
+    envelope = Envelope(
+        sender=sender,
+        recipient=recipient,
+        original_recipient=(environ.get("ORIGINAL_RECIPIENT") if from_env else None)
+        or recipient,
+        user=user,
+        local=local,
+        domain=domain,
+        extension=extension,
+    )
+    return envelope
+
+
+def _say(line):
+    try:
+        os.write(2, (line.rstrip("\n") + "\n").encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass
+
+
+def _on_signal(signum, frame):
+    raise DeliveryError(f"interrupted by signal {signum}", "4.3.0")
+
+
+def deliver_main(argv, environ, state):
+    """The program; returns the exit code (raises DeliveryError)."""
+    import signal
+
+    # A write past RLIMIT_FSIZE must fail with EFBIG (5.2.2), not kill us.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+
+    opts = parse_args(argv)
+    if opts.get("help"):
+        sys.stdout.write(usage())
+        return 0
+    if opts.get("version"):
+        from pymda import __version__
+
+        sys.stdout.write(f"pymda {__version__}\n")
+        return 0
+    if opts.get("json") and not opts.get("dry_run"):
+        raise UsageError("--json goes with -n")
+    from pymda import config
+
+    cfg = config.load(opts.get("config"), opts["overrides"], environ)
+
+    from pymda.log import Log
+
+    log = state["log"] = Log(verbose=bool(opts.get("verbose")))
+    return _deliver(opts, environ, cfg, log)
+
+
+def _deliver(opts, environ, cfg, log):
+    from pymda import message as message_mod
+    from pymda import users
+
+    # Read everything first (postfix: exit 0 before EOF would lose mail).
+    if opts.get("path"):
+        try:
+            fd = os.open(opts["path"], os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise UsageError(f"cannot open {opts['path']}: {exc.strerror}") from None
+        try:
+            message = message_mod.read(fd, cfg.message_size_limit)
+        finally:
+            os.close(fd)
+    else:
+        message = message_mod.read(0, cfg.message_size_limit)
+
+    is_root = os.geteuid() == 0
+    envelope = build_envelope(opts, environ, message, cfg, is_root)
+    if opts.get("user") is None and not is_root:
+        identity = users.current()
+    else:
+        identity = users.lookup(cfg, envelope.user)
+    users.authorise(identity)
+    # DELIVERY RIGHTS: become the user before touching any of its files.
+    if not opts.get("dry_run") or is_root:
+        users.switch_to(identity)
+
+    from pymda import resolve
+
+    forward = opts.get("forward", cfg.forward)
+    folder = opts.get("folder")
+    if folder is not None and folder.strip() == "":
+        raise UsageError("empty folder name")
+    targets = resolve.plan(
+        cfg, envelope, identity, folder=folder, mailbox=opts.get("mailbox"),
+        forward=forward, log=log,
+    )
+    if opts.get("dry_run"):
+        out = resolve.plan_json(targets) if opts.get("json") else resolve.format_plan(targets)
+        sys.stdout.write(out)
+        sys.stdout.flush()
+        return 0
+    from pymda import deliver
+
+    result = deliver.run(targets, message, envelope, cfg, log)
+    if result.error is not None:
+        raise result.error
+    return 0
+
+
+def main(argv=None, environ=None):
+    """Entry point: never raises, never prints a traceback."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if environ is None:
+        environ = os.environ
+    state = {}
+    try:
+        code = deliver_main(argv, environ, state)
+    except DeliveryError as exc:
+        _say(exc.line())
+        code = exc.exit
+    except BaseException as exc:  # the one broad catch: never bounce on a bug
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            code = 0
+        else:
+            _say(f"4.3.0 internal error: {type(exc).__name__}: {exc}")
+            code = EX_TEMPFAIL
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    if "log" in state:
+        state["log"].flush()  # -v lines come after the status line
+    return code

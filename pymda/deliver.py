@@ -1,0 +1,145 @@
+"""The delivery engine: the only caller of the writers.
+
+Contract: ``run(targets, message, envelope, cfg, log, check_loops=True)``
+delivers ``message`` to every target in order and returns a
+DeliveryResult: its ``exit`` code, its one output ``line`` (None when all
+went well) and per-target ``results``.  It never raises a DeliveryError
+(they become results); anything unexpected is the caller's 4.3.0.
+
+LOOP CONTROL (SPEC 1.3): the first Delivered-To for this recipient in the
+leading block is this delivery's own (postfix wrote it); any other
+Delivered-To for this recipient in the header means the message has been
+here before: 5.4.6, nothing delivered.
+
+QUOTA (SPEC 1.6): checked before any byte is written, only when a limit
+applies (quota.py is not even imported otherwise).
+
+OUTCOME of several targets: all delivered -> 0.  Otherwise the first
+temporary failure wins (exit 75: the MTA retries the whole message), then
+the first permanent one.
+"""
+
+from pymda.errors import DeliveryError, TempFail
+from pymda.message import trace_headers
+from pymda.record import Record
+
+
+class TargetResult(Record):
+    __slots__ = ("target", "error", "where")
+    _defaults = {"error": None, "where": None}
+
+    @property
+    def ok(self):
+        return self.error is None
+
+
+class DeliveryResult(Record):
+    __slots__ = ("results", "error")
+    _defaults = {"error": None}
+
+    @property
+    def exit(self):
+        return 0 if self.error is None else self.error.exit
+
+    @property
+    def line(self):
+        return None if self.error is None else self.error.line()
+
+    def lmtp_reply(self):
+        if self.error is None:
+            return "250 2.0.0 Ok: delivered"
+        code = "452" if self.error.temporary else "550"
+        if self.error.status in ("5.2.2", "5.2.3"):
+            code = "552"
+        return f"{code} {self.error.line()}"
+
+
+def check_loop(message, envelope):
+    """Raise 5.4.6 when the message was delivered to this recipient before."""
+    from pymda.errors import PermFail
+
+    rcpt = envelope.recipient.strip().lower()
+    seen = [v for v in message.delivered_to if v.strip("<> ") == rcpt]
+    own = 0
+    for name, value in message.leading:
+        if name == "delivered-to" and value.strip("<> ").lower() == rcpt:
+            own = 1
+            break
+    if len(seen) > own:
+        raise PermFail(f"Mail forwarding loop for {envelope.recipient}", "5.4.6")
+
+
+def _limits_apply(cfg, target):
+    if cfg.quota_storage or cfg.quota_messages:
+        return True
+    table = cfg.user(target.identity.name) if target.identity else {}
+    return bool(table.get("quota_storage") or table.get("quota_messages"))
+
+
+def write_target(target, message, envelope, cfg, log, prefix, flags=None):
+    """Write one mailbox/file target; returns where it went."""
+    if target.kind in ("maildir", "mbox") and _limits_apply(cfg, target):
+        from pymda import quota
+
+        size = len(prefix) + message.size
+        quota.check(target, size, cfg)
+    if target.kind == "maildir":
+        from pymda import maildir
+
+        where = maildir.deliver(
+            target.directory, message, prefix,
+            folder=target.directory != target.path, flags=flags,
+        )
+        if _limits_apply(cfg, target):
+            from pymda import quota
+
+            quota.record(target, len(prefix) + message.size, cfg)
+        return where
+    if target.kind == "mbox":
+        from pymda import mbox
+
+        mbox.append(
+            target.path, message, prefix, envelope.sender, cfg,
+            target.identity.uid, log, spool_dir=target.spool,
+        )
+        return target.path
+    if target.kind == "pipe":
+        from pymda import pipe
+
+        pipe.run_command(target, message, envelope, cfg)
+        return target.command
+    if target.kind == "forward":
+        from pymda import forward
+
+        forward.send(target, message, envelope, cfg)
+        return target.address
+    raise TempFail(f"unknown target kind {target.kind!r}")
+
+
+def run(targets, message, envelope, cfg, log, check_loops=True, flags=None):
+    """Deliver to every target; see the module docstring."""
+    if check_loops:
+        try:
+            check_loop(message, envelope)
+        except DeliveryError as exc:
+            for target in targets:
+                log.delivery(target, envelope, message, "bounced", exc.line())
+            return DeliveryResult(results=[], error=exc)
+    prefix = trace_headers(message, envelope)
+    results = []
+    first_temp = first_perm = None
+    for target in targets:
+        try:
+            where = write_target(target, message, envelope, cfg, log, prefix, flags)
+        except DeliveryError as exc:
+            results.append(TargetResult(target=target, error=exc))
+            status = "deferred" if exc.temporary else "bounced"
+            log.delivery(target, envelope, message, status, exc.line())
+            if exc.temporary:
+                first_temp = first_temp or exc
+            else:
+                first_perm = first_perm or exc
+            continue
+        results.append(TargetResult(target=target, where=where))
+        log.delivery(target, envelope, message, "sent", f"delivered to {target.kind}")
+    return DeliveryResult(results=results, error=first_temp or first_perm)

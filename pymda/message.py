@@ -1,0 +1,326 @@
+"""Intake: standard input -> one spooled, immutable Message.
+
+Contract: ``read(source, limit)`` reads ALL of ``source`` (an fd or a
+binary file object) - postfix counts an early exit 0 as delivered, and a
+writer must not die of SIGPIPE - and returns a Message, or raises:
+  PermFail 5.6.0  empty input
+  PermFail 5.2.3  larger than ``limit`` (input is still drained first)
+  TempFail        read or spool errors
+
+SPEC 1.1, in the order applied:
+- a leading ``From `` line is the MTA's envelope line: removed, its
+  address kept as ``from_sender``;
+- CRLF becomes LF (a lone CR is left alone, except at the very end,
+  where it is taken as the line end it started); a missing final newline
+  is added;
+- nothing else is changed: pymda never re-serialises a message.
+
+The header is scanned once for the *leading block* (the run of
+Return-Path, X-Original-To and Delivered-To lines postfix puts on top),
+every Delivered-To (loop control) and the Message-ID (logging).
+
+DURABILITY / MEMORY: messages under SPOOL_IN_MEMORY stay in memory; larger
+ones go to an unlinked temporary file (O_TMPFILE in $TMPDIR or /tmp), read
+and written in CHUNK-sized pieces, so memory does not grow with size.
+
+LIMITATIONS: header scanning stops after HEADER_SCAN_LIMIT bytes; a
+Delivered-To further down a monster header is not seen.
+"""
+
+import os
+import time
+
+from pymda.errors import PermFail, TempFail, from_oserror
+from pymda.record import Record
+
+CHUNK = 1 << 20
+SPOOL_IN_MEMORY = 1 << 20
+HEADER_SCAN_LIMIT = 1 << 20
+
+_LEADING = (b"return-path", b"x-original-to", b"delivered-to")
+
+
+class Message(Record):
+    """A spooled message (normalised bytes) and what intake learnt of it."""
+
+    __slots__ = (
+        "size",  # bytes of the normalised message
+        "lines",  # number of LF in it (for W= sizes)
+        "from_sender",  # address on the removed From_ line, or None
+        "leading",  # ((name, value), ...) of the leading trace block
+        "delivered_to",  # every Delivered-To value in the header, lower-case
+        "message_id",
+        "needs_quoting",  # some line may match ^>*From  (mbox quoting)
+        "data",  # the bytes, when kept in memory
+        "fd",  # the spool file, when not
+    )
+    _defaults = {"data": None, "fd": None}
+
+    def chunks(self, size=CHUNK):
+        """The normalised message, in pieces."""
+        if self.data is not None:
+            for i in range(0, len(self.data), size):
+                yield self.data[i : i + size]
+            return
+        offset = 0
+        while offset < self.size:
+            piece = os.pread(self.fd, min(size, self.size - offset), offset)
+            if not piece:
+                raise TempFail("message spool file shrank", "4.3.0")
+            offset += len(piece)
+            yield piece
+
+    def head(self, size=HEADER_SCAN_LIMIT):
+        """The first ``size`` bytes (for header work)."""
+        if self.data is not None:
+            return self.data[:size]
+        return os.pread(self.fd, min(size, self.size), 0)
+
+
+# --- envelope lines ------------------------------------------------------
+
+
+def parse_from_line(line):
+    """Sender of a ``From sender  date`` line; '' for MAILER-DAEMON / <>."""
+    rest = line[5:].strip()
+    sender = rest.split(None, 1)[0] if rest else b""
+    text = sender.decode("utf-8", "surrogateescape")
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    if text.upper() == "MAILER-DAEMON":
+        return ""
+    return text
+
+
+def format_from_line(sender, when=None):
+    """``From sender  Tue Nov 24 22:08:05 2026`` as postfix writes it."""
+    if when is None:
+        when = time.time()
+    who = sender or "MAILER-DAEMON"
+    # No spaces in the address part: they would end it for every reader.
+    who = who.replace(" ", "_").replace("\t", "_")
+    return f"From {who}  {time.asctime(time.localtime(when))}\n".encode(
+        "utf-8", "surrogateescape"
+    )
+
+
+def _same_address(a, b):
+    return a.strip().strip("<>").lower() == b.strip().strip("<>").lower()
+
+
+def trace_headers(message, envelope):
+    """The Return-Path / Delivered-To lines pymda puts on top (SPEC 1.1).
+
+    Return-Path is added unless the leading block has one for this same
+    sender; Delivered-To unless it has one for this recipient.  The values
+    are envelope data: CR and LF are removed so nobody can inject headers.
+    """
+    has_rp = has_dt = False
+    for name, value in message.leading:
+        if name == "return-path" and _same_address(value, envelope.sender):
+            has_rp = True
+        elif name == "delivered-to" and _same_address(value, envelope.recipient):
+            has_dt = True
+    out = []
+    if not has_rp:
+        out.append(f"Return-Path: <{_clean(envelope.sender)}>\n")
+    if not has_dt:
+        out.append(f"Delivered-To: {_clean(envelope.recipient)}\n")
+    return "".join(out).encode("utf-8", "surrogateescape")
+
+
+def _clean(value):
+    return value.replace("\r", "").replace("\n", "")
+
+
+# --- intake ----------------------------------------------------------------
+
+
+def _reader(source):
+    if isinstance(source, int):
+        return lambda n: os.read(source, n)
+    raw = getattr(source, "buffer", source)
+    read = getattr(raw, "read1", None) or raw.read
+    return read
+
+
+def _open_spool():
+    directory = os.environ.get("TMPDIR") or "/tmp"
+    flags = os.O_RDWR | os.O_CLOEXEC
+    try:
+        return os.open(directory, flags | os.O_TMPFILE, 0o600)
+    except OSError:
+        pass
+    for _ in range(100):
+        name = os.path.join(directory, f".pymda-spool.{os.getpid()}.{os.urandom(6).hex()}")
+        try:
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            continue
+        os.unlink(name)
+        return fd
+    raise TempFail(f"cannot create a spool file in {directory}", "4.3.0")
+
+
+def read(source, limit=0):
+    """Spool ``source`` and return its Message (see module docstring)."""
+    read_raw = _reader(source)
+    parts = []  # in-memory pieces while small
+    fd = None  # spool file once large
+    kept = 0  # bytes kept (memory or spool)
+    lines = 0
+    first = True
+    from_sender = None
+    carry_cr = False
+    tail = b"\n"  # last bytes kept: a quoting probe across reads
+    needs_quoting = False
+    head = bytearray()
+    too_big = False
+    while True:
+        chunk = _read_some(read_raw)
+        if not chunk:
+            break
+        if first:
+            # The From_ line may arrive split over reads: gather it whole.
+            while b"\n" not in chunk and len(chunk) < 65536:
+                more = _read_some(read_raw)
+                if not more:
+                    break
+                chunk += more
+            first = False
+            if chunk.startswith(b"From "):
+                end = chunk.find(b"\n")
+                from_sender = parse_from_line(chunk[: end if end >= 0 else None].rstrip(b"\r"))
+                chunk = b"" if end < 0 else chunk[end + 1 :]
+        if carry_cr:
+            chunk = b"\r" + chunk
+            carry_cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            carry_cr = True
+        if not chunk or too_big:
+            continue
+        if b"\r\n" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        if limit and kept + len(chunk) > limit:
+            too_big = True
+            continue
+        lines += chunk.count(b"\n")
+        if not needs_quoting:
+            probe = tail + chunk
+            needs_quoting = b"\nFrom " in probe or b"\n>" in probe
+        tail = chunk[-6:]
+        if len(head) < HEADER_SCAN_LIMIT and b"\n\n" not in head:
+            head += chunk[: HEADER_SCAN_LIMIT - len(head)]
+        if fd is None and kept + len(chunk) > SPOOL_IN_MEMORY:
+            fd = _open_spool()
+            _write_all(fd, b"".join(parts))
+            parts = None
+        if fd is None:
+            parts.append(chunk)
+        else:
+            _write_all(fd, chunk)
+        kept += len(chunk)
+    # SPEC 1.1: a missing final newline is added.  A CR at the very end is
+    # the first half of a line end whose LF never came: it becomes that LF.
+    ending = b""
+    if kept and (carry_cr or tail[-1:] != b"\n"):
+        ending = b"\n"
+    if too_big or (limit and kept + len(ending) > limit):
+        if fd is not None:
+            os.close(fd)
+        raise PermFail(f"Message is too large (limit {limit} bytes)", "5.2.3")
+    if kept + len(ending) == 0:
+        raise PermFail("Empty message refused", "5.6.0")
+    if ending:
+        _append(parts, fd, ending)
+        kept += len(ending)
+        lines += 1
+        if len(head) < HEADER_SCAN_LIMIT:
+            head += ending
+    leading, delivered_to, message_id = scan_header(bytes(head))
+    return Message(
+        size=kept,
+        lines=lines,
+        from_sender=from_sender,
+        leading=leading,
+        delivered_to=delivered_to,
+        message_id=message_id,
+        needs_quoting=needs_quoting,
+        data=b"".join(parts) if fd is None else None,
+        fd=fd,
+    )
+
+
+def _read_some(read_raw):
+    while True:
+        try:
+            return read_raw(CHUNK)
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            raise from_oserror(exc, "reading the message") from None
+
+
+def _append(parts, fd, data):
+    if fd is None:
+        parts.append(data)
+    else:
+        _write_all(fd, data)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except OSError as exc:
+        raise from_oserror(exc, "spooling the message") from None
+
+
+def from_bytes(data):
+    """A Message from bytes already in memory (redelivery, tests)."""
+    import io
+
+    return read(io.BytesIO(data))
+
+
+def scan_header(head):
+    """(leading block, Delivered-To values, Message-ID) of a header.
+
+    The header ends at the first empty line.  Folded lines continue the
+    field before them.
+    """
+    end = head.find(b"\n\n")
+    if head.startswith(b"\n"):
+        end = 0
+    block = head if end < 0 else head[: end + 1]
+    leading = []
+    in_leading = True
+    delivered_to = []
+    message_id = None
+    fields = []
+    for line in block.split(b"\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1][1].append(line)
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon:
+            # Not a header field (broken message): stop at it, as readers do.
+            break
+        fields.append((name.strip().lower(), [value]))
+    for name, values in fields:
+        value = b" ".join(v.strip() for v in values).decode("utf-8", "surrogateescape")
+        text = name.decode("ascii", "replace")
+        if in_leading and name in _LEADING:
+            leading.append((text, value))
+        else:
+            in_leading = False
+        if name == b"delivered-to":
+            delivered_to.append(value.strip().lower())
+        elif name == b"message-id" and message_id is None:
+            message_id = value.strip()
+    return tuple(leading), tuple(delivered_to), message_id

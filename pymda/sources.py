@@ -1,0 +1,641 @@
+"""Redelivery sources: recognise a SOURCE and read its messages one at a time.
+
+Contract:
+- ``open_source(name, mbox_quoting="mboxrd", stdin=None)`` recognises
+  ``name`` by its content and validates ALL of it before returning a
+  ``Source``: an mbox (plain, gzip, bzip2, xz/lzma), a Maildir directory
+  (its ``cur/`` and ``new/``), a single RFC 5322 message file, or ``-``
+  (standard input, spooled to an unlinked temporary file first).  Any
+  problem -- unreadable, empty, binary junk, unrecognised type, a
+  directory that is not a Maildir, truncated or corrupt compressed data, a
+  first line that is neither a ``From `` line nor a header field --
+  raises ``SourceError`` whose text names the source.  Because the whole
+  source is checked before the first message is handed out, nothing is
+  ever delivered from a broken source.
+- ``Source.count`` is the number of messages; iterating ``Source.items()``
+  yields one ``Item`` at a time: ``position`` (``"#17"`` for the 17th
+  message of an mbox, ``"cur/NAME"`` in a Maildir), ``reader`` (an object
+  with ``.read(n)`` giving the message bytes without any ``From `` line;
+  valid only until the next item is requested), ``flags`` (the Maildir
+  ``:2,`` flags of a ``cur/`` file, e.g. ``"RS"``; ``""`` for ``new/``;
+  None for other sources) and ``from_sender`` (the address of the mbox
+  ``From `` line, ``""`` for MAILER-DAEMON, None when there is none).
+  Memory does not grow with the size of the source: only message
+  boundaries (two integers and the From_ sender per message) are kept.
+- ``Source.close()`` releases the file descriptors.
+
+mbox SPLITTING (decided here, see also LIMITATIONS):
+- The first line must be a ``From `` line.  After it, a message ends at a
+  ``From `` line that follows an empty line (or at the end of the file);
+  that one empty line is the separator and not part of the message.
+  Requiring the empty line is what mutt and procmail write, and keeps an
+  unquoted ``From `` in the middle of a paragraph from splitting a message.
+- ``Content-Length:`` (mboxcl/mboxcl2, Solaris and old SysV writers): when
+  a message's header has one AND it is consistent -- exactly that many
+  body bytes are followed by the end of the file, a ``From `` line, or an
+  empty line and a ``From `` line -- the body is exactly that long, even
+  if it contains unquoted ``From `` lines.  An inconsistent value (the
+  usual case after someone edited the file) is ignored and the message is
+  split by ``From `` lines as above.
+- Un-quoting.  mboxrd writers (pymda's own default, mutt with
+  mbox_type=mboxrd, mblaze) add one ``>`` to every ``^>*From `` line; mboxo
+  writers (Python's ``mailbox``, procmail, postfix local(8), mutt's
+  default) add one only to ``^From `` lines, so a stored ``>From `` is
+  ambiguous there.  The file does not say which convention wrote it, so
+  the reader follows the config key ``mbox_quoting`` (the convention pymda
+  itself writes with): ``"mboxrd"`` (default) removes one ``>`` from every
+  ``^>+From `` line; ``"mboxo"`` turns only ``^>From `` back into
+  ``^From ``.  Both restore the overwhelmingly common case -- a body line
+  that started with ``From `` -- byte for byte, whatever wrote the file.
+  They differ only for lines starting ``>>From ``: reading an mboxo file
+  in mboxrd mode loses one ``>`` from such a line.  A body line that was
+  literally ``>From `` in the original becomes ``From `` under either
+  rule when the file is mboxo: mboxo cannot represent it.
+
+SECURITY: sources are opened read-only (``O_NOATIME`` where the kernel
+allows it, i.e. as the owner or root, so a redelivery does not even change
+access times; ``O_NOFOLLOW`` is NOT used: an admin may name a symlink).
+Nothing here ever writes to a source.
+
+LIMITATIONS:
+- A Maildir source is its own ``cur/`` and ``new/`` only: Maildir++
+  sub-folders (``.Work/``) are separate sources, redelivered with ``-m``.
+  ``tmp/`` is never read (files there are, by definition, incomplete).
+- mboxo cannot tell a quoted ``From `` line from an original ``>From ``
+  one (see above); no reader can.
+- A message's file in a Maildir source is opened when its turn comes, so
+  when the process has switched to the user (root with ``-d``), the user
+  must be able to read it.  mbox sources and standard input are opened
+  before the switch.
+- Compressed sources are decompressed twice (once to check and find the
+  message boundaries, once to read them): a CPU cost, no extra disk.
+"""
+
+import os
+
+from pymda.record import Record
+
+# How much of a file libmagic and the first-line check look at.
+_HEAD = 65536
+# Read a message region in one piece below this size (then un-quote with
+# one C-level pass); stream it line by line above it.
+_WHOLE = 1 << 20
+
+_COMPRESSED = {
+    "application/gzip": "gzip",
+    "application/x-gzip": "gzip",
+    "application/x-bzip2": "bzip2",
+    "application/x-xz": "xz",
+    "application/x-lzma": "xz",
+}
+
+
+class SourceError(Exception):
+    """A SOURCE that cannot be redelivered; str() names it and says why."""
+
+
+class Item(Record):
+    __slots__ = ("position", "reader", "flags", "from_sender")
+    _defaults = {"flags": None, "from_sender": None}
+
+
+# --- opening without touching atime ----------------------------------------
+
+
+def open_readonly(path, dir_fd=None, directory=False):
+    """fd of ``path`` opened read-only, O_NOATIME when permitted."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+    if directory:
+        flags |= os.O_DIRECTORY
+    noatime = getattr(os, "O_NOATIME", 0)
+    if noatime:
+        try:
+            return os.open(path, flags | noatime, dir_fd=dir_fd)
+        except PermissionError:
+            pass  # EPERM: O_NOATIME needs ownership (or CAP_FOWNER)
+    return os.open(path, flags, dir_fd=dir_fd)
+
+
+# --- recognition -------------------------------------------------------------
+
+
+def _magic_mime(head):
+    try:
+        import magic
+    except ImportError as exc:  # python-magic or libmagic1 missing
+        raise SourceError(
+            f"cannot recognise sources: python-magic/libmagic unavailable ({exc})"
+        ) from None
+    return magic.from_buffer(head, mime=True)
+
+
+def is_from_line(line):
+    """An mbox separator candidate: ``From `` and then something."""
+    return line.startswith(b"From ") and len(line.strip()) > 5
+
+
+def parse_from_sender(line):
+    """Sender address of a ``From sender date`` line; '' for MAILER-DAEMON."""
+    parts = line[5:].split(None, 1)
+    if not parts:
+        return None
+    sender = parts[0].decode("utf-8", "surrogateescape")
+    if sender.startswith("<") and sender.endswith(">"):
+        sender = sender[1:-1]
+    if sender.upper() == "MAILER-DAEMON" or sender == "<>":
+        return ""
+    return sender
+
+
+def _is_header_line(line):
+    """RFC 5322 field: printable ASCII name (no space, no colon), then ':'."""
+    colon = line.find(b":")
+    if colon <= 0:
+        return False
+    return all(33 <= c <= 126 for c in line[:colon])
+
+
+def classify_text(head):
+    """'mbox' | 'message' from the first line of decompressed content."""
+    first = head.split(b"\n", 1)[0]
+    if is_from_line(first):
+        return "mbox"
+    if _is_header_line(first):
+        return "message"
+    return None
+
+
+# --- the decompressing stream ---------------------------------------------------
+
+
+def _stream(fd, compression):
+    """A seekable binary file object over fd (dup'ed), decompressing."""
+    dup = os.dup(fd)  # shares the file offset: rewind it
+    os.lseek(dup, 0, os.SEEK_SET)
+    raw = open(dup, "rb", buffering=1 << 16)
+    if compression is None:
+        return raw
+    if compression == "gzip":
+        import gzip
+
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if compression == "bzip2":
+        import bz2
+
+        return bz2.BZ2File(raw, "rb")
+    import lzma
+
+    return lzma.LZMAFile(raw, "rb")
+
+
+def _decode_errors():
+    """Exceptions a corrupt or truncated compressed stream raises."""
+    import zlib
+
+    errors = [EOFError, zlib.error]
+    try:
+        import lzma
+
+        errors.append(lzma.LZMAError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# --- sources ---------------------------------------------------------------------
+
+
+class Source:
+    kind = "?"
+
+    def __init__(self, name):
+        self.name = name
+        self.count = 0
+
+    def items(self):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class MessageSource(Source):
+    """One RFC 5322 message in a regular file (or spooled stdin)."""
+
+    kind = "message"
+
+    def __init__(self, name, fd):
+        super().__init__(name)
+        self.fd = fd
+        self.count = 1
+
+    def items(self):
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        f = open(os.dup(self.fd), "rb", buffering=0)
+        try:
+            yield Item(position="#1", reader=f)
+        finally:
+            f.close()
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class MboxSource(Source):
+    """An mbox, possibly compressed; boundaries found by ``_scan``."""
+
+    def __init__(self, name, fd, compression, mbox_quoting):
+        super().__init__(name)
+        self.fd = fd
+        self.compression = compression
+        self.kind = "mbox" + (f"+{compression}" if compression else "")
+        self.rd = mbox_quoting != "mboxo"
+        from array import array
+
+        self.starts = array("q")
+        self.ends = array("q")
+        self.senders = []
+        self._scan()
+        self.count = len(self.starts)
+
+    def _fail(self, why):
+        raise SourceError(f"{self.name}: {why}")
+
+    def _scan(self):
+        errors = _decode_errors()
+        what = f"{self.compression} data" if self.compression else "file"
+        try:
+            f = _stream(self.fd, self.compression)
+            try:
+                self._scan_stream(f)
+            finally:
+                f.close()
+        except SourceError:
+            raise
+        except errors as exc:
+            self._fail(f"truncated or corrupt {what} ({exc})")
+        except OSError as exc:
+            self._fail(f"cannot read {what}: {exc.strerror or exc}")
+
+    def _scan_stream(self, f):
+        readline = f.readline
+        first = readline()
+        if not is_from_line(first):
+            self._fail("not an mbox: the first line is not a 'From ' line")
+        pos = len(first)
+        starts, ends, senders = self.starts, self.ends, self.senders
+        start = pos
+        sender = parse_from_sender(first)
+        in_header = True
+        cl = None  # Content-Length value of the current message
+        cl_end = -1  # where its body ends if the value is consistent
+        cl_blank = False  # an empty line sits exactly at cl_end
+        candidates = []  # separators seen inside a Content-Length body
+        prev_blank = False
+        blank_len = 0
+        while True:
+            line = readline()
+            if cl_end >= 0 and (pos == cl_end or cl_blank):
+                # Is the Content-Length consistent here?
+                if cl_blank:
+                    ok = not line or is_from_line(line)
+                    end_here = cl_end
+                elif not line or is_from_line(line):
+                    ok, end_here = True, cl_end
+                elif line in (b"\n", b"\r\n"):
+                    cl_blank = True
+                    pos += len(line)
+                    prev_blank, blank_len = True, len(line)
+                    continue
+                else:
+                    ok = False
+                if ok:
+                    starts.append(start)
+                    ends.append(end_here)
+                    senders.append(sender)
+                    if not line:
+                        return
+                    # ``line`` is the next From_ line.
+                    sender = parse_from_sender(line)
+                    pos += len(line)
+                    start = pos
+                    in_header, cl, cl_end, cl_blank = True, None, -1, False
+                    candidates = []
+                    prev_blank = False
+                    continue
+                cl_end, cl_blank = -1, False
+                if candidates:
+                    # Inconsistent: back to the first separator we skipped.
+                    sep, blank_len = candidates[0]
+                    candidates = []
+                    f.seek(sep)
+                    pos = sep
+                    prev_blank = True
+                    continue
+            elif cl_end >= 0 and (pos > cl_end or not line):
+                # Stepped over the end, or the file is shorter: inconsistent.
+                cl_end = -1
+                if candidates:
+                    sep, blank_len = candidates[0]
+                    candidates = []
+                    f.seek(sep)
+                    pos = sep
+                    prev_blank = True
+                    continue
+            if not line:
+                end = pos - blank_len if prev_blank and pos - blank_len > start else pos
+                starts.append(start)
+                ends.append(end)
+                senders.append(sender)
+                return
+            blank = line in (b"\n", b"\r\n")
+            if in_header:
+                if blank:
+                    in_header = False
+                    if cl is not None:
+                        cl_end = pos + len(line) + cl
+                elif line[:15].lower() == b"content-length:":
+                    value = line[15:].strip()
+                    cl = int(value) if value.isdigit() else None
+            if prev_blank and is_from_line(line):
+                if cl_end > pos:
+                    candidates.append((pos, blank_len))
+                else:
+                    starts.append(start)
+                    ends.append(pos - blank_len)
+                    senders.append(sender)
+                    sender = parse_from_sender(line)
+                    pos += len(line)
+                    start = pos
+                    in_header, cl, cl_end, cl_blank = True, None, -1, False
+                    prev_blank = False
+                    continue
+            prev_blank = blank
+            blank_len = len(line)
+            pos += len(line)
+
+    def items(self):
+        f = _stream(self.fd, self.compression)
+        try:
+            for i in range(self.count):
+                start, end = self.starts[i], self.ends[i]
+                f.seek(start)  # forward only: cheap even when decompressing
+                yield Item(
+                    position=f"#{i + 1}",
+                    reader=_Region(f, end - start, self.rd),
+                    from_sender=self.senders[i],
+                )
+        finally:
+            f.close()
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Region:
+    """``.read(n)`` over ``length`` bytes of ``f``, un-quoting From_ lines."""
+
+    def __init__(self, f, length, rd):
+        self.f = f
+        self.left = length
+        self.rd = rd
+        self.pending = b""
+
+    def _unquote_whole(self, data):
+        if b">From " not in data:
+            return data
+        if not self.rd:
+            if data.startswith(b">From "):
+                data = data[1:]
+            return data.replace(b"\n>From ", b"\nFrom ")
+        import re
+
+        return re.sub(rb"(?m)^>(>*From )", rb"\1", data)
+
+    def _unquote_line(self, line):
+        if line.startswith(b">"):
+            if self.rd:
+                stripped = line.lstrip(b">")
+                if stripped.startswith(b"From "):
+                    return line[1:]
+            elif line.startswith(b">From "):
+                return line[1:]
+        return line
+
+    def read(self, n=-1):
+        if self.pending:
+            out, self.pending = self.pending, b""
+            return out
+        if self.left <= 0:
+            return b""
+        if self.left <= _WHOLE:
+            data = self.f.read(self.left)
+            if len(data) != self.left:
+                raise OSError(f"source changed while reading ({self.left} bytes expected)")
+            self.left = 0
+            return self._unquote_whole(data)
+        # A large message: line by line, bounded memory.
+        parts = []
+        size = 0
+        want = 65536 if n is None or n < 0 else max(n, 1)
+        while self.left > 0 and size < want:
+            line = self.f.readline(min(self.left, 65536))
+            if not line:
+                raise OSError("source changed while reading")
+            self.left -= len(line)
+            line = self._unquote_line(line)
+            parts.append(line)
+            size += len(line)
+        return b"".join(parts)
+
+
+class MaildirSource(Source):
+    """A Maildir's ``cur/`` and ``new/`` (never ``tmp/``)."""
+
+    kind = "maildir"
+
+    def __init__(self, name, dir_fd):
+        super().__init__(name)
+        self.dir_fd = dir_fd
+        self.entries = []  # (subdir, name, flags)
+        for sub in ("new", "cur"):
+            try:
+                sub_fd = open_readonly(sub, dir_fd=dir_fd, directory=True)
+            except OSError as exc:
+                os.close(dir_fd)
+                self.dir_fd = None
+                raise SourceError(
+                    f"{name}: not a Maildir: {sub}/: {exc.strerror}"
+                ) from None
+            try:
+                names = [e.name for e in os.scandir(sub_fd) if not e.name.startswith(".")]
+            finally:
+                os.close(sub_fd)
+            names.sort()
+            for entry in names:
+                flags = ""
+                if sub == "cur":
+                    _, sep, info = entry.rpartition(":2,")
+                    flags = info if sep else ""
+                self.entries.append((sub, entry, flags))
+        self.count = len(self.entries)
+
+    def items(self):
+        for sub, entry, flags in self.entries:
+            path = f"{sub}/{entry}"
+            try:
+                fd = open_readonly(path, dir_fd=self.dir_fd)
+            except OSError as exc:
+                yield Item(position=path, reader=_Failed(exc), flags=flags)
+                continue
+            f = open(fd, "rb", buffering=0)
+            try:
+                yield Item(position=path, reader=f, flags=flags)
+            finally:
+                f.close()
+
+    def close(self):
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+
+
+class _Failed:
+    """A reader that raises the error met opening the message."""
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def read(self, n=-1):
+        raise self.exc
+
+
+# --- entry point -------------------------------------------------------------------
+
+
+def _spool_stdin(stdin):
+    """Standard input copied to an unlinked temporary file: an fd."""
+    import tempfile
+
+    f = tempfile.TemporaryFile()
+    try:
+        src = stdin.buffer if hasattr(stdin, "buffer") else stdin
+        while True:
+            chunk = src.read(1 << 16)
+            if not chunk:
+                break
+            f.write(chunk)
+        f.flush()
+        fd = os.dup(f.fileno())
+    except OSError as exc:
+        raise SourceError(f"-: cannot read standard input: {exc.strerror or exc}") from None
+    finally:
+        f.close()
+    return fd
+
+
+def _read_head(fd, size=_HEAD):
+    data = os.pread(fd, size, 0)
+    return data
+
+
+def open_source(name, mbox_quoting="mboxrd", stdin=None):
+    """Recognise and check ``name``; a Source or SourceError naming it."""
+    import stat
+
+    if name == "-":
+        fd = _spool_stdin(stdin if stdin is not None else __import__("sys").stdin)
+        label = "-"
+    else:
+        label = name
+        try:
+            fd = open_readonly(name)
+        except IsADirectoryError:
+            fd = None
+        except OSError as exc:
+            raise SourceError(f"{name}: cannot open: {exc.strerror}") from None
+        if fd is None:
+            try:
+                fd = open_readonly(name, directory=True)
+            except OSError as exc:
+                raise SourceError(f"{name}: cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            source = MaildirSource(label, fd)
+            fd = None
+            return source
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"{label}: not a regular file, a Maildir or '-'")
+        try:
+            head = _read_head(fd)
+        except OSError as exc:
+            raise SourceError(f"{label}: cannot read: {exc.strerror}") from None
+        if not head:
+            raise SourceError(f"{label}: empty file")
+        mime = _magic_mime(head)
+        compression = _COMPRESSED.get(mime)
+        if compression:
+            try:
+                f = _stream(fd, compression)
+                try:
+                    inner = f.read(_HEAD)
+                finally:
+                    f.close()
+            except _decode_errors() + (OSError,) as exc:
+                raise SourceError(
+                    f"{label}: truncated or corrupt {compression} data ({exc})"
+                ) from None
+            if not inner:
+                raise SourceError(f"{label}: empty {compression} file")
+            inner_mime = _magic_mime(inner)
+            if inner_mime in _COMPRESSED:
+                raise SourceError(f"{label}: compressed twice ({inner_mime} inside {mime})")
+            kind = classify_text(inner)
+            if kind is None:
+                raise SourceError(
+                    f"{label}: {compression} data holds no mbox "
+                    f"(first line is not a 'From ' line; libmagic says {inner_mime})"
+                )
+            if kind == "message":
+                raise SourceError(
+                    f"{label}: compressed sources must be mboxes "
+                    "(first line is not a 'From ' line)"
+                )
+            source = MboxSource(label, fd, compression, mbox_quoting)
+            fd = None
+            return source
+        textual = (
+            mime.startswith("text/") or mime.startswith("message/") or mime == "application/mbox"
+        )
+        kind = classify_text(head)
+        if not textual:
+            # libmagic calls 8-bit mail "data" now and then: accept it when
+            # it still starts like mail (a From_ line, or two header fields).
+            second = head.split(b"\n", 2)[1:2]
+            if not (kind and second and _is_header_line(second[0])):
+                raise SourceError(f"{label}: not a mailbox or a message (libmagic says {mime})")
+        if kind is None:
+            raise SourceError(
+                f"{label}: not an mbox (the first line is not a 'From ' line) "
+                f"and not a message (nor a header field); libmagic says {mime}"
+            )
+        if kind == "mbox":
+            source = MboxSource(label, fd, None, mbox_quoting)
+        else:
+            source = MessageSource(label, fd)
+        fd = None
+        return source
+    finally:
+        if fd is not None:
+            os.close(fd)
