@@ -1,0 +1,154 @@
+"""Read mailboxes back with the real dovecot (``doveadm fetch``).
+
+``read_maildir(path)`` / ``read_mbox(path)`` -> list of message bytes, in
+dovecot's order (UIDs), exactly as dovecot would serve them over IMAP
+(``text`` = header + body).  ``folders(maildir)`` -> folder names.
+
+How (documented in docs/testing.md): doveadm needs no running dovecot and
+no auth service when it is run WITHOUT ``-u`` as the mailbox's owner: it
+then takes the user from ``$USER``/``$HOME`` and skips the userdb lookup.
+It refuses root ("Mail access not allowed for root"), so the mailbox is
+first copied into a private temporary directory owned by the mailbox's
+owner (or by ``nobody`` when root owns it) — the copy also keeps dovecot's
+index files and any mbox rewrite away from the mailbox under test:
+
+    doveadm -c CONF -o mail_location=maildir:COPY fetch \\
+        'uid size.physical text' mailbox INBOX all
+    doveadm -c CONF -o mail_location=mbox:COPY/mail:INBOX=COPY/mbox ...
+
+CONF is a two-line file (``ssl = no``, ``log_path = /dev/stderr``).  The
+default "pager" output is ``uid: N\\nsize.physical: S\\ntext:\\n<S bytes>``
+with ``\\f\\n`` between messages; we split by the size, so a message
+containing a form feed cannot confuse the parser, and a size that does
+not match the content (a wrong ``S=`` in a Maildir name) fails loudly.
+
+NOTE: dovecot does not undo mbox "From " quoting: a body line stored as
+``>From x`` comes back as ``>From x``.
+"""
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+
+DOVEADM = "/usr/bin/doveadm"
+
+
+class DovecotError(AssertionError):
+    pass
+
+
+def installed():
+    return os.access(DOVEADM, os.X_OK)
+
+
+def _owner_ids(path):
+    st = os.stat(path)
+    if st.st_uid != 0:
+        return st.st_uid, st.st_gid
+    nobody = pwd.getpwnam("nobody")
+    return nobody.pw_uid, nobody.pw_gid
+
+
+def _private_copy(src, kind):
+    """Copy ``src`` into a fresh dir owned by the reader; return (dir, uid, gid)."""
+    if os.geteuid() == 0:
+        uid, gid = _owner_ids(src)
+    else:
+        uid, gid = os.getuid(), os.getgid()
+    top = tempfile.mkdtemp(prefix="pymda-dovecot-")
+    os.chmod(top, 0o755)
+    dst = os.path.join(top, "Maildir" if kind == "maildir" else "mbox")
+    if kind == "maildir":
+        shutil.copytree(src, dst, symlinks=True)
+    else:
+        shutil.copy2(src, dst)
+        os.mkdir(os.path.join(top, "mail"))
+    with open(os.path.join(top, "dovecot.conf"), "w") as f:
+        f.write("ssl = no\nlog_path = /dev/stderr\n")
+    if os.geteuid() == 0:
+        for root, dirs, files in os.walk(top):
+            os.chown(root, uid, gid)
+            for name in files:
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+    return top, uid, gid
+
+
+def doveadm(top, uid, gid, location, args, timeout=120):
+    name = pwd.getpwuid(uid).pw_name
+    kwargs = {}
+    if os.geteuid() == 0:
+        kwargs.update(user=uid, group=gid, extra_groups=[])
+    proc = subprocess.run(
+        [DOVEADM, "-c", os.path.join(top, "dovecot.conf"), "-o", f"mail_location={location}",
+         *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, cwd=top,
+        env={"HOME": top, "USER": name, "PATH": "/usr/bin:/bin"}, check=False, **kwargs,
+    )
+    if proc.returncode != 0:
+        raise DovecotError(f"doveadm {' '.join(args)} exited {proc.returncode}: "
+                           f"{proc.stderr.decode(errors='replace')}")
+    return proc.stdout
+
+
+def parse_fetch(out):
+    """Split pager output of ``fetch 'uid size.physical text'``."""
+    messages = []
+    pos = 0
+    n = len(out)
+    while pos < n:
+        for field in (b"uid: ", b"size.physical: "):
+            if not out.startswith(field, pos):
+                raise DovecotError(f"unexpected doveadm output at {pos}: {out[pos:pos + 80]!r}")
+            end = out.index(b"\n", pos)
+            value = out[pos + len(field):end]
+            if field == b"size.physical: ":
+                size = int(value)
+            pos = end + 1
+        if not out.startswith(b"text:\n", pos):
+            raise DovecotError(f"no text field at {pos}: {out[pos:pos + 80]!r}")
+        pos += len(b"text:\n")
+        messages.append(out[pos:pos + size])
+        pos += size
+        if pos < n:
+            if not out.startswith(b"\f\n", pos):
+                raise DovecotError(
+                    f"message {len(messages)}: size.physical {size} does not match the "
+                    f"text dovecot returned (next bytes {out[pos:pos + 40]!r})")
+            pos += 2
+    return messages
+
+
+def _fetch(top, uid, gid, location, mailbox):
+    out = doveadm(top, uid, gid, location,
+                  ["fetch", "uid size.physical text", "mailbox", mailbox, "all"])
+    return parse_fetch(out)
+
+
+def read_maildir(path, folder="INBOX"):
+    """Messages in Maildir ``path`` (folder: dovecot name, e.g. "Work")."""
+    top, uid, gid = _private_copy(path, "maildir")
+    try:
+        return _fetch(top, uid, gid, f"maildir:{top}/Maildir", folder)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def read_mbox(path):
+    """Messages in the mbox file ``path`` as dovecot's INBOX."""
+    top, uid, gid = _private_copy(path, "mbox")
+    try:
+        return _fetch(top, uid, gid, f"mbox:{top}/mail:INBOX={top}/mbox", "INBOX")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def folders(path):
+    """Folder names dovecot sees in Maildir ``path``."""
+    top, uid, gid = _private_copy(path, "maildir")
+    try:
+        out = doveadm(top, uid, gid, f"maildir:{top}/Maildir", ["mailbox", "list"])
+        return sorted(out.decode().split())
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

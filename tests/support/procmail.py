@@ -1,0 +1,103 @@
+"""Debian's procmail, lockfile and dotlockfile, for locking interop tests.
+
+- ``deliver(user, mbox, data)``: procmail (as ``user``, no supplementary
+  groups, as postfix would run it) appends ``data`` to ``mbox`` through a
+  private rcfile: ``DEFAULT=<mbox>``, so procmail takes its own
+  ``<mbox>.lock`` dotlock (and a kernel lock) like it does for /var/mail.
+  Returns Result(code, output).
+- ``start_deliver(...)``: the same, without waiting (a Popen).
+- ``hold_lockfile(lockpath, user=None)``: context manager; procmail's
+  ``lockfile -r0 LOCK`` creates the dotlock, removed on exit.
+- ``hold_dotlockfile(mbox)``: context manager; liblockfile's
+  ``dotlockfile -p -l -r 0 MBOX`` (setgid mail: works in /var/mail) with
+  this process's pid in it, ``dotlockfile -u`` on exit.
+"""
+
+import contextlib
+import os
+import subprocess
+
+from .run import Result
+
+PROCMAIL = "/usr/bin/procmail"
+LOCKFILE = "/usr/bin/lockfile"
+DOTLOCKFILE = "/usr/bin/dotlockfile"
+
+
+def installed():
+    return all(os.access(p, os.X_OK) for p in (PROCMAIL, LOCKFILE, DOTLOCKFILE))
+
+
+def write_rcfile(user, mbox, path=None):
+    """A private rcfile delivering everything to ``mbox``; returns its path."""
+    path = path or os.path.join(user.home, ".procmailrc-test")
+    with open(path, "w") as f:
+        f.write(
+            f"SHELL=/bin/sh\nDEFAULT={mbox}\nLOGFILE={user.home}/procmail.log\n"
+            "VERBOSE=no\nLOCKTIMEOUT=3600\n"
+        )
+    os.chmod(path, 0o644)
+    os.chown(path, user.uid, user.gid)
+    return path
+
+
+def _argv(rcfile, sender):
+    return [PROCMAIL, "-f", sender, rcfile]
+
+
+def _kwargs(user):
+    kw = {}
+    if user is not None and os.geteuid() != user.uid:
+        kw.update(user=user.uid, group=user.gid, extra_groups=[])
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C"}
+    if user is not None:
+        env.update(HOME=str(user.home), USER=user.name, LOGNAME=user.name)
+    return kw, env
+
+
+def start_deliver(user, mbox, data, sender="procmail-test@example.org", rcfile=None):
+    rcfile = rcfile or write_rcfile(user, mbox)
+    kw, env = _kwargs(user)
+    proc = subprocess.Popen(
+        _argv(rcfile, sender), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, env=env, cwd=str(user.home), **kw,
+    )
+    proc.pymda_input = data
+    return proc
+
+
+def deliver(user, mbox, data, sender="procmail-test@example.org", rcfile=None, timeout=60):
+    proc = start_deliver(user, mbox, data, sender, rcfile)
+    out, _ = proc.communicate(data, timeout=timeout)
+    return Result(proc.returncode, out)
+
+
+@contextlib.contextmanager
+def hold_lockfile(lockpath, user=None):
+    """Hold a dotlock created by procmail's ``lockfile``."""
+    kw, env = _kwargs(user)
+    subprocess.run([LOCKFILE, "-r0", str(lockpath)], check=True, env=env,
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    try:
+        yield lockpath
+    finally:
+        try:
+            os.unlink(lockpath)
+        except FileNotFoundError:
+            pass
+
+
+@contextlib.contextmanager
+def hold_dotlockfile(mbox):
+    """Hold ``<mbox>.lock`` created by liblockfile's ``dotlockfile``."""
+    subprocess.run([DOTLOCKFILE, "-p", "-l", "-r", "0", str(mbox)], check=True,
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        yield f"{mbox}.lock"
+    finally:
+        subprocess.run([DOTLOCKFILE, "-p", "-u", str(mbox)], check=False,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            os.unlink(f"{mbox}.lock")
+        except FileNotFoundError:
+            pass
