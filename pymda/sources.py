@@ -26,10 +26,14 @@ Contract:
 
 mbox SPLITTING (decided here, see also LIMITATIONS):
 - The first line must be a ``From `` line.  After it, a message ends at a
-  ``From `` line that follows an empty line (or at the end of the file);
-  that one empty line is the separator and not part of the message.
-  Requiring the empty line is what mutt and procmail write, and keeps an
-  unquoted ``From `` in the middle of a paragraph from splitting a message.
+  ``From `` line that follows an empty line, or at one that carries an
+  asctime date (``From sender Tue Nov 24 22:08:05 2026``, mutt's test:
+  procmail adds only a newline, no empty line, after a message that
+  lacked a final newline), or at the end of the file.  An empty line just
+  before the ``From `` line is the separator and not part of the message.
+  A well-written mbox quotes every ``^From `` body line, so the extra
+  conditions only keep an unquoted ``From my point of view`` in the middle
+  of a paragraph, from a careless writer, from splitting a message.
 - ``Content-Length:`` (mboxcl/mboxcl2, Solaris and old SysV writers): when
   a message's header has one AND it is consistent -- exactly that many
   body bytes are followed by the end of the file, a ``From `` line, or an
@@ -286,6 +290,14 @@ class MboxSource(Source):
             self._fail(f"cannot read {what}: {exc.strerror or exc}")
 
     def _scan_stream(self, f):
+        import re
+
+        # A From_ line with an asctime date (mutt's is_from() test): a
+        # separator even without an empty line before it -- procmail adds
+        # only a newline after a message that lacked one.
+        dated = re.compile(
+            rb"From \S+ +(?:\S+ +)?[A-Z][a-z]{2} [A-Z][a-z]{2} +\d{1,2} \d{1,2}:\d\d"
+        ).match
         readline = f.readline
         first = readline()
         if not is_from_line(first):
@@ -338,7 +350,7 @@ class MboxSource(Source):
                     candidates = []
                     f.seek(sep)
                     pos = sep
-                    prev_blank = True
+                    prev_blank = blank_len > 0
                     continue
             elif cl_end >= 0 and (pos > cl_end or not line):
                 # Stepped over the end, or the file is shorter: inconsistent.
@@ -348,7 +360,7 @@ class MboxSource(Source):
                     candidates = []
                     f.seek(sep)
                     pos = sep
-                    prev_blank = True
+                    prev_blank = blank_len > 0
                     continue
             if not line:
                 end = pos - blank_len if prev_blank and pos - blank_len > start else pos
@@ -365,12 +377,12 @@ class MboxSource(Source):
                 elif line[:15].lower() == b"content-length:":
                     value = line[15:].strip()
                     cl = int(value) if value.isdigit() else None
-            if prev_blank and is_from_line(line):
+            if line.startswith(b"From ") and (prev_blank or dated(line)):
                 if cl_end > pos:
-                    candidates.append((pos, blank_len))
+                    candidates.append((pos, blank_len if prev_blank else 0))
                 else:
                     starts.append(start)
-                    ends.append(pos - blank_len)
+                    ends.append(pos - blank_len if prev_blank else pos)
                     senders.append(sender)
                     sender = parse_from_sender(line)
                     pos += len(line)
