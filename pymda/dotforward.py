@@ -6,7 +6,7 @@ Contract:
 - ``find(cfg, envelope, identity)`` -> (path, text) of the first usable
   file along ``forward_path``, or (None, None).  Untrusted files are
   skipped with a warning appended to ``warnings``.
-- ``expand(cfg, envelope, identity)`` -> Expansion(items, path, warnings):
+- ``expand_items(cfg, envelope, identity)`` -> Expansion(items, path, warnings):
   the ordered, de-duplicated list of Items a message for this recipient goes
   to, or ``items=None`` when there is no usable .forward (normal mailbox
   delivery).  Raises TempFail when a .forward or :include: file exists but
@@ -15,8 +15,12 @@ Contract:
 Item kinds: "mailbox" (the user's own mailbox: ``\\alice``, own name or
 address), "mbox" / "maildir" (a file target: ``/path``, ``/path/``,
 ``~/path``), "pipe" (``|command``), "forward" (any other address),
-"refused" (a target policy forbids; ``error`` holds the PermFail 5.7.1).
-Every Item carries ``source``: ".forward line N" or ":include:PATH line N".
+Every Item carries ``source``: ".forward line N" or ":include:PATH line N";
+an Item a policy forbids carries ``error`` (the PermFail 5.7.1 its delivery
+reports instead of writing).
+- ``expand(cfg, envelope, identity, main, log)`` -> list[resolve.Target]
+  or None (mailbox delivery): what resolve.plan uses; ``main`` is the
+  mailbox Target that ``\\user`` and the user's own address stand for.
 
 This module never writes mail and never runs anything (postfix keeps
 expansion and delivery apart the same way: dotforward.c vs command.c).
@@ -325,17 +329,15 @@ def is_own_address(address, envelope, identity, delimiter):
 def _item_key(item):
     if item.kind == "forward":
         return ("forward", item.value.lower())
-    if item.kind == "refused":
-        return None
     return (item.kind, item.value)
 
 
 def _file_item(kind, path, source, cfg, in_include):
     if in_include:
-        return Item(kind="refused", value=path, source=source,
+        return Item(kind=kind, value=path, source=source,
                     error=PermFail(f"{path}: {REASON_INCLUDE_POLICY}", "5.7.1"))
     if not cfg.allow_files:
-        return Item(kind="refused", value=path, source=source,
+        return Item(kind=kind, value=path, source=source,
                     error=PermFail(f"{path}: {REASON_NO_FILES}", "5.7.1"))
     if kind == "mbox":
         try:
@@ -343,7 +345,7 @@ def _file_item(kind, path, source, cfg, in_include):
         except OSError:
             st = None
         if st is not None and stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
-            return Item(kind="refused", value=path, source=source,
+            return Item(kind=kind, value=path, source=source,
                         error=PermFail(f"{path}: {REASON_EXECUTABLE}", "5.7.1"))
     return Item(kind=kind, value=path, source=source)
 
@@ -362,10 +364,10 @@ def expand_entries(cfg, envelope, identity, entries, label, in_include, state):
             continue
         if kind == "pipe":
             if in_include:
-                item = Item(kind="refused", value=entry.value, source=source,
+                item = Item(kind="pipe", value=entry.value, source=source,
                             error=PermFail(f"|{entry.value}: {REASON_INCLUDE_POLICY}", "5.7.1"))
             elif not cfg.allow_commands:
-                item = Item(kind="refused", value=entry.value, source=source,
+                item = Item(kind="pipe", value=entry.value, source=source,
                             error=PermFail(f"|{entry.value}: {REASON_NO_COMMANDS}", "5.7.1"))
             else:
                 item = Item(kind="pipe", value=entry.value, source=source)
@@ -386,10 +388,9 @@ def expand_entries(cfg, envelope, identity, entries, label, in_include, state):
             else:
                 item = Item(kind="forward", value=entry.value, source=source)
         key = _item_key(item)
-        if key is not None:
-            if key in state["seen"]:
-                continue
-            state["seen"].add(key)
+        if key in state["seen"]:
+            continue
+        state["seen"].add(key)
         items.append(item)
 
 
@@ -422,7 +423,7 @@ def _include(cfg, envelope, identity, entry, label, state):
         state["open"].discard(ident)
 
 
-def expand(cfg, envelope, identity):
+def expand_items(cfg, envelope, identity):
     """Expansion for this recipient (see module docstring)."""
     warnings = []
     path, text = find(cfg, envelope, identity, warnings)
@@ -439,3 +440,35 @@ def expand(cfg, envelope, identity):
         # empty, comment-only or nothing left: normal mailbox delivery
         return Expansion(items=None, path=path, warnings=warnings)
     return Expansion(items=state["items"], path=path, warnings=warnings)
+
+
+def expand(cfg, envelope, identity, main, log=None):
+    """Targets for resolve.plan, or None for plain mailbox delivery."""
+    result = expand_items(cfg, envelope, identity)
+    if log is not None:
+        for text in result.warnings:
+            log.warning(text)
+    if result.items is None:
+        return None
+    from pymda.resolve import Target
+
+    spool = cfg.mail_spool_directory.rstrip("/")
+    targets = []
+    for item in result.items:
+        kind, value, source, error = item.kind, item.value, item.source, item.error
+        if kind == "mailbox":
+            target = main.replace(source=source)
+        elif kind == "mbox":
+            target = Target(kind="mbox", path=value, source=source, identity=identity,
+                            spool=spool if os.path.dirname(value) == spool else None)
+        elif kind == "maildir":
+            target = Target(kind="maildir", path=value, directory=value, source=source,
+                            identity=identity)
+        elif kind == "pipe":
+            target = Target(kind="pipe", command=value, source=source, identity=identity)
+        else:
+            target = Target(kind="forward", address=value, source=source, identity=identity)
+        if error is not None:
+            target = target.replace(error=error)
+        targets.append(target)
+    return targets
