@@ -140,6 +140,8 @@ KEYS = {
     "message_size_limit": (0, parse_size),
     "lmtp_forward": (False, _bool),
     "policy_nouser": ("DUNNO", _str),
+    # issue 3: per-user record of completed targets (state.py, docs/forward.md)
+    "state_file": ("$home/.pymda-state.sqlite", _str),
 }
 
 # Keys a [users."name"] table may set.
