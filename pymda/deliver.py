@@ -17,6 +17,16 @@ applies (quota.py is not even imported otherwise).
 OUTCOME of several targets: all delivered -> 0.  Otherwise the first
 temporary failure wins (exit 75: the MTA retries the whole message), then
 the first permanent one.
+
+DUPLICATE ELIMINATION (SPEC 1.3): the same target (Target.key) is written
+once per message.  With two or more targets, a per-user state.Ledger
+records each target once it is done (after the writer's fsync, a pipe's
+exit 0, sendmail's exit 0); the MTA's retry after a temporary failure skips
+what is recorded ("status=skipped").  When nothing failed temporarily the
+records are dropped again.  A single target costs nothing (state.py is not
+even imported).  A ledger that cannot be opened (read-only home, ...) is
+logged and the delivery goes on without it: at worst a retry after a
+partial failure duplicates, which is better than holding the mail.
 """
 
 from pymda.errors import DeliveryError, TempFail
@@ -78,6 +88,8 @@ def _limits_apply(cfg, target):
 
 def write_target(target, message, envelope, cfg, log, prefix, flags=None):
     """Write one mailbox/file target; returns where it went."""
+    if target.error is not None:
+        raise target.error  # refused by policy at expansion time (5.7.1)
     if target.kind in ("maildir", "mbox") and _limits_apply(cfg, target):
         from pymda import quota
 
@@ -128,18 +140,72 @@ def run(targets, message, envelope, cfg, log, check_loops=True, flags=None):
     prefix = trace_headers(message, envelope)
     results = []
     first_temp = first_perm = None
+    # DUPLICATE ELIMINATION: the same target never twice for one message.
+    unique = []
+    seen = set()
     for target in targets:
+        key = target.key()
+        if key not in seen:
+            seen.add(key)
+            unique.append(target)
+    targets = unique
+    ledger = msg_key = None
+    if len(targets) > 1:
         try:
-            where = write_target(target, message, envelope, cfg, log, prefix, flags)
+            ledger, msg_key = _open_ledger(targets, message, envelope, cfg)
         except DeliveryError as exc:
-            results.append(TargetResult(target=target, error=exc))
-            status = "deferred" if exc.temporary else "bounced"
-            log.delivery(target, envelope, message, status, exc.line())
-            if exc.temporary:
-                first_temp = first_temp or exc
-            else:
-                first_perm = first_perm or exc
-            continue
-        results.append(TargetResult(target=target, where=where))
-        log.delivery(target, envelope, message, "sent", f"delivered to {target.kind}")
+            log.warning(f"no duplicate elimination on retry: {exc.line()}")
+    try:
+        for target in targets:
+            if ledger is not None:
+                from pymda import state
+
+                tkey = state.target_key(target)
+                try:
+                    already = ledger.done(msg_key, tkey)
+                except DeliveryError as exc:
+                    already = False
+                    log.warning(exc.line())
+                if already:
+                    results.append(TargetResult(target=target, where="skipped"))
+                    log.delivery(target, envelope, message, "skipped",
+                                 "already delivered by an earlier attempt")
+                    continue
+            try:
+                where = write_target(target, message, envelope, cfg, log, prefix, flags)
+            except DeliveryError as exc:
+                results.append(TargetResult(target=target, error=exc))
+                status = "deferred" if exc.temporary else "bounced"
+                log.delivery(target, envelope, message, status, exc.line())
+                if exc.temporary:
+                    first_temp = first_temp or exc
+                else:
+                    first_perm = first_perm or exc
+                continue
+            if ledger is not None:
+                try:
+                    ledger.record(msg_key, tkey)
+                except DeliveryError as exc:
+                    log.warning(exc.line())
+            results.append(TargetResult(target=target, where=where))
+            log.delivery(target, envelope, message, "sent", f"delivered to {target.kind}")
+        if ledger is not None and first_temp is None:
+            try:
+                ledger.forget(msg_key)  # no retry will come: drop the records
+            except DeliveryError as exc:
+                log.warning(exc.line())
+    finally:
+        if ledger is not None:
+            ledger.close()
     return DeliveryResult(results=results, error=first_temp or first_perm)
+
+
+def _open_ledger(targets, message, envelope, cfg):
+    """(Ledger, message key) for a delivery to several targets."""
+    from pymda import state
+
+    identity = targets[0].identity
+    path = state.state_path(cfg, identity)
+    ledger = state.Ledger.open(path, timeout=cfg.lock_timeout)
+    return ledger, state.message_key(message, envelope)
+

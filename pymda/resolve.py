@@ -55,6 +55,8 @@ class Target(Record):
            /var/mail rules apply), else None
     source: "mailbox" | ".forward line N" | ":include:PATH line N"
     identity: users.Identity the target is written as
+    error: a DeliveryError reported instead of writing (a .forward target
+           a policy refuses: allow_files, allow_commands, :include: rules)
     """
 
     __slots__ = (
@@ -68,8 +70,10 @@ class Target(Record):
         "address",
         "source",
         "identity",
+        "error",
     )
     _defaults = {
+        "error": None,
         "path": None,
         "folder": INBOX,
         "directory": None,
@@ -189,6 +193,8 @@ def target_dict(target):
     elif target.kind == "forward":
         out["address"] = target.address
     out["source"] = target.source
+    if target.error is not None:
+        out["error"] = target.error.line()
     return out
 
 
@@ -199,7 +205,8 @@ def format_plan(targets):
         d = target_dict(t)
         where = d.get("path") or d.get("command") or d.get("address")
         extra = f" folder={d['folder']}" if "folder" in d else ""
-        lines.append(f"{d['kind']} {where}{extra} source={d['source']}")
+        refused = f" refused=({d['error']})" if "error" in d else ""
+        lines.append(f"{d['kind']} {where}{extra} source={d['source']}{refused}")
     return "\n".join(lines) + "\n"
 
 
