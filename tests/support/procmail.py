@@ -8,9 +8,9 @@
 - ``start_deliver(...)``: the same, without waiting (a Popen).
 - ``hold_lockfile(lockpath, user=None)``: context manager; procmail's
   ``lockfile -r0 LOCK`` creates the dotlock, removed on exit.
-- ``hold_dotlockfile(mbox)``: context manager; liblockfile's
-  ``dotlockfile -p -l -r 0 MBOX`` (setgid mail: works in /var/mail) with
-  this process's pid in it, ``dotlockfile -u`` on exit.
+- ``hold_dotlockfile(mbox, user=None)``: context manager; liblockfile's
+  ``dotlockfile -p -l -r 0 MBOX.lock`` (setgid mail: works in /var/mail
+  for any user), removed on exit.
 """
 
 import contextlib
@@ -88,16 +88,22 @@ def hold_lockfile(lockpath, user=None):
 
 
 @contextlib.contextmanager
-def hold_dotlockfile(mbox):
-    """Hold ``<mbox>.lock`` created by liblockfile's ``dotlockfile``."""
-    subprocess.run([DOTLOCKFILE, "-p", "-l", "-r", "0", str(mbox)], check=True,
-                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def hold_dotlockfile(mbox, user=None):
+    """Hold ``<mbox>.lock`` created by liblockfile's ``dotlockfile``.
+
+    NOTE: dotlockfile's argument is the LOCK file's name, not the mailbox's
+    (``dotlockfile -u /var/mail/x`` would delete the mailbox itself).
+    The lock holds the pid of this (test) process (``-p``), so it is valid
+    for liblockfile users as long as the test runs.
+    """
+    lock = f"{mbox}.lock"
+    kw, env = _kwargs(user)
+    subprocess.run([DOTLOCKFILE, "-p", "-l", "-r", "0", lock], check=True, env=env,
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
     try:
-        yield f"{mbox}.lock"
+        yield lock
     finally:
-        subprocess.run([DOTLOCKFILE, "-p", "-u", str(mbox)], check=False,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            os.unlink(f"{mbox}.lock")
+            os.unlink(lock)
         except FileNotFoundError:
             pass
