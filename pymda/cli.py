@@ -261,11 +261,20 @@ def _deliver(opts, environ, cfg, log):
     else:
         identity = users.lookup(cfg, envelope.user)
     users.authorise(identity)
+    from pymda import resolve
+
+    if is_root and not opts.get("dry_run") and identity.uid != 0:
+        # As postfix's local(8): root creates a missing spool mbox for the
+        # user (the user cannot: /var/mail is 2775 root:mail).
+        kind, path, spool = resolve.mailbox_location(
+            cfg, envelope, identity, opts.get("mailbox"))
+        if kind == "mbox" and spool and not os.path.lexists(path):
+            from pymda.mbox import precreate_spool_mbox
+
+            precreate_spool_mbox(path, identity.uid, identity.gid)
     # DELIVERY RIGHTS: become the user before touching any of its files.
     if not opts.get("dry_run") or is_root:
         users.switch_to(identity)
-
-    from pymda import resolve
 
     forward = opts.get("forward", cfg.forward)
     folder = opts.get("folder")

@@ -87,6 +87,30 @@ def open_mbox(path, uid, create=True, spool_dir=None):
     return fd
 
 
+def precreate_spool_mbox(path, uid, gid):
+    """As root: create a missing spool mbox for ``uid`` (0600), as local(8) does.
+
+    Debian's /var/mail is 2775 root:mail and the user cannot create files
+    there.  Only a missing file is created (O_EXCL, O_NOFOLLOW): an existing
+    one is left for the checks made as the user.  Group: the spool
+    directory's group (mail), else ``gid``.
+    """
+    try:
+        group = os.stat(os.path.dirname(path)).st_gid
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot create mailbox {path}") from None
+    try:
+        os.fchown(fd, uid, group if group else gid)
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return True
+
+
 def _user(uid):
     import pwd
 
