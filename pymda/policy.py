@@ -1,0 +1,337 @@
+"""Postfix policy delegation for quota: the protocol and the server.
+
+PROTOCOL (postfix SMTPD_POLICY_README): a request is ``name=value`` lines
+ended by an empty line; the answer is ``action=<action>`` and an empty
+line; a connection carries any number of requests, answered in order.
+Postfix sends ``request=smtpd_access_policy`` and some 30 attributes;
+only ``recipient`` and ``size`` matter here (the nc example of SPEC 3
+sends just those two).
+
+DECISION (``decide``):
+- no ``recipient`` (postfix leaves it empty at END-OF-MESSAGE when the
+  message has several recipients): ``DUNNO``;
+- the recipient's user: extension stripped with ``recipient_delimiter``;
+  a virtual user by full address (``[users."bob@example.org"]``), else
+  a system user by local part, as ``pymda`` itself resolves it; unknown:
+  ``policy_nouser`` (default ``DUNNO``; e.g. ``550 5.1.1 User unknown``);
+- no quota for that user: ``DUNNO`` (nothing is read);
+- ``size`` more bytes would pass a limit of the main mailbox (the same
+  rule and the same ``maildirsize`` as delivery, quota.py):
+  ``552 5.2.2 Mailbox is full`` (``452 4.2.2 ...`` with
+  ``quota_full_tempfail``); else ``DUNNO``.  Never ``OK``: that would
+  skip the restrictions after this one.
+
+ERRORS: anything unexpected while deciding closes the connection without
+an answer (postfix then applies ``smtpd_policy_service_default_action``,
+451 4.3.5 by default, and logs it).  Malformed input never crashes the
+server: a line without ``=`` is ignored (postfix never sends one), a line
+over ``MAX_LINE`` bytes or a request over ``MAX_REQUEST`` bytes or
+``MAX_ATTRIBUTES`` lines closes that connection, bytes that are not UTF-8
+are decoded with surrogateescape (and match no user).
+
+SECURITY: the service only reads quota state (maildirsize, a Maildir
+scan when that file cannot be trusted, an mbox's size); it never writes
+and never follows a symlink (quota.py).  It may run as root or as a mail
+user that can read the mailboxes.
+
+LIMITATIONS:
+- The check is for the main mailbox (INBOX); the size postfix reports
+  does not include the Return-Path/Delivered-To lines delivery adds (a
+  few dozen bytes), so a message within those bytes of the limit can
+  pass here and still be refused at delivery.
+- ``recipient`` is matched by local part for system users in every
+  domain: place the check where only mail for local domains reaches it
+  (docs/quota.md).
+- Config changes need a restart.
+"""
+
+from pymda.errors import DeliveryError
+
+MAX_LINE = 16384
+MAX_REQUEST = 65536
+MAX_ATTRIBUTES = 256
+IDLE_TIMEOUT = 3600  # postfix closes idle policy connections after 300 s
+
+DUNNO = "DUNNO"
+FULL_PERM = "552 5.2.2 Mailbox is full"
+FULL_TEMP = "452 4.2.2 Mailbox is full"
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol limits: close the connection."""
+
+
+class RequestParser:
+    """Sans-I/O: ``feed(bytes)`` -> list of complete requests (dicts)."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.attrs = {}
+        self.size = 0
+
+    def feed(self, data):
+        self.buffer += data
+        requests = []
+        while True:
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                if len(self.buffer) > MAX_LINE:
+                    raise ProtocolError("line too long")
+                return requests
+            line = self.buffer[:end]
+            self.buffer = self.buffer[end + 1:]
+            if len(line) > MAX_LINE:
+                raise ProtocolError("line too long")
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                requests.append(self.attrs)
+                self.attrs = {}
+                self.size = 0
+                continue
+            self.size += len(line) + 1
+            if self.size > MAX_REQUEST or len(self.attrs) >= MAX_ATTRIBUTES:
+                raise ProtocolError("request too large")
+            name, sep, value = line.partition(b"=")
+            if not sep:
+                continue  # not name=value: ignored
+            self.attrs[name.decode("utf-8", "surrogateescape")] = value.decode(
+                "utf-8", "surrogateescape")
+
+
+def format_response(action):
+    return f"action={action}\n\n".encode("utf-8", "surrogateescape")
+
+
+def mailbox_for(cfg, address):
+    """(Identity, main-mailbox Target) for a recipient address.
+
+    Raises PermFail 5.1.1 for an unknown user.  The user rule is
+    ``pymda``'s (cli.build_envelope); the mailbox location is resolve's.
+    """
+    from pymda import resolve, users
+    from pymda.address import INBOX, split_address
+
+    local, domain, base, extension = split_address(address, cfg.recipient_delimiter)
+    name = base
+    if domain and cfg.user(f"{base}@{domain}"):
+        name = f"{base}@{domain}"
+    if not name:
+        from pymda.errors import PermFail
+
+        raise PermFail("User unknown: empty local part", "5.1.1")
+    identity = users.lookup(cfg, name)
+    envelope = resolve.Envelope(sender="", recipient=address, user=name, local=local,
+                                domain=domain, extension=extension)
+    return identity, resolve.mailbox_target(cfg, envelope, identity, INBOX)
+
+
+def decide(cfg, attrs):
+    """The action for one request (see the module docstring)."""
+    from pymda import quota
+
+    recipient = attrs.get("recipient", "").strip().strip("<>")
+    if not recipient:
+        return DUNNO
+    try:
+        size = int(attrs.get("size") or 0)
+    except ValueError:
+        size = 0
+    size = max(size, 0)
+    try:
+        identity, target = mailbox_for(cfg, recipient)
+    except DeliveryError as exc:
+        if exc.status == "5.1.1":
+            return cfg.policy_nouser or DUNNO
+        raise
+    storage, messages = quota.limits(cfg, identity)
+    if not storage and not messages:
+        return DUNNO
+    used_bytes, used_count = quota.usage(cfg, identity, target)
+    if target.kind == "mbox":
+        messages = 0
+    if quota.exceeds(storage, messages, used_bytes, used_count, size):
+        return FULL_TEMP if cfg.quota_full_tempfail else FULL_PERM
+    return DUNNO
+
+
+def describe(attrs):
+    rcpt = attrs.get("recipient", "")
+    return f"recipient=<{rcpt}> size={attrs.get('size', '')}"
+
+
+# --- serving ----------------------------------------------------------------
+
+
+def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
+    """One client on a pair of descriptors (postfix spawn(8)): until EOF."""
+    import os
+
+    parser = RequestParser()
+    while True:
+        try:
+            data = os.read(read_fd, 65536)
+        except OSError:
+            return
+        if not data:
+            return
+        try:
+            requests = parser.feed(data)
+        except ProtocolError as exc:
+            _log(log, "warning", f"closing connection: {exc}")
+            return
+        for attrs in requests:
+            try:
+                action = decide(cfg, attrs)
+            except Exception as exc:  # internal error: no answer, close
+                _log(log, "error", f"{describe(attrs)}: {exc!r}")
+                return
+            _log_action(log, attrs, action)
+            out = format_response(action)
+            while out:
+                out = out[os.write(write_fd, out):]
+
+
+def _log(log, level, text):
+    if log is not None:
+        getattr(log, level)(text)
+
+
+def _log_action(log, attrs, action):
+    if log is not None and action != DUNNO:
+        log.info(f"{describe(attrs)}: action={action}")
+
+
+async def handle_connection(cfg, reader, writer, log=None):
+    """Serve one connection of the asyncio server."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    parser = RequestParser()
+    try:
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT)
+            except (asyncio.TimeoutError, ConnectionError):
+                return
+            if not data:
+                return
+            try:
+                requests = parser.feed(data)
+            except ProtocolError as exc:
+                _log(log, "warning", f"closing connection: {exc}")
+                return
+            for attrs in requests:
+                try:
+                    # Quota state is read with blocking file I/O: a thread
+                    # keeps one slow mailbox from stalling other clients.
+                    action = await loop.run_in_executor(None, decide, cfg, attrs)
+                except Exception as exc:  # internal error: no answer, close
+                    _log(log, "error", f"{describe(attrs)}: {exc!r}")
+                    return
+                _log_action(log, attrs, action)
+                writer.write(format_response(action))
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+def parse_listen(spec):
+    """'inet:HOST:PORT' -> ("inet", host, port); 'unix:PATH' -> ("unix", path)."""
+    kind, sep, rest = spec.partition(":")
+    if kind == "unix" and sep and rest:
+        return ("unix", rest)
+    if kind == "inet" and sep:
+        host, sep, port = rest.rpartition(":")
+        host = host.strip("[]")
+        if sep and port.isdigit() and 0 < int(port) < 65536:
+            return ("inet", host or "127.0.0.1", int(port))
+    raise ValueError(f"--listen {spec!r}: use inet:HOST:PORT or unix:PATH")
+
+
+def systemd_sockets(environ=None):
+    """Sockets passed by systemd socket activation (LISTEN_FDS), or []."""
+    import os
+    import socket
+
+    environ = os.environ if environ is None else environ
+    try:
+        if int(environ.get("LISTEN_PID", "0")) != os.getpid():
+            return []
+        count = int(environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(key, None)
+    return [socket.socket(fileno=3 + i) for i in range(count)]
+
+
+def open_listeners(specs, unix_mode=0o666):
+    """Bound, listening sockets for the --listen specs."""
+    import os
+    import socket
+    import stat
+
+    socks = []
+    for spec in specs:
+        parsed = parse_listen(spec)
+        if parsed[0] == "unix":
+            path = parsed[1]
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)  # stale socket of an earlier run
+            except FileNotFoundError:
+                pass
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            os.chmod(path, unix_mode)
+        else:
+            _, host, port = parsed
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        sock.listen(128)
+        socks.append(sock)
+    return socks
+
+
+async def serve(cfg, sockets, log=None, ready=None):
+    """Accept on every socket until SIGTERM/SIGINT; then stop cleanly."""
+    import asyncio
+    import signal
+    import socket
+
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+
+    async def client(reader, writer):
+        await handle_connection(cfg, reader, writer, log)
+
+    servers = []
+    for sock in sockets:
+        sock.setblocking(False)
+        if sock.family == socket.AF_UNIX:
+            servers.append(await asyncio.start_unix_server(client, sock=sock, limit=MAX_LINE))
+        else:
+            servers.append(await asyncio.start_server(client, sock=sock, limit=MAX_LINE))
+    if ready is not None:
+        ready()
+    await stop
+    for server in servers:
+        server.close()
+    for server in servers:
+        try:
+            # 3.12+ waits here for open connections: postfix keeps its
+            # policy connections idle for minutes, so do not wait long.
+            await asyncio.wait_for(server.wait_closed(), 2)
+        except asyncio.TimeoutError:
+            pass
