@@ -224,7 +224,7 @@ def read(source, limit=0):
     # SPEC 1.1: a missing final newline is added.  A CR at the very end is
     # the first half of a line end whose LF never came: it becomes that LF.
     ending = b""
-    if kept and (carry_cr or tail[-1:] != b"\n"):
+    if carry_cr or (kept and tail[-1:] != b"\n"):
         ending = b"\n"
     if too_big or (limit and kept + len(ending) > limit):
         if fd is not None:
