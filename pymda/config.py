@@ -142,6 +142,9 @@ KEYS = {
     "policy_nouser": ("DUNNO", _str),
     # issue 3: per-user record of completed targets (state.py, docs/forward.md)
     "state_file": ("$home/.pymda-state.sqlite", _str),
+    # issue 5: pymda-admin redeliver's record of redelivered messages
+    # (redeliver.py, docs/redeliver.md); its lock is this path + ".lock"
+    "redeliver_record": ("$home/.pymda-redeliver", _str),
 }
 
 # Keys a [users."name"] table may set.
