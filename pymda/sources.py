@@ -17,8 +17,8 @@ Contract:
   message of an mbox, ``"cur/NAME"`` in a Maildir), ``reader`` (an object
   with ``.read(n)`` giving the message bytes without any ``From `` line;
   valid only until the next item is requested), ``flags`` (the Maildir
-  ``:2,`` flags of a ``cur/`` file, e.g. ``"RS"``; ``""`` for ``new/``;
-  None for other sources) and ``from_sender`` (the address of the mbox
+  ``:2,`` flags of a ``cur/`` file, e.g. ``"RS"``, ``""`` for none;
+  None for ``new/`` and for other sources) and ``from_sender`` (the address of the mbox
   ``From `` line, ``""`` for MAILER-DAEMON, None when there is none).
   Memory does not grow with the size of the source: only message
   boundaries (two integers and the From_ sender per message) are kept.
@@ -495,7 +495,7 @@ class MaildirSource(Source):
                 os.close(sub_fd)
             names.sort()
             for entry in names:
-                flags = ""
+                flags = None
                 if sub == "cur":
                     _, sep, info = entry.rpartition(":2,")
                     flags = info if sep else ""

@@ -1,0 +1,287 @@
+"""``pymda-admin``: shell tools (SPEC 4) as a thin click layer.
+
+Commands:
+- ``redeliver [-d USER] [--mailbox PATH] [-m FOLDER] [-f SENDER] [--forward]
+  [-n/--dry-run] SOURCE...`` -> redeliver.redeliver(); prints, per failure,
+  ``failed: SOURCE POSITION MESSAGE-ID: D.S.N reason``, then the rate
+  line, then the summary line ``N delivered, M skipped, K failed`` (the
+  last line of the output).  A progress bar goes to stderr when it is a
+  terminal, nothing otherwise.
+- ``explain ADDRESS`` -> the plan, exactly as ``pymda -n`` prints it
+  (``--json`` too): resolve.format_plan / resolve.plan_json, the same
+  formatter.
+- ``check-config [-c FILE]`` -> config.load(); every SPEC 5 key with its
+  effective value (TOML syntax) and where it came from (default, file,
+  override), then the ``[users."..."]`` tables.
+- ``quota`` (pymda/admin_quota.py) when that module is installed.
+
+Every command takes ``-c FILE`` (else $PYMDA_CONFIG, else
+/etc/pymda/pymda.toml) and ``-o KEY=VALUE``.
+
+EXIT STATUS: 0 success; 64 usage; 66 a SOURCE that cannot be read (and
+nothing else failed); 67 unknown user; 75 temporary failures (some
+message deferred: run again), interrupted, or an internal error; 77
+permanent failures; 78 (EX_CONFIG) check-config found an error.  Never a
+traceback: the one broad catch is ``main``.
+
+Shell completion (click): ``eval "$(_PYMDA_ADMIN_COMPLETE=bash_source
+pymda-admin)"`` (zsh_source, fish_source); ``-d`` completes user names.
+
+This module imports click and is never on the delivery path.
+"""
+
+import os
+import sys
+
+import click
+
+from pymda import __version__
+from pymda.errors import EX_TEMPFAIL, EX_USAGE, DeliveryError
+
+EX_CONFIG = 78
+COMPLETE_VAR = "_PYMDA_ADMIN_COMPLETE"
+
+
+def _complete_users(ctx, param, incomplete):
+    import pwd
+
+    names = sorted(
+        p.pw_name for p in pwd.getpwall()
+        if (p.pw_uid == 0 or p.pw_uid >= 1000) and p.pw_name.startswith(incomplete)
+    )
+    return names[:200]
+
+
+def config_options(f):
+    f = click.option(
+        "-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help="Override one config key (repeatable).",
+    )(f)
+    f = click.option(
+        "-c", "--config", "config_path", metavar="FILE",
+        type=click.Path(dir_okay=False), help="Configuration file.",
+    )(f)
+    return f
+
+
+def _load_config(config_path, overrides):
+    from pymda import config
+
+    return config.load(config_path, list(overrides))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=__version__, prog_name="pymda-admin", message="%(prog)s %(version)s")
+def cli():
+    """pymda administration: redeliver saved mail, explain where mail goes,
+    check the configuration."""
+
+
+# --- redeliver -------------------------------------------------------------------------
+
+
+class _Bar:
+    """click's progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start(self, total):
+        self.bar = click.progressbar(length=total, label="redelivering", file=sys.stderr,
+                                     show_pos=True)
+        self.bar.__enter__()
+
+    def update(self, n):
+        self.bar.update(n)
+
+    def finish(self):
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@cli.command()
+@click.option("-d", "--user", metavar="USER", shell_complete=_complete_users,
+              help="Deliver as this user (root only for another user).")
+@click.option("--mailbox", metavar="PATH",
+              help="Main mailbox (trailing / = Maildir); relative to the user's home.")
+@click.option("-m", "--folder", metavar="FOLDER", help="Deliver into this folder.")
+@click.option("-f", "--from", "sender", metavar="SENDER",
+              help="Envelope sender (default: Return-Path, else the From_ line).")
+@click.option("--forward", is_flag=True, help="Read the user's .forward (off by default).")
+@click.option("-n", "--dry-run", is_flag=True, help="Check sources, print the plan, write nothing.")
+@config_options
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...",
+                type=click.Path(allow_dash=True))
+def redeliver(user, mailbox, folder, sender, forward, dry_run, config_path, overrides, sources):
+    """Redeliver every message of SOURCE (mbox, .gz/.bz2/.xz mbox, Maildir,
+    message file, or - for stdin) through the delivery engine, once."""
+    from pymda import redeliver as batch
+    from pymda.log import Log
+    from pymda.resolve import format_plan
+
+    cfg = _load_config(config_path, overrides)
+    if folder is not None and not folder.strip():
+        raise click.UsageError("empty folder name")
+    opts = batch.Options(user=user, mailbox=mailbox, folder=folder, sender=sender,
+                         forward=forward, dry_run=dry_run)
+    progress = _Bar() if sys.stderr.isatty() and not dry_run else None
+
+    def show_plan(targets):
+        if dry_run:
+            click.echo(format_plan(targets), nl=False)
+
+    log = Log(ident="pymda-admin")
+    summary = batch.redeliver(list(sources), opts, cfg, log, progress=progress,
+                              stdin=sys.stdin, on_plan=show_plan)
+    for failure in summary.failures:
+        click.echo(failure.line())
+    if summary.interrupted:
+        click.echo("interrupted: run the same command again to finish")
+    if dry_run:
+        click.echo("dry run: nothing written (counts are what would happen)")
+    click.echo(summary.rate_line())
+    click.echo(summary.line())
+    return summary.exit
+
+
+# --- explain -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("address")
+@click.option("-d", "--user", metavar="USER", shell_complete=_complete_users,
+              help="The user (default: the address's local part without extension).")
+@click.option("-m", "--folder", metavar="FOLDER", help="As pymda -m.")
+@click.option("--mailbox", metavar="PATH", help="As pymda --mailbox.")
+@click.option("--forward/--no-forward", default=None, help="Read .forward (default: config).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@config_options
+def explain(address, user, folder, mailbox, forward, as_json, config_path, overrides):
+    """Show where mail for ADDRESS would go, as `pymda -n -a ADDRESS`."""
+    from pymda import cli as pymda_cli
+    from pymda import message as message_mod
+    from pymda import resolve, users
+    from pymda.log import Log
+
+    cfg = _load_config(config_path, overrides)
+    opts = {"recipient": address, "sender": ""}
+    if user:
+        opts["user"] = user
+    is_root = os.geteuid() == 0
+    probe = message_mod.from_bytes(b"Subject: pymda-admin explain\n\n")
+    envelope = pymda_cli.build_envelope(opts, {}, probe, cfg, is_root=True)
+    identity = users.lookup(cfg, envelope.user)
+    users.authorise(identity)
+    if is_root:
+        users.switch_to(identity)  # DELIVERY RIGHTS: read .forward as the user
+    targets = resolve.plan(
+        cfg, envelope, identity, folder=folder, mailbox=mailbox,
+        forward=cfg.forward if forward is None else forward, log=Log(ident="pymda-admin"),
+    )
+    out = resolve.plan_json(targets) if as_json else resolve.format_plan(targets)
+    click.echo(out, nl=False)
+    return 0
+
+
+# --- check-config ---------------------------------------------------------------------
+
+
+def format_toml_value(value):
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def format_settings(cfg):
+    """The effective configuration as TOML, each key with its origin."""
+    from pymda.config import KEYS
+
+    lines = [f"# configuration: {cfg.path or 'built-in defaults (no file)'}"]
+    width = max(len(k) for k in KEYS)
+    for key in KEYS:
+        text = f"{key.ljust(width)} = {format_toml_value(getattr(cfg, key))}"
+        origin = cfg.origins.get(key, "default")
+        where = f"file {cfg.path}" if origin == "file" else origin
+        lines.append(f"{text.ljust(width + 40)} # {where}")
+    for name, table in sorted(cfg.users.items()):
+        lines.append("")
+        lines.append(f"[users.{format_toml_value(name)}]  # file {cfg.path}")
+        for key, value in table.items():
+            lines.append(f"{key} = {format_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@cli.command("check-config")
+@config_options
+def check_config(config_path, overrides):
+    """Validate the configuration and print the effective settings with
+    where each came from (default, file, override)."""
+    from pymda.errors import ConfigError
+
+    try:
+        cfg = _load_config(config_path, overrides)
+    except ConfigError as exc:
+        click.echo(f"check-config: {exc.text}", err=True)
+        return EX_CONFIG
+    click.echo(format_settings(cfg), nl=False)
+    return 0
+
+
+def _add_quota_command():
+    try:
+        from pymda.admin_quota import quota_command
+    except ModuleNotFoundError as exc:
+        if exc.name != "pymda.admin_quota":
+            raise
+        return
+    cli.add_command(quota_command, "quota")
+
+
+_add_quota_command()
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def main(argv=None):
+    """Run pymda-admin; returns the exit status (never a traceback)."""
+    try:
+        rv = cli.main(args=argv, prog_name="pymda-admin", complete_var=COMPLETE_VAR,
+                      standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        exc.show()
+        return EX_USAGE
+    except click.Abort:
+        click.echo("pymda-admin: aborted", err=True)
+        return EX_TEMPFAIL
+    except click.ClickException as exc:
+        exc.show()
+        return EX_USAGE
+    except DeliveryError as exc:
+        click.echo(f"pymda-admin: {exc.line()}", err=True)
+        return exc.exit
+    except KeyboardInterrupt:
+        click.echo("pymda-admin: interrupted", err=True)
+        return EX_TEMPFAIL
+    except Exception as exc:  # the one broad catch
+        click.echo(f"pymda-admin: 4.3.0 internal error: {type(exc).__name__}: {exc}", err=True)
+        return EX_TEMPFAIL
+    finally:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
