@@ -718,3 +718,59 @@ def test_concurrent_deliveries_near_the_limit(mailuser, delivered_size):
     # the next delivery (sequential) is refused: the mailbox is full
     code, out = deliver(mailuser, "--mailbox", "Maildir/", "-o", limit)
     assert code == EX_NOPERM and out.startswith(FULL_PERM_LINE), out
+
+
+# --- pymda-admin quota ----------------------------------------------------------
+
+USER_UNKNOWN = b"5.1.1 "
+
+
+def admin_bin():
+    return paths.prefix() / "bin" / "pymda-admin"
+
+
+@needs_root
+def test_admin_quota_shows_usage_and_recalc_rebuilds_as_the_user(tmp_path, mailuser):
+    md = user_maildir(mailuser, folders=["Trash"])
+    user_put(mailuser, md, "1,S=2048", 2048)
+    user_put(mailuser, md, "2,S=1024:2,ST", 1024, folder=".Trash", sub="cur")
+    (Path(md) / "maildirsize").write_text("bad\n")
+    cfg_file = tmp_path / "pymda.toml"
+    cfg_file.write_text('mailbox = "Maildir/"\nquota_storage = "8K"\nquota_messages = 4\n')
+    env = {"PATH": "/usr/bin:/bin"}
+    out = subprocess.run([admin_bin(), "quota", "-c", cfg_file, f"{mailuser.name}+x@localhost"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    assert out.returncode == 0, out.stdout
+    text = out.stdout.decode()
+    assert f"user:     {mailuser.name}\n" in text
+    assert "[3072 of 8192 bytes]" in text and "(37%)" in text
+    assert "messages: 2 of 4 (50%)" in text
+    assert maildirsize(md) == "bad\n"                  # reading writes nothing
+    out = subprocess.run([admin_bin(), "quota", "--recalc", "-c", cfg_file, mailuser.name],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    assert out.returncode == 0, out.stdout
+    assert maildirsize(md) == "8192S,4C\n3072 2\n"
+    st = os.stat(Path(md) / "maildirsize")
+    assert (st.st_uid, st.st_gid) == (mailuser.uid, mailuser.gid)
+    assert os.stat(Path(md) / quota.LOCK_NAME).st_uid == mailuser.uid
+
+
+def test_admin_quota_unknown_user(tmp_path):
+    cfg_file = tmp_path / "pymda.toml"
+    cfg_file.write_text("quota_storage = 1000\n")
+    out = subprocess.run([admin_bin(), "quota", "-c", cfg_file, "no-such-user-xyz"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 67 and out.stdout.startswith(USER_UNKNOWN), out.stdout
+
+
+def test_admin_quota_report_format():
+    from pymda.admin_quota import format_report
+
+    ident = Identity(name="alice", uid=1, gid=1, home="/home/alice")
+    t = Target(kind="mbox", path="/var/mail/alice", identity=ident)
+    assert format_report(ident, t, 0, 0, 1536, None) == (
+        "user:     alice\n"
+        "mailbox:  /var/mail/alice (mbox)\n"
+        "storage:  1.5 KiB, no limit   [1536 bytes]\n"
+        "messages: not counted for mbox")
