@@ -318,7 +318,15 @@ def main(argv=None, environ=None):
     try:
         sys.stdout.flush()
     except (OSError, ValueError):
-        pass
+        # stdout is gone (e.g. a closed pipe): point fd 1 at /dev/null, or
+        # the interpreter's own flush at exit prints a second message and
+        # turns the exit code into 120, which postfix would bounce on.
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
+        except OSError:
+            pass
     if "log" in state:
         state["log"].flush()  # -v lines come after the status line
     return code
