@@ -157,6 +157,8 @@ def _open_spool():
             fd = os.open(name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create a spool file in {directory}") from None
         os.unlink(name)
         return fd
     raise TempFail(f"cannot create a spool file in {directory}", "4.3.0")
