@@ -101,7 +101,8 @@ class Summary:
 
     @property
     def processed(self):
-        return self.delivered + self.skipped + self.failed
+        """Messages handled (a SOURCE that could not be read is no message)."""
+        return self.delivered + self.skipped + self.failed - self.bad_sources
 
     def line(self):
         return f"{self.delivered} delivered, {self.skipped} skipped, {self.failed} failed"
