@@ -182,14 +182,32 @@ def _stream(fd, compression):
     if compression == "gzip":
         import gzip
 
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return _Closing(gzip.GzipFile(fileobj=raw, mode="rb"), raw)
     if compression == "bzip2":
         import bz2
 
-        return bz2.BZ2File(raw, "rb")
+        return _Closing(bz2.BZ2File(raw, "rb"), raw)
     import lzma
 
-    return lzma.LZMAFile(raw, "rb")
+    return _Closing(lzma.LZMAFile(raw, "rb"), raw)
+
+
+class _Closing:
+    """A decompressing file that also closes the file under it (the
+    gzip/bz2/lzma classes leave a passed file object open)."""
+
+    def __init__(self, f, raw):
+        self.f = f
+        self.raw = raw
+        self.read = f.read
+        self.readline = f.readline
+        self.seek = f.seek
+
+    def close(self):
+        try:
+            self.f.close()
+        finally:
+            self.raw.close()
 
 
 def _decode_errors():
@@ -484,8 +502,7 @@ class MaildirSource(Source):
             try:
                 sub_fd = open_readonly(sub, dir_fd=dir_fd, directory=True)
             except OSError as exc:
-                os.close(dir_fd)
-                self.dir_fd = None
+                self.dir_fd = None  # open_source closes it
                 raise SourceError(
                     f"{name}: not a Maildir: {sub}/: {exc.strerror}"
                 ) from None

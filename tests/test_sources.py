@@ -1,0 +1,192 @@
+"""pymda.sources: recognising SOURCEs by content and splitting them (real files)."""
+
+import gzip
+import io
+import os
+
+import pytest
+
+import redeliver_packs as packs
+from pymda import sources
+from redeliver_packs import read_bytes
+
+
+def messages_of(source):
+    out = []
+    for item in source.items():
+        chunks = []
+        while True:
+            chunk = item.reader.read(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        out.append((item, b"".join(chunks)))
+    return out
+
+
+def open_(path, **kw):
+    return sources.open_source(str(path), **kw)
+
+
+@pytest.fixture(scope="module")
+def py_mbox(tmp_path_factory, corpus_messages):
+    d = tmp_path_factory.mktemp("src")
+    return packs.python_mbox(corpus_messages, d / "python.mbox")
+
+
+@pytest.mark.parametrize("kind", [None, "gz", "bz2", "xz"])
+def test_python_mbox_all_compressions(py_mbox, corpus_messages, kind):
+    path = py_mbox if kind is None else packs.compressed(py_mbox, kind)
+    with open_(path) as src:
+        assert src.count == len(corpus_messages)
+        assert src.kind == "mbox" + {None: "", "gz": "+gzip", "bz2": "+bzip2", "xz": "+xz"}[kind]
+        got = messages_of(src)
+    assert [packs.body_of(data) for _, data in got] == [
+        packs.body_of(m.read_bytes()) for m in corpus_messages]
+    assert all(not data.startswith(b"From ") for _, data in got)
+    assert got[0][0].position == "#1" and got[-1][0].position == f"#{len(corpus_messages)}"
+
+
+@pytest.mark.skipif(not os.access(packs.PROCMAIL, os.X_OK), reason="procmail not installed")
+def test_procmail_mbox(tmp_path, corpus_messages):
+    path = packs.procmail_mbox(corpus_messages, tmp_path / "pm.mbox", sender="who@example.org")
+    with open_(path) as src:
+        got = messages_of(src)
+    assert len(got) == len(corpus_messages)
+    assert {item.from_sender for item, _ in got} == {"who@example.org"}
+    assert [packs.body_of(d) for _, d in got] == [
+        packs.body_of(m.read_bytes()) for m in corpus_messages]
+
+
+MBOXRD = (b"From a@example.org  Thu Jan  1 00:00:00 1970\n"
+          b"Subject: q\n\n>From one\n>>From two\n>Fromage\nFrom\n\n"
+          b"From MAILER-DAEMON  Thu Jan  1 00:00:00 1970\n"
+          b"Subject: r\n\nlast\n")
+
+
+def test_unquoting_mboxrd_and_mboxo(tmp_path):
+    path = tmp_path / "rd.mbox"
+    path.write_bytes(MBOXRD)
+    with open_(path) as src:
+        (i1, m1), (i2, m2) = messages_of(src)
+    assert m1 == b"Subject: q\n\nFrom one\n>From two\n>Fromage\nFrom\n"
+    assert m2 == b"Subject: r\n\nlast\n"
+    assert (i1.from_sender, i2.from_sender) == ("a@example.org", "")
+    with open_(path, mbox_quoting="mboxo") as src:
+        (_, m1), _ = messages_of(src)
+    assert m1 == b"Subject: q\n\nFrom one\n>>From two\n>Fromage\nFrom\n"
+
+
+def test_from_line_in_paragraph_does_not_split(tmp_path):
+    path = tmp_path / "para.mbox"
+    path.write_bytes(b"From a@b  Thu Jan  1 00:00:00 1970\nSubject: x\n\ntext\n"
+                     b"From my point of view\n\n")
+    with open_(path) as src:
+        assert src.count == 1
+
+
+def _cl_mbox(bodies, lie=0):
+    out = []
+    for body in bodies:
+        out.append(b"From x@y  Thu Jan  1 00:00:00 1970\nSubject: s\n"
+                   + b"Content-Length: %d\n\n" % (len(body) + lie) + body + b"\n")
+    return b"".join(out)
+
+
+def test_content_length_consistent_keeps_unquoted_from(tmp_path):
+    bodies = [b"a\n\nFrom inside the body Thu Jan  1 00:00:00 1970\nmore\n", b"second\n"]
+    path = tmp_path / "cl.mbox"
+    path.write_bytes(_cl_mbox(bodies))
+    with open_(path) as src:
+        got = messages_of(src)
+    assert [packs.body_of(d) + b"\n" for _, d in got] == bodies
+
+
+def test_content_length_inconsistent_is_ignored(tmp_path):
+    bodies = [b"a\n", b"b\n", b"c\n"]
+    path = tmp_path / "cl.mbox"
+    path.write_bytes(_cl_mbox(bodies, lie=7))
+    with open_(path) as src:
+        got = messages_of(src)
+    assert [packs.body_of(d) + b"\n" for _, d in got] == bodies
+
+
+def test_maildir_flags_and_order(tmp_path, corpus_messages):
+    msgs = corpus_messages[:12]
+    flags = packs.maildir_with_flags(msgs, tmp_path / "Maildir")
+    (tmp_path / "Maildir" / "tmp" / "partial").write_bytes(b"Subject: half")
+    with open_(tmp_path / "Maildir") as src:
+        assert src.kind == "maildir" and src.count == 12
+        got = messages_of(src)
+    by_body = {packs.body_of(m.read_bytes()): flags[m.name] for m in msgs}
+    assert {packs.body_of(d): item.flags for item, d in got} == by_body
+    assert all(item.position.startswith(("new/", "cur/")) for item, _ in got)
+
+
+def test_single_message_and_stdin(corpus_messages):
+    plain = next(m for m in corpus_messages if not m.read_bytes().startswith(b"From "))
+    with open_(plain) as src:
+        assert (src.kind, src.count) == ("message", 1)
+        ((item, data),) = messages_of(src)
+    assert data == plain.read_bytes() and item.flags is None
+    with sources.open_source("-", stdin=io.BytesIO(gzip.compress(MBOXRD))) as src:
+        assert (src.kind, src.count) == ("mbox+gzip", 2)
+
+
+BAD = {
+    "junk": (bytes(range(256)) * 16, "not a mailbox or a message"),
+    "empty": (b"", "empty file"),
+    "prose": (b"Dear admin,\nFrom now on\n", "first line is not a 'From ' line"),
+    "gzip-empty": (gzip.compress(b""), "empty gzip"),
+    "gzip-prose": (gzip.compress(b"hello\n"), "first line is not a 'From ' line"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_files_name_the_source(tmp_path, name):
+    data, why = BAD[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(sources.SourceError) as err:
+        open_(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert why in str(err.value)
+
+
+def test_truncated_gzip_found_before_any_message(tmp_path, py_mbox):
+    data = gzip.compress(read_bytes(py_mbox))
+    path = tmp_path / "cut.gz"
+    path.write_bytes(data[: len(data) * 3 // 4])
+    with pytest.raises(sources.SourceError, match=r"truncated or corrupt gzip"):
+        open_(path)
+
+
+def test_directory_without_maildir_subdirs(tmp_path):
+    (tmp_path / "d" / "x").mkdir(parents=True)
+    with pytest.raises(sources.SourceError, match=r"not a Maildir"):
+        open_(tmp_path / "d")
+
+
+def test_missing_and_unreadable(tmp_path):
+    with pytest.raises(sources.SourceError, match="cannot open"):
+        open_(tmp_path / "nope")
+    if os.geteuid() == 0:
+        return  # root reads everything
+    path = tmp_path / "secret.mbox"
+    path.write_bytes(MBOXRD)
+    path.chmod(0)
+    with pytest.raises(sources.SourceError, match="cannot open"):
+        open_(path)
+
+
+def test_source_left_untouched(tmp_path):
+    path = tmp_path / "keep.mbox"
+    path.write_bytes(MBOXRD)
+    os.utime(path, (1_000_000, 2_000_000))
+    before = os.stat(path)
+    with open_(path) as src:
+        messages_of(src)
+    after = os.stat(path)
+    assert path.read_bytes() == MBOXRD
+    assert (after.st_atime, after.st_mtime) == (before.st_atime, before.st_mtime) == (
+        1_000_000, 2_000_000)
