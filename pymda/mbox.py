@@ -76,6 +76,10 @@ def open_mbox(path, uid, create=True, spool_dir=None):
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise MailboxRefused(f"mailbox {path} is a symbolic link") from None
+        if exc.errno == errno.EISDIR:
+            # SPEC 1.9: not a regular file -> 4.2.0 (a directory fails open()
+            # for writing before check_mbox can see it).
+            raise MailboxRefused(f"mailbox {path} is not a regular file") from None
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise MailboxRefused(f"cannot open mailbox {path}: {exc.strerror}") from None
         raise from_oserror(exc, f"cannot open mailbox {path}") from None
