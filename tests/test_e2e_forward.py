@@ -214,3 +214,12 @@ def test_postfix_default_forward_path_leaves_forward_to_postfix(postfix, make_us
                        what="both copies")
     postfix.wait_empty()
     assert len(maildir_messages(alice)) == 1 and len(maildir_messages(bob)) == 1
+
+
+def test_null_sender_survives_the_forward(owned, make_user):
+    alice, bob = make_user(), make_user()
+    alice.write(".forward", f"{bob.name}@{HOST}\n".encode(), 0o644)
+    owned.send("", f"{alice.name}@{HOST}", b"Subject: bounce-like\n\nx\n")
+    owned.wait_until(lambda: maildir_messages(bob), what="bob's copy")
+    owned.wait_empty()
+    assert maildir_messages(bob)[0].startswith(b"Return-Path: <>\n")
