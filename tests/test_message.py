@@ -373,3 +373,16 @@ def test_format_from_line():
     assert line == f"From alice@example.org  {_time.asctime(_time.localtime(0))}\n".encode()
     assert message.format_from_line("", when=0).startswith(b"From MAILER-DAEMON  ")
     assert b" " not in message.format_from_line("a b@x", when=0).split(b"  ")[0][5:]
+
+
+@pytest.mark.parametrize("line", [b"From x", b">From x", b">>From x"])
+def test_needs_quoting_whatever_the_read_boundaries(line):
+    raw = b"S: x\n\nbody\n" + line + b"\nend\n"
+    for cut in range(1, len(raw)):
+        msg = intake([raw[:cut], raw[cut:]])
+        assert msg.needs_quoting, (line, cut)
+
+
+def test_no_quoting_needed_for_plain_bodies():
+    msg = intake([b"S: x\n\nFromage\n from x\nx>From\n"])
+    assert not msg.needs_quoting
