@@ -64,24 +64,41 @@ def _encode_level(level, encoding):
     return encode_mutf7(level)
 
 
+# A file name (one path component) may not be longer than this (Linux
+# NAME_MAX, in bytes): a longer folder would fail the same way on every
+# retry, so it is treated as unusable, like an unsafe name.
+NAME_MAX = 255
+
+
+def _fits(component):
+    return len(component.encode("utf-8", "surrogateescape")) <= NAME_MAX
+
+
 def maildir_folder(name, encoding="utf7"):
     """Maildir++ directory name for a checked folder: '.A.B'.
 
     A '.' inside a level is Maildir++'s own hierarchy separator, so
     'a.b' and 'a/b' are the same folder (as in dovecot's maildir++ layout).
+    ValueError for an unsafe name or one longer than NAME_MAX once encoded.
     """
     levels = check_folder(name)
     if levels is None:
         raise ValueError(f"unsafe folder name {name!r}")
-    return "." + ".".join(_encode_level(level, encoding) for level in levels)
+    result = "." + ".".join(_encode_level(level, encoding) for level in levels)
+    if not _fits(result):
+        raise ValueError(f"folder name too long: {name!r}")
+    return result
 
 
 def mbox_folder(name, encoding="utf7"):
-    """Relative mbox file path for a checked folder: 'A/B'."""
+    """Relative mbox file path for a checked folder: 'A/B' (ValueError as above)."""
     levels = check_folder(name)
     if levels is None:
         raise ValueError(f"unsafe folder name {name!r}")
-    return "/".join(_encode_level(level, encoding) for level in levels)
+    encoded = [_encode_level(level, encoding) for level in levels]
+    if not all(_fits(level) for level in encoded):
+        raise ValueError(f"folder name too long: {name!r}")
+    return "/".join(encoded)
 
 
 def encode_mutf7(text):

@@ -153,7 +153,10 @@ def choose_folder(cfg, envelope, identity, folder=None, mailbox=None):
             return mailbox_target(cfg, envelope, identity, INBOX, mailbox)
         if check_folder(folder) is None:
             raise UsageError(f"unusable folder name {folder!r}")
-        target = mailbox_target(cfg, envelope, identity, folder, mailbox)
+        try:
+            target = mailbox_target(cfg, envelope, identity, folder, mailbox)
+        except ValueError as exc:  # too long once encoded
+            raise UsageError(f"unusable folder name: {exc}") from None
         if cfg.create_folders or target_exists(target):
             return target
         return mailbox_target(cfg, envelope, identity, INBOX, mailbox)
@@ -161,8 +164,12 @@ def choose_folder(cfg, envelope, identity, folder=None, mailbox=None):
     if ext and cfg.detail_folders != "off" and not is_inbox(ext):
         # LOOP/SAFETY: an unsafe extension is never a path: INBOX instead.
         if check_folder(ext) is not None:
-            target = mailbox_target(cfg, envelope, identity, ext, mailbox)
-            if cfg.detail_folders == "create" or target_exists(target):
+            try:
+                target = mailbox_target(cfg, envelope, identity, ext, mailbox)
+            except ValueError:  # too long once encoded: never retried forever
+                target = None
+            if target is not None and (cfg.detail_folders == "create"
+                                       or target_exists(target)):
                 return target
     return mailbox_target(cfg, envelope, identity, INBOX, mailbox)
 
