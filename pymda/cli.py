@@ -172,6 +172,8 @@ def build_envelope(opts, environ, message, cfg, is_root):
             raise UsageError("no recipient: give -d USER or -a ADDRESS")
         recipient = f"{user}@{os.uname().nodename}"
     recipient = recipient.strip().strip("<>")
+    if not recipient:
+        raise UsageError("empty recipient address")
     local, domain, base, extension = split_address(recipient, cfg.recipient_delimiter)
     if from_env and "EXTENSION" in environ:
         extension = environ["EXTENSION"]
