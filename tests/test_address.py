@@ -139,3 +139,20 @@ def test_mutf7_decodes_back():
         raw = base64.b64decode(b64.replace(",", "/") + "=" * (-len(b64) % 4))
         decoded += raw.decode("utf-16-be") + rest
     assert decoded == text
+
+
+def test_folder_names_longer_than_name_max_are_refused():
+    assert address.maildir_folder("a" * 254) == "." + "a" * 254  # 255 bytes: fits
+    with pytest.raises(ValueError):
+        address.maildir_folder("a" * 255)
+    with pytest.raises(ValueError):
+        address.maildir_folder("/".join(["a" * 100] * 3))  # one Maildir++ name
+    assert address.mbox_folder("/".join(["a" * 100] * 3)) == "/".join(["a" * 100] * 3)
+    assert address.mbox_folder("b" * 255) == "b" * 255
+    with pytest.raises(ValueError):
+        address.mbox_folder("b" * 256)
+    # The limit applies to the encoded name: 100 x "ü" is 268 bytes in UTF-7,
+    # 201 in UTF-8.
+    with pytest.raises(ValueError):
+        address.maildir_folder("ü" * 100)
+    assert address.maildir_folder("ü" * 100, "utf8") == "." + "ü" * 100

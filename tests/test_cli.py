@@ -656,3 +656,13 @@ def test_cached_config_file_imports_no_tomllib(test_user):
     names = imported_modules(test_user, ["-c", str(cfg), "-f", SENDER], MESSAGE, env)
     assert heavy_in(names) == []
     only_message(test_user.path("Maildir"))
+
+
+@needs_root
+@pytest.mark.parametrize("rcpt", ["", "<>", "  "])
+def test_empty_recipient_is_64(test_user, rcpt):
+    before = snapshot(test_user.home)
+    result = run_pymda(["-f", SENDER, "-a", rcpt, "--mailbox", "Maildir/"], MESSAGE,
+                       user=test_user)
+    assert_failure(result, EX_USAGE, USAGE)
+    assert snapshot(test_user.home) == before

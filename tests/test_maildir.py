@@ -336,3 +336,24 @@ def test_nothing_partial_in_new_while_the_writer_is_stopped(test_user):
     _, data = only_message(root)
     assert len(data) == full
     assert os.listdir(tmp_dir) == []
+
+
+@needs_root
+def test_too_long_folder_via_m_is_64(test_user):
+    before = snapshot(test_user.home)
+    result = deliver(test_user, ["--mailbox", "Maildir/", "-m", "L" * 300])
+    assert_failure(result, EX_USAGE, USAGE)
+    assert snapshot(test_user.home) == before
+
+
+@needs_root
+@pytest.mark.parametrize("extension", ["e" * 300, "ü" * 100])
+def test_too_long_extension_goes_to_inbox(test_user, extension):
+    """Not a deferral: the same name would fail on every retry."""
+    rcpt = recipient_of(test_user, extension)
+    assert_ok(deliver(test_user, ["--mailbox", "Maildir/", "-o", "detail_folders=create"],
+                      recipient=rcpt))
+    root = test_user.path("Maildir")
+    assert sorted(os.listdir(root)) == ["cur", "new", "tmp"]
+    _, data = only_message(root)
+    assert data == expected(test_user, MESSAGE, extension)
