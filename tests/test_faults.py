@@ -292,3 +292,62 @@ def test_200mb_message_peak_rss(test_user, kind):
         digest, tail = sha256_of(path, skip_first_line=True, drop_last=1)
         assert tail == b"\n"
     assert digest == result["sha256"]
+
+
+# --- write errors undo themselves ------------------------------------------------------------
+
+
+def run_with_fsize(user, args, data, limit):
+    """pymda under RLIMIT_FSIZE (what postfix sets from mailbox_size_limit)."""
+    from support.run import run
+
+    return run(["prlimit", f"--fsize={limit}", str(paths.pymda_bin()), *args], data, user=user)
+
+
+@pytest.mark.parametrize("kind", ["mbox", "Maildir"])
+def test_file_size_limit_is_efbig_522_and_undone(test_user, kind):
+    box = prepare(test_user, kind)
+    before = state_of(box)
+    mailbox = "mbox" if kind == "mbox" else "Maildir/"
+    args = ["-f", SENDER, "-a", recipient_of(test_user), "--mailbox", mailbox]
+    result = run_with_fsize(test_user, args, BIG_MESSAGE, 64 * 1024)
+    assert_failure(result, 77, "5.2.2")  # not killed by SIGXFSZ
+    assert state_of(box) == before
+    assert not test_user.path("mbox.lock").exists()
+
+
+def test_sigterm_mid_append_truncates_the_mbox_back(test_user):
+    box = prepare(test_user, "mbox")
+    before = box.read_bytes()
+    raw = b"Subject: big\n\n" + (b"t" * 1023 + b"\n") * (64 * 1024)
+    src = test_user.write("big.eml", raw)
+    with open(src, "rb") as stdin:
+        proc = subprocess.Popen(
+            [str(paths.pymda_bin()), "-f", SENDER, "-a", recipient_of(test_user),
+             "--mailbox", "mbox"], stdin=stdin, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=child_environment(test_user),
+            user=test_user.uid, group=test_user.gid, extra_groups=[])
+    caught = False
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if os.path.getsize(box) <= len(before):
+                continue
+            os.kill(proc.pid, signal.SIGSTOP)
+            if len(before) < os.path.getsize(box) < len(before) + len(raw):
+                os.kill(proc.pid, signal.SIGTERM)
+                caught = True
+            os.kill(proc.pid, signal.SIGCONT)
+            if caught:
+                break
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if not caught:
+        pytest.fail("never caught the writer mid-append")
+    assert proc.returncode == EX_TEMPFAIL, out
+    assert out.startswith(b"4.") and out.count(b"\n") == 1, out
+    assert box.read_bytes() == before
+    assert not test_user.path("mbox.lock").exists()

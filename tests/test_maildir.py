@@ -357,3 +357,21 @@ def test_too_long_extension_goes_to_inbox(test_user, extension):
     assert sorted(os.listdir(root)) == ["cur", "new", "tmp"]
     _, data = only_message(root)
     assert data == expected(test_user, MESSAGE, extension)
+
+
+@needs_root
+def test_concurrent_deliveries_all_arrive_with_unique_names(test_user):
+    from support.run import finish, start_pymda
+
+    procs = []
+    for i in range(20):
+        raw = b"Subject: parallel %d\n\nbody %d\n" % (i, i)
+        procs.append((raw, start_pymda(["-f", SENDER, "-a", recipient_of(test_user),
+                                        "--mailbox", "Maildir/", "-m", "Par"], raw,
+                                       user=test_user)))
+    for _, proc in procs:
+        assert finish(proc) == (EX_OK, b"")
+    files = maildir_files(test_user.path("Maildir", ".Par"))
+    assert sorted(files.values()) == sorted(expected(test_user, raw) for raw, _ in procs)
+    for name, data in files.items():
+        assert int(NAME_RE.match(name.encode())["size"]) == len(data)
