@@ -116,8 +116,10 @@ def postfix_server(pymda_installed):
 
 @pytest.fixture
 def postfix(postfix_server):
-    """The module's postfix, reset to the test defaults, log marked."""
+    """The module's postfix, reset to the test defaults, queue emptied, log marked."""
+    postfix_server.clear_queue()
     postfix_server.reset()
     postfix_server.write_aliases({})
     postfix_server.mark_log()
-    return postfix_server
+    yield postfix_server
+    postfix_server.clear_queue()
