@@ -291,7 +291,7 @@ def test_several_requests_on_one_connection(server, virtual_home):
     fill(virtual_home, LIMIT - 10)
     with server.connect() as s:
         assert exchange(s, f"recipient={VIRTUAL}\nsize=10\n\n".encode()) == DUNNO
-        assert exchange(s, f"recipient=usuario+ext@example.net\nsize=11\n\n".encode()) == FULL
+        assert exchange(s, "recipient=usuario+ext@example.net\nsize=11\n\n".encode()) == FULL
         assert exchange(s, b"request=smtpd_access_policy\nsize=11\n\n") == DUNNO
         # pipelined: answered in order
         data = (f"recipient={VIRTUAL}\nsize=11\n\n"
