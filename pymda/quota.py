@@ -53,9 +53,11 @@ fresh file instead of scanning again.
 
 SECURITY: every open is O_NOFOLLOW (a user's symlink cannot make a root
 process read, truncate or create another file); the scan uses lstat.
-The lock is our own 15-line flock rather than the ``filelock`` package
-because filelock opens its lock file with O_TRUNC and follows symlinks,
-which is unsafe in a directory the mail user controls.  A root process
+The lock is a small flock of our own rather than the ``filelock``
+package: filelock 3.x opened its lock file with O_TRUNC, following
+symlinks (unsafe in a directory the mail user controls; 4.x fixed it, and
+pyproject does not pin a version), it cannot give a lock file created by
+root to the mailbox owner, and it is one more import.  A root process
 that rebuilds a user's file (``pymda-admin quota --recalc``) gives the
 new file to the mailbox owner.
 
