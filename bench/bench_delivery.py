@@ -454,7 +454,8 @@ def part_rss(user, env, have, message, big_mb, log):
 # ---------------------------------------------------------------- report
 
 def ratio(a, b):
-    return round(a / b, 2) if a is not None and b else None
+    """a / b, rounded to 3 places (the target is judged on this value)."""
+    return round(a / b, 3) if a is not None and b else None
 
 
 def targets(report, big_mb):
