@@ -266,8 +266,12 @@ class Postfix:
 
     def queue(self):
         """The mail queue: list of dicts from ``postqueue -j``."""
-        out = _run([POSTQUEUE, "-j"]).stdout.decode(errors="replace")
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        proc = subprocess.run([POSTQUEUE, "-j"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=30, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"postqueue -j exited {proc.returncode}: {proc.stderr!r}")
+        out = proc.stdout.decode(errors="replace")
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
     def queue_empty(self):
         return not self.queue()
