@@ -53,6 +53,10 @@ def check_folder(name):
     for level in levels:
         if not level or level in (".", "..") or level.startswith("."):
             return None
+        # '.' is Maildir++'s level separator: "x..y" or "x." would make an
+        # empty level that IMAP servers cannot show.
+        if ".." in level or level.endswith("."):
+            return None
         if "\n" in level or "\r" in level:
             return None
     return levels

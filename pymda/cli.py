@@ -250,6 +250,10 @@ def _deliver(opts, environ, cfg, log):
         except OSError as exc:
             raise UsageError(f"cannot open {opts['path']}: {exc.strerror}") from None
         try:
+            import stat
+
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise UsageError(f"{opts['path']} is a directory, not a message")
             message = message_mod.read(fd, cfg.message_size_limit)
         finally:
             os.close(fd)
@@ -266,6 +270,9 @@ def _deliver(opts, environ, cfg, log):
     from pymda import resolve
 
     if is_root and not opts.get("dry_run") and identity.uid != 0:
+        from pymda.deliver import check_loop
+
+        check_loop(message, envelope)  # a looping message creates nothing
         # As postfix's local(8): root creates a missing spool mbox for the
         # user (the user cannot: /var/mail is 2775 root:mail).
         kind, path, spool = resolve.mailbox_location(
