@@ -41,6 +41,18 @@ def split_address(address, delimiters="+"):
     return local, domain, user, extension
 
 
+# postfix's default command_expansion_filter: the characters it lets
+# through to $SENDER & co.; every other one becomes "_".
+EXPANSION_SAFE = frozenset(
+    "1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def censor(value):
+    """``value`` as postfix's command_expansion_filter passes it to a shell."""
+    return "".join(c if c in EXPANSION_SAFE else "_" for c in value)
+
+
 def is_inbox(name):
     return name.upper() == INBOX
 

@@ -119,16 +119,10 @@ def _store(opts, dest, value):
         opts[dest] = value
 
 
-def _censor(text):
-    """postfix's default command_expansion_filter: others become '_'."""
-    allowed = (
-        "1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    )
-    return "".join(c if c in allowed else "_" for c in text)
-
-
 def choose_sender(opts, environ, message):
     """SPEC 1 -f default chain, with postfix's censoring undone (SPEC 1.1)."""
+    from pymda.address import censor
+
     if "sender" in opts:
         given = opts["sender"]
     elif "SENDER" in environ:
@@ -147,7 +141,7 @@ def choose_sender(opts, environ, message):
         if name == "return-path":
             exact.append(value.strip().strip("<>"))
     for candidate in exact:
-        if candidate and candidate != given and _censor(candidate) == given:
+        if candidate and candidate != given and censor(candidate) == given:
             return candidate
     return given
 
@@ -178,10 +172,9 @@ def build_envelope(opts, environ, message, cfg, is_root):
     if from_env and "EXTENSION" in environ:
         extension = environ["EXTENSION"]
     if user is None:
-        user = base
-        # A virtual user may be configured by full address.
-        if domain and cfg.user(f"{base}@{domain}"):
-            user = f"{base}@{domain}"
+        from pymda.users import name_for_recipient
+
+        user = name_for_recipient(cfg, base, domain)
     if not user:
         raise UsageError("empty user name")
     sender = choose_sender(opts, environ, message)

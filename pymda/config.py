@@ -252,9 +252,18 @@ def parse_value(text):
     t = text.strip()
     if t in ("true", "false"):
         return t == "true"
-    if t.isdigit():
-        return int(t)
-    if not t or t[0] not in "[{\"'-+0123456789.":
+    if not t or t[0] not in "[{\"'":
+        # Numbers without tomllib (~14 ms to import); anything else that is
+        # not a TOML string/array/table ("10G", words) is a bare string.
+        try:
+            return int(t, 10)
+        except ValueError:
+            pass
+        if any(c in t for c in ".eE") and not t.isalpha():
+            try:
+                return float(t)
+            except ValueError:
+                pass
         return t
     import tomllib
 

@@ -102,10 +102,9 @@ def write_target(target, message, envelope, cfg, log, prefix, flags=None):
             target.directory, message, prefix,
             folder=target.directory != target.path, flags=flags,
         )
-        if _limits_apply(cfg, target):
-            from pymda import quota
-
-            quota.record(target, len(prefix) + message.size, cfg)
+        # Maildir++: whoever delivers keeps an existing maildirsize current,
+        # limits or not (dovecot or courier may be the ones enforcing them).
+        maildir.account(target.path, len(prefix) + message.size)
         return where
     if target.kind == "mbox":
         from pymda import mbox

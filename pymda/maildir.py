@@ -68,6 +68,29 @@ def ensure_maildir(directory, folder=False):
         raise from_oserror(exc, f"cannot create Maildir {directory}") from None
 
 
+MAILDIRSIZE = "maildirsize"
+
+
+def account(root, size, count=1):
+    """Add one delivery to ``<root>/maildirsize`` if that file exists.
+
+    Maildir++ (courier, dovecot's ``maildir`` quota backend): one line
+    ``<bytes> <count>`` appended with a single O_APPEND write, atomic with
+    respect to other writers.  No file, no accounting (one failed open).
+    """
+    try:
+        fd = os.open(os.path.join(root, MAILDIRSIZE),
+                     os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, b"%d %d\n" % (size, count))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def is_maildir(directory):
     return os.path.isdir(os.path.join(directory, "new")) and os.path.isdir(
         os.path.join(directory, "cur")

@@ -52,24 +52,16 @@ mbox quoting.
 
 import os
 
+from pymda.address import censor
 from pymda.errors import PermFail, TempFail
 
 EX_TEMPFAIL = 75
 PATH = "/usr/bin:/bin"
-# postfix's default command_expansion_filter
-SAFE_CHARS = frozenset(
-    "1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
 # Characters that make us use /bin/sh -c (a superset of what sh treats
 # specially, so a command is never mis-split).
 SHELL_META = frozenset("\"'`$\\;&|<>()[]{}*?~#!=%^\n\r")
 OUTPUT_KEEP = 4096
 MAX_REASON = 300
-
-
-def censor(value):
-    """Replace characters outside the filter with '_' (postfix)."""
-    return "".join(c if c in SAFE_CHARS else "_" for c in value)
 
 
 def needs_shell(command):

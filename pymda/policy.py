@@ -113,9 +113,7 @@ def mailbox_for(cfg, address):
     from pymda.address import INBOX, split_address
 
     local, domain, base, extension = split_address(address, cfg.recipient_delimiter)
-    name = base
-    if domain and cfg.user(f"{base}@{domain}"):
-        name = f"{base}@{domain}"
+    name = users.name_for_recipient(cfg, base, domain)
     if not name:
         from pymda.errors import PermFail
 

@@ -145,22 +145,10 @@ def check(target, size, cfg):
 
 def record(target, size, cfg=None):
     """Account one delivered message in ``maildirsize`` (if it exists)."""
-    if target.kind != "maildir":
-        return
-    try:
-        fd = os.open(
-            os.path.join(target.path, MAILDIRSIZE),
-            os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-        )
-    except OSError:
-        return
-    try:
-        # One write: atomic with respect to other O_APPEND writers.
-        os.write(fd, b"%d 1\n" % size)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    if target.kind == "maildir":
+        from pymda.maildir import account
+
+        account(target.path, size)
 
 
 def usage(cfg, identity, target):

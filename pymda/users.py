@@ -56,6 +56,17 @@ def lookup(cfg, name):
     raise PermFail(f"User unknown: {name}", "5.1.1")
 
 
+def name_for_recipient(cfg, base, domain):
+    """The user a recipient (extension already stripped) is delivered to.
+
+    A virtual user configured by full address (``[users."bob@example.org"]``)
+    wins; otherwise the local part names a system (or virtual) user.
+    """
+    if domain and cfg.user(f"{base}@{domain}"):
+        return f"{base}@{domain}"
+    return base
+
+
 def current():
     """The invoking user (real uid)."""
     import pwd

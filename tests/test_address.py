@@ -43,6 +43,8 @@ def test_split_address_no_delimiter():
 @pytest.mark.parametrize("name", [
     "", ".", "..", "../x", "x/..", "a/../b", ".hidden", "a/.hidden", "a//b", "/etc",
     "/", "a/", "a/./b", "a\0b", "a\nb", "a\rb",
+    # '.' separates Maildir++ levels: these would make an empty level
+    "x..y", "x.", "a/b.",
 ])
 def test_unsafe_folder_names(name):
     assert address.check_folder(name) is None
@@ -56,7 +58,7 @@ def test_unsafe_folder_names(name):
     ("Work", ["Work"]),
     ("Work/Reports", ["Work", "Reports"]),
     ("a b", ["a b"]),
-    ("x..y", ["x..y"]),
+    ("x.y", ["x.y"]),
     ("Entwürfe", ["Entwürfe"]),
 ])
 def test_safe_folder_names(name, levels):
