@@ -140,10 +140,10 @@ KEYS = {
     "message_size_limit": (0, parse_size),
     "lmtp_forward": (False, _bool),
     "policy_nouser": ("DUNNO", _str),
-    # issue 3: per-user record of completed targets (state.py, docs/forward.md)
+    # issue 3: per-user record of completed targets (state.py, README ".forward")
     "state_file": ("$home/.pymda-state.sqlite", _str),
     # issue 5: pymda-admin redeliver's record of redelivered messages
-    # (redeliver.py, docs/redeliver.md); its lock is this path + ".lock"
+    # (redeliver.py, README "Redelivering mail"); its lock is this path + ".lock"
     "redeliver_record": ("$home/.pymda-redeliver", _str),
 }
 

@@ -41,7 +41,7 @@ LIMITATIONS:
   pass here and still be refused at delivery.
 - ``recipient`` is matched by local part for system users in every
   domain: place the check where only mail for local domains reaches it
-  (docs/quota.md).
+  (README "Quotas").
 - Config changes need a restart.
 """
 
