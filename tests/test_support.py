@@ -28,3 +28,20 @@ def test_split_mbox_rejects_missing_separator():
 
     with pytest.raises(ValueError):
         mboxfmt.split_mbox(b"From x  Tue Nov 24 22:08:05 2026\nS: 1\n\nb\n")
+
+
+def test_postfix_environment_matches_postfix_facts():
+    from support.run import postfix_environment
+
+    class U:
+        name, uid, home = "root", 0, "/root"
+
+    env = postfix_environment(U, "root+work@localhost", "o_brien@example.org")
+    assert env["RECIPIENT"] == "root+work@localhost"
+    assert env["LOCAL"] == "root+work" and env["DOMAIN"] == "localhost"
+    assert env["EXTENSION"] == "work"
+    assert env["PATH"] == "/usr/bin:/bin" and env["MAIL_CONFIG"] == "/etc/postfix"
+    assert "EXTENSION" not in postfix_environment(U, "root@localhost")
+    assert set(env) == {"USER", "LOGNAME", "HOME", "SHELL", "SENDER", "RECIPIENT",
+                        "ORIGINAL_RECIPIENT", "LOCAL", "DOMAIN", "EXTENSION", "PATH",
+                        "LANG", "MAIL_CONFIG"}
