@@ -17,9 +17,9 @@ early exit 0 as delivered) -> user -> switch to the user -> plan ->
 deliver.  As root, nothing of the user's is touched before the switch.
 """
 
-import os
 import sys
 
+from pymda import fastos as os  # not os: ~1.2 ms of start-up
 from pymda.errors import EX_TEMPFAIL, DeliveryError, UsageError
 
 # (short, long, dest, takes_value, help).  "--no-forward" is derived.

@@ -20,8 +20,8 @@ datetime), twice what a whole dovecot-lda delivery takes.  So:
 ``expand()`` substitutes $name / ${name} in path templates without ``re``.
 """
 
-import os
 
+from pymda import fastos as os  # not os: ~1.2 ms of start-up
 from pymda.errors import ConfigError
 from pymda.record import Record
 

@@ -11,8 +11,9 @@ The stdlib ``logging`` package is not used: it costs ~6 ms to import, and
 syslog is all a one-shot MDA needs.  A missing /dev/log is not an error.
 """
 
-import os
 import syslog
+
+from pymda import fastos as os  # not os: ~1.2 ms of start-up
 
 
 class Log:

@@ -22,9 +22,9 @@ created only on the first failed open, so a normal delivery costs no
 extra system calls.
 """
 
-import os
 import time
 
+from pymda import fastos as os  # not os: ~1.2 ms of start-up
 from pymda.errors import from_oserror
 
 _counter = [0]

@@ -26,9 +26,9 @@ or past the new mtime is set back to just before it.
 """
 
 import errno
-import os
 import stat
 
+from pymda import fastos as os  # not os: ~1.2 ms of start-up
 from pymda.errors import TempFail, from_oserror
 from pymda.locking import lock_mbox
 from pymda.message import format_from_line

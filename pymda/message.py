@@ -27,9 +27,9 @@ LIMITATIONS: header scanning stops after HEADER_SCAN_LIMIT bytes; a
 Delivered-To further down a monster header is not seen.
 """
 
-import os
 import time
 
+from pymda import fastos as os  # not os: ~1.2 ms of start-up
 from pymda.errors import PermFail, TempFail, from_oserror
 from pymda.record import Record
 

@@ -14,8 +14,8 @@ switches before reading .forward or touching any user file; an ordinary
 user delivers only as itself (see ``authorise``).
 """
 
-import os
 
+from pymda import fastos as os  # not os: ~1.2 ms of start-up
 from pymda.errors import PermFail, TempFail
 from pymda.record import Record
 

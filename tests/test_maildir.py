@@ -86,7 +86,7 @@ def test_unique_name_escapes_the_host(monkeypatch):
         sysname, release, version, machine = (real.sysname, real.release, real.version,
                                               real.machine)
 
-    monkeypatch.setattr(os, "uname", lambda: Fake)
+    monkeypatch.setattr(maildir.os, "uname", lambda: Fake)
     name = maildir.unique_name(12, 14)
     assert ".mail\\057host\\0721,S=12,W=14" in name
     assert "/" not in name and ":" not in name
