@@ -148,6 +148,10 @@ def deliver(directory, message, prefix, folder=False, flags=None):
                 break
             except FileExistsError:
                 name = unique_name(size, vsize)  # never clobber
+            except FileNotFoundError:
+                if os.path.isdir(os.path.join(directory, sub)):
+                    raise
+                ensure_maildir(directory, folder)  # tmp/ was there, new/ was not
         _fsync_dir(os.path.join(directory, sub))
     except OSError as exc:
         _remove(tmp)

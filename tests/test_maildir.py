@@ -375,3 +375,19 @@ def test_concurrent_deliveries_all_arrive_with_unique_names(test_user):
     assert sorted(files.values()) == sorted(expected(test_user, raw) for raw, _ in procs)
     for name, data in files.items():
         assert int(NAME_RE.match(name.encode())["size"]) == len(data)
+
+
+def test_missing_new_directory_is_recreated(tmp_path):
+    """A Maildir whose tmp/ exists but new/ was removed still gets the mail."""
+    from pymda import maildir as md
+    from pymda import message
+
+    root = tmp_path / "Maildir"
+    (root / "tmp").mkdir(parents=True)
+    msg = message.from_bytes(b"Subject: x\n\nbody\n")
+    final = md.deliver(str(root) + "/", msg, b"Return-Path: <>\n")
+    assert final.startswith(str(root / "new") + "/")
+    with open(final, "rb") as f:
+        assert f.read() == b"Return-Path: <>\nSubject: x\n\nbody\n"
+    assert (root / "cur").is_dir()
+    assert list((root / "tmp").iterdir()) == []
