@@ -56,12 +56,30 @@ class DeliveryResult(Record):
         return None if self.error is None else self.error.line()
 
     def lmtp_reply(self):
+        """The LMTP reply line (RFC 2033 4.2): basic code + D.S.N text."""
         if self.error is None:
             return "250 2.0.0 Ok: delivered"
-        code = "452" if self.error.temporary else "550"
-        if self.error.status in ("5.2.2", "5.2.3"):
-            code = "552"
-        return f"{code} {self.error.line()}"
+        return f"{reply_code(self.error.status)} {self.error.line()}"
+
+
+def reply_code(status):
+    """SMTP basic reply code for an RFC 3463 status (RFC 5321 4.2.2/4.2.3).
+
+    4.2.2 mailbox full / 4.3.1 system storage -> 452; other 4.2.x
+    (mailbox busy or refused for now) -> 450; other 4.x.y (local error)
+    -> 451.  5.2.2 / 5.2.3 / 5.3.4 (storage, size) -> 552; 5.1.x
+    (address), other 5.2.x (mailbox) and 5.7.x (policy) -> 550; any
+    other 5.x.y (loop, empty message, a pipe that failed) -> 554.
+    """
+    if status.startswith("4"):
+        if status in ("4.2.2", "4.3.1"):
+            return "452"
+        return "450" if status.startswith("4.2.") else "451"
+    if status in ("5.2.2", "5.2.3", "5.3.4"):
+        return "552"
+    if status.startswith(("5.1.", "5.2.", "5.7.")):
+        return "550"
+    return "554"
 
 
 def check_loop(message, envelope):
