@@ -1,0 +1,696 @@
+"""LMTP server protocol (RFC 2033), asyncio.  Knows nothing about delivery.
+
+Contract: ``LMTPServer(handler, ...)`` serves LMTP on listening sockets
+(``await server.start(sockets)``; ``server.stop()`` stops accepting and
+lets transactions in flight finish; ``await server.wait_closed()``).  It
+parses commands, spools DATA and calls the handler, an object with:
+
+  ``async rcpt(session, recipient, size) -> str``
+      The reply line for ``RCPT TO:<recipient>`` (``size``: the MAIL
+      ``SIZE=`` value, 0 when not given).  A reply starting with "2"
+      accepts the recipient.
+  ``data(session, transaction, spool)`` -> async iterator of str
+      After the final ".": one reply line per accepted recipient
+      (``transaction.recipients``, in order), each yielded as soon as that
+      recipient is done; the server sends it at once (RFC 2033 4.2).
+      ``spool`` is a seekable binary file at offset 0 holding the message
+      dot-unstuffed, with its line ends as received (see DATA below).
+
+Nothing a client sends can make the server raise: a handler that raises
+or yields a malformed or missing reply costs that recipient a
+``451 4.3.0`` (the client retries), never the connection, never a
+traceback on the wire.
+
+PROTOCOL (RFC 2033, RFC 5321, RFC 1870 SIZE, RFC 2920 PIPELINING,
+RFC 2034/3463 ENHANCEDSTATUSCODES, RFC 6152 8BITMIME):
+- greeting ``220 <host> LMTP pymda ready``; ``LHLO`` answers with
+  ``PIPELINING ENHANCEDSTATUSCODES 8BITMIME SIZE[ n]``; HELO/EHLO are
+  refused (RFC 2033 4.1: LMTP uses LHLO).
+- ``MAIL FROM:<addr> [SIZE=n] [BODY=7BIT|8BITMIME]``: a SIZE over
+  ``max_size`` is refused at once (552 5.3.4).  Other parameters: 555.
+- ``RCPT TO:<addr>``: at most MAX_RECIPIENTS per transaction (452 4.5.3).
+- ``DATA``: 503 when no recipient was accepted (RFC 2033 4.2); else 354,
+  then one reply per accepted recipient.  The same address given twice
+  is the handler's business (pymda delivers it once, answers twice).
+- ``RSET``, ``NOOP``, ``QUIT``; VRFY, EXPN, HELP, ETRN, BDAT, STARTTLS,
+  AUTH: 502 (not advertised); anything else 500.
+- Replies to pipelined commands are sent together when no further
+  complete command is waiting (RFC 2920 3.1).
+
+DATA: streamed to an unlinked temporary file in ``spool_dir`` (or
+$TMPDIR) as it arrives; memory does not grow with the message.  A line
+starting with "." loses that dot (RFC 5321 4.5.2).  The end is
+``CRLF . CRLF`` only, as dovecot's strict default (a ``.`` line after
+a bare LF, or ended by a bare LF, is data: the SMTP smuggling trick
+cannot split one message into two).  Bare LF ends a line for
+unstuffing; a bare CR is data.  Line ends are NOT rewritten here: the
+delivery engine's intake (message.read) turns CRLF into LF, the one
+place that does it for every pymda program.  Bytes over ``max_size``
+(counted with CRLF as one byte) are read and dropped; every recipient
+then gets 552 5.3.4.
+
+LIMITS (hostile input never crashes the server):
+- a command line longer than MAX_COMMAND_LINE: 500 5.5.2, the line is
+  skipped without being buffered; NUL or a bare CR in a command: 500;
+- MAX_ERRORS error replies on one connection: 421, closed;
+- ``idle_timeout`` seconds without a byte from the client (or without
+  it reading our replies): 421, closed;
+- ``max_connections`` concurrent connections: the next ones get 421 at
+  once (postfix retries).
+
+SHUTDOWN: ``stop()`` closes the listeners; a connection waiting for a
+command outside a transaction gets ``421 4.3.2`` and is closed; one in a
+transaction finishes it (DATA, deliveries, replies) and is closed at its
+next command.  ``wait_closed()`` returns when every connection is gone.
+
+LIMITATIONS: no BDAT/CHUNKING, no DSN, no SMTPUTF8, no STARTTLS/AUTH
+(LMTP is for a local MTA: unix socket or loopback).
+"""
+
+import asyncio
+import socket
+import tempfile
+
+MAX_COMMAND_LINE = 2048  # RFC 5321 4.5.3.1.4 says 512; extensions may need more
+MAX_RECIPIENTS = 1000
+MAX_ERRORS = 20
+READ_SIZE = 65536
+SPOOL_BUFFER = 256 * 1024
+
+# --- replies ------------------------------------------------------------------
+
+GREETING = "220 {host} LMTP pymda ready"
+OK = "250 2.0.0 Ok"
+MAIL_OK = "250 2.1.0 Ok"
+RCPT_OK = "250 2.1.5 Ok"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+BYE = "221 2.0.0 Bye"
+
+UNKNOWN_COMMAND = "500 5.5.2 Error: command not recognized"
+LINE_TOO_LONG = "500 5.5.2 Error: line too long"
+BAD_CHARACTERS = "500 5.5.2 Error: NUL or bare <CR> in command"
+USE_LHLO = "500 5.5.1 Error: this is LMTP (RFC 2033): use LHLO"
+NOT_IMPLEMENTED = "502 5.5.1 Error: command not implemented"
+NEED_LHLO = "503 5.5.1 Error: send LHLO first"
+NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
+NEED_MAIL = "503 5.5.1 Error: need MAIL command"
+NO_RECIPIENTS = "503 5.5.1 Error: no valid recipients"
+SYNTAX_LHLO = "501 5.5.4 Syntax: LHLO hostname"
+SYNTAX_MAIL = "501 5.5.4 Syntax: MAIL FROM:<address>"
+SYNTAX_RCPT = "501 5.5.4 Syntax: RCPT TO:<address>"
+NO_ARGUMENTS = "501 5.5.4 Syntax: no arguments allowed"
+BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
+BAD_SIZE = "501 5.5.4 Bad SIZE= value"
+BAD_BODY = "501 5.5.4 Bad BODY= value"
+UNSUPPORTED_PARAMETER = "555 5.5.4 Unsupported option: {name}"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
+INTERNAL_ERROR = "451 4.3.0 Internal error"
+SPOOL_FULL = "452 4.3.1 Insufficient system storage"
+SPOOL_ERROR = "451 4.3.0 Error: cannot spool the message"
+TOO_MANY_ERRORS = "421 4.7.0 {host} Error: too many errors"
+TIMEOUT = "421 4.4.2 {host} Error: timeout exceeded"
+SHUTTING_DOWN = "421 4.3.2 {host} Service shutting down"
+TOO_MANY_CONNECTIONS = "421 4.3.2 {host} Error: too many connections"
+
+_NO_ARGS = ("RSET", "QUIT", "DATA")
+_UNIMPLEMENTED = ("VRFY", "EXPN", "HELP", "ETRN", "TURN", "BDAT", "STARTTLS", "AUTH")
+_END = b".\r\n"
+# Replies that count towards MAX_ERRORS: the client's mistakes, not the
+# handler's answers (a list of unknown users is not an attack).
+_PROTOCOL_ERRORS = ("500", "501", "502", "503", "555")
+
+
+def valid_reply(line):
+    """A single reply line: three digits, a space, no control characters."""
+    return (
+        isinstance(line, str)
+        and len(line) >= 4
+        and line[:3].isdigit()
+        and line[0] in "2345"
+        and line[3] == " "
+        and not any(c < " " or c == "\x7f" for c in line)
+    )
+
+
+def format_reply(line):
+    """Bytes on the wire: one line, at most 512 octets with CRLF (RFC 5321)."""
+    data = line.encode("utf-8", "replace")
+    if len(data) > 510:
+        data = data[:510]
+    return data + b"\r\n"
+
+
+# --- command syntax (pure) --------------------------------------------------------
+
+
+class SyntaxProblem(Exception):
+    """The reply line for a bad MAIL/RCPT argument."""
+
+
+def parse_path(text, keyword, bad_address):
+    """``FROM:<addr> PARAMS`` -> (address, [(NAME, value)]).
+
+    The address comes back in internal form: no angle brackets, no
+    source route (RFC 5321 4.1.1.3 says ignore it), a quoted local part
+    unquoted.  ``<>`` is "".  Raises SyntaxProblem(reply).
+    """
+    head = keyword + ":"
+    if text[: len(head)].upper() != head:
+        raise SyntaxProblem(None)
+    rest = text[len(head):].lstrip(" ")
+    if rest.startswith("<"):
+        end = _closing_bracket(rest)
+        if end < 0:
+            raise SyntaxProblem(bad_address)
+        path, rest = rest[1:end], rest[end + 1:]
+        if rest and not rest.startswith(" "):
+            raise SyntaxProblem(None)
+    else:
+        # No brackets: tolerated as many servers do, the address ends at a space.
+        path, _, rest = rest.partition(" ")
+        if not path:
+            raise SyntaxProblem(None)
+    address = _internal_address(path)
+    if address is None:
+        raise SyntaxProblem(bad_address)
+    params = []
+    for word in rest.split(" "):
+        if not word:
+            continue
+        name, eq, value = word.partition("=")
+        params.append((name.upper(), value if eq else None))
+    return address, params
+
+
+def _closing_bracket(text):
+    quoted = escaped = False
+    for i, c in enumerate(text):
+        if i == 0:
+            continue
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == ">" and not quoted:
+            return i
+    return -1
+
+
+def _internal_address(path):
+    if any(c < " " or c == "\x7f" for c in path):
+        return None
+    if path.startswith("@"):  # source route: @a,@b:user@c
+        colon = path.find(":")
+        if colon < 0:
+            return None
+        path = path[colon + 1:]
+    if not path.startswith('"'):
+        return None if " " in path else path
+    out = []
+    i = 1
+    while i < len(path):
+        c = path[i]
+        if c == "\\" and i + 1 < len(path):
+            out.append(path[i + 1])
+            i += 2
+            continue
+        if c == '"':
+            break
+        out.append(c)
+        i += 1
+    else:
+        return None  # unterminated quoted string
+    rest = path[i + 1:]
+    if rest and (not rest.startswith("@") or " " in rest):
+        return None
+    return "".join(out) + rest
+
+
+def parse_size(value):
+    """A SIZE= value -> int, or None when it is not a number."""
+    if value is None or not value.isdigit() or len(value) > 20:
+        return None
+    return int(value)
+
+
+# --- sessions ------------------------------------------------------------------------
+
+
+class Transaction:
+    """One MAIL ... DATA exchange: what the handler sees."""
+
+    def __init__(self, sender, size=0, body=None):
+        self.sender = sender  # "" is the null sender
+        self.size = size  # the SIZE= the client declared, 0 if none
+        self.body = body  # "7BIT", "8BITMIME" or None
+        self.recipients = []  # accepted, in RCPT order
+        self.data_size = 0  # bytes received (CRLF counted as one)
+
+
+class Session:
+    """One connection: what the handler may look at."""
+
+    def __init__(self, peer):
+        self.peer = peer
+        self.lhlo = None
+        self.transaction = None
+
+
+class _Closed(Exception):
+    """The connection is over (EOF, timeout, QUIT, shutdown)."""
+
+
+class _Connection:
+    def __init__(self, server, reader, writer):
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.buf = b""
+        self.out = []
+        self.errors = 0
+        self.session = Session(_peer(writer))
+
+    # -- I/O -----------------------------------------------------------------
+
+    async def fill(self):
+        """Read more bytes into self.buf; _Closed on EOF/timeout/shutdown."""
+        server = self.server
+        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        waits = {read}
+        interruptible = self.session.transaction is None
+        if interruptible:
+            waits.add(server.stopping)
+        try:
+            done, _ = await asyncio.wait(waits, timeout=server.idle_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            read.cancel()
+            raise
+        if read not in done:
+            read.cancel()
+            if interruptible and server.stopping.done():
+                await self.say_and_close(SHUTTING_DOWN)
+            await self.say_and_close(TIMEOUT)
+        data = read.result()  # ConnectionError propagates: closed
+        if not data:
+            raise _Closed("eof")
+        self.buf += data
+
+    def reply(self, line):
+        self.out.append(format_reply(line))
+        if line[:3] in _PROTOCOL_ERRORS:
+            self.errors += 1
+
+    async def flush(self):
+        if not self.out:
+            return
+        self.writer.write(b"".join(self.out))
+        self.out = []
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.server.idle_timeout)
+        except asyncio.TimeoutError:
+            raise _Closed("client does not read") from None
+
+    async def say_and_close(self, template):
+        self.reply(template.format(host=self.server.hostname))
+        try:
+            await self.flush()
+        except (_Closed, ConnectionError):
+            pass
+        raise _Closed(template)
+
+    async def read_command(self):
+        """The next command line (str), CRLF/LF stripped."""
+        skipping = False
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                line = self.buf[:end]
+                self.buf = self.buf[end + 1:]
+                if skipping:
+                    return None  # rest of an over-long line: reply was sent
+                if len(line) > MAX_COMMAND_LINE:
+                    self.reply(LINE_TOO_LONG)
+                    return None
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if b"\r" in line or b"\0" in line:
+                    self.reply(BAD_CHARACTERS)
+                    return None
+                return line.decode("utf-8", "surrogateescape")
+            if len(self.buf) > MAX_COMMAND_LINE:
+                if not skipping:
+                    self.reply(LINE_TOO_LONG)
+                    skipping = True
+                self.buf = b""
+            await self.flush()
+            await self.fill()
+
+    # -- the conversation ------------------------------------------------------
+
+    async def run(self):
+        server = self.server
+        self.reply(GREETING.format(host=server.hostname))
+        await self.flush()
+        while True:
+            if server.stopping.done() and self.session.transaction is None:
+                await self.say_and_close(SHUTTING_DOWN)
+            line = await self.read_command()
+            if line is not None:
+                await self.command(line)
+            if self.errors >= MAX_ERRORS:
+                await self.say_and_close(TOO_MANY_ERRORS)
+            if b"\n" not in self.buf:
+                await self.flush()
+
+    async def command(self, line):
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        arg = arg.strip(" ")
+        if verb in _NO_ARGS and arg:
+            self.reply(NO_ARGUMENTS)
+            return
+        method = getattr(self, "do_" + verb, None) if verb.isalpha() else None
+        if method is not None:
+            await method(arg)
+        elif verb in ("HELO", "EHLO"):
+            self.reply(USE_LHLO)
+        elif verb in _UNIMPLEMENTED:
+            self.reply(NOT_IMPLEMENTED)
+        else:
+            self.reply(UNKNOWN_COMMAND)
+
+    async def do_LHLO(self, arg):
+        if not arg:
+            self.reply(SYNTAX_LHLO)
+            return
+        self.session.lhlo = arg
+        self.session.transaction = None  # LHLO resets, as EHLO does
+        size = f"SIZE {self.server.max_size}" if self.server.max_size else "SIZE"
+        lines = [self.server.hostname, "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", size]
+        for line in lines[:-1]:
+            self.out.append(format_reply("250-" + line))
+        self.reply("250 " + lines[-1])
+
+    async def do_MAIL(self, arg):
+        if self.session.lhlo is None:
+            self.reply(NEED_LHLO)
+            return
+        if self.session.transaction is not None:
+            self.reply(NESTED_MAIL)
+            return
+        try:
+            sender, params = parse_path(arg, "FROM", BAD_SENDER)
+        except SyntaxProblem as exc:
+            self.reply(exc.args[0] or SYNTAX_MAIL)
+            return
+        size = 0
+        body = None
+        for name, value in params:
+            if name == "SIZE":
+                size = parse_size(value)
+                if size is None:
+                    self.reply(BAD_SIZE)
+                    return
+            elif name == "BODY":
+                body = (value or "").upper()
+                if body not in ("7BIT", "8BITMIME"):
+                    self.reply(BAD_BODY)
+                    return
+            else:
+                self.reply(UNSUPPORTED_PARAMETER.format(name=name[:64]))
+                return
+        if self.server.max_size and size > self.server.max_size:
+            self.reply(TOO_BIG)
+            return
+        self.session.transaction = Transaction(sender, size, body)
+        self.reply(MAIL_OK)
+
+    async def do_RCPT(self, arg):
+        txn = self.session.transaction
+        if txn is None:
+            self.reply(NEED_MAIL)
+            return
+        try:
+            recipient, params = parse_path(arg, "TO", BAD_RECIPIENT)
+        except SyntaxProblem as exc:
+            self.reply(exc.args[0] or SYNTAX_RCPT)
+            return
+        if not recipient:
+            self.reply(BAD_RECIPIENT)
+            return
+        if params:
+            self.reply(UNSUPPORTED_PARAMETER.format(name=params[0][0][:64]))
+            return
+        if len(txn.recipients) >= MAX_RECIPIENTS:
+            self.reply(TOO_MANY_RECIPIENTS)
+            return
+        try:
+            answer = await self.server.handler.rcpt(self.session, recipient, txn.size)
+        except Exception as exc:  # the handler's bug is a 451, not a crash
+            self.server.log_error(f"rcpt <{recipient}>: {exc!r}")
+            answer = INTERNAL_ERROR
+        if not valid_reply(answer):
+            self.server.log_error(f"rcpt <{recipient}>: bad reply {answer!r}")
+            answer = INTERNAL_ERROR
+        if answer.startswith("2"):
+            txn.recipients.append(recipient)
+        self.reply(answer)
+
+    async def do_DATA(self, arg):
+        txn = self.session.transaction
+        if txn is None:
+            self.reply(NEED_MAIL)
+            return
+        if not txn.recipients:
+            self.reply(NO_RECIPIENTS)
+            return
+        self.reply(START_DATA)
+        await self.flush()
+        spool, problem = self.open_spool()
+        try:
+            problem = await self.receive(txn, spool, problem)
+            if problem is not None:
+                for _ in txn.recipients:
+                    self.reply(problem)
+            else:
+                await self.deliver(txn, spool)
+        finally:
+            if spool is not None:
+                spool.close()
+            self.session.transaction = None
+        await self.flush()
+
+    async def do_RSET(self, arg):
+        self.session.transaction = None
+        self.reply(OK)
+
+    async def do_NOOP(self, arg):
+        self.reply(OK)
+
+    async def do_QUIT(self, arg):
+        self.session.transaction = None
+        await self.say_and_close(BYE)
+
+    # -- DATA ---------------------------------------------------------------------
+
+    def open_spool(self):
+        try:
+            return tempfile.TemporaryFile(dir=self.server.spool_dir), None
+        except OSError as exc:
+            self.server.log_error(f"cannot create a spool file: {exc}")
+            return None, _spool_reply(exc)
+
+    async def receive(self, txn, spool, problem):
+        """Read the message up to CRLF.CRLF into ``spool``; a reply line on
+        failure (too big, spool error) or None.  Every byte is read either
+        way, so the conversation stays in step."""
+        limit = self.server.max_size
+        at_start = True  # the next byte starts a line
+        prev_cr = True  # the line before ended with CRLF (the DATA line did)
+        last = b"\n"  # the byte before self.buf[0]
+        pending = []
+        pending_size = 0
+        size = 0
+        while True:
+            buf = self.buf
+            i = 0
+            n = len(buf)
+            end = -1
+            while i < n:
+                if at_start:
+                    if buf[i:i + 3] == _END and prev_cr:
+                        end = i
+                        break
+                    if n - i < 3 and _END.startswith(buf[i:]):
+                        break  # "." or ".\r": wait for the rest of the line
+                    at_start = False
+                    if buf[i:i + 1] == b"." and buf[i:i + 3] != _END and buf[i:i + 2] != b".\n":
+                        i += 1  # dot-unstuffing (RFC 5321 4.5.2)
+                        last = b"."
+                        continue
+                nl = buf.find(b"\n.", i)
+                if nl < 0:
+                    stop = n
+                    if buf[n - 1:n] == b"\n":
+                        at_start = True
+                        prev_cr = (buf[n - 2:n - 1] if n - 2 >= i else last) == b"\r"
+                    piece = buf[i:stop]
+                else:
+                    stop = nl + 1
+                    at_start = True
+                    prev_cr = (buf[nl - 1:nl] if nl - 1 >= i else last) == b"\r"
+                    piece = buf[i:stop]
+                if piece:
+                    last = piece[-1:]
+                    size += len(piece) - piece.count(b"\r\n")
+                    if problem is None:
+                        if limit and size > limit:
+                            problem = TOO_BIG
+                            pending = []
+                        else:
+                            pending.append(piece)
+                            pending_size += len(piece)
+                i = stop
+            if problem is None and pending and (end >= 0 or pending_size >= SPOOL_BUFFER):
+                problem = self.write_spool(spool, pending)
+                pending = []
+                pending_size = 0
+            if end >= 0:
+                self.buf = buf[end + 3:]
+                break
+            self.buf = buf[i:]
+            await self.fill()
+        txn.data_size = size
+        if problem is None:
+            try:
+                spool.flush()
+                spool.seek(0)
+            except OSError as exc:
+                problem = _spool_reply(exc)
+        return problem
+
+    def write_spool(self, spool, pieces):
+        try:
+            spool.write(b"".join(pieces))
+        except OSError as exc:
+            self.server.log_error(f"spooling the message: {exc}")
+            return _spool_reply(exc)
+        return None
+
+    async def deliver(self, txn, spool):
+        """One reply per accepted recipient, each sent the moment it is known."""
+        sent = 0
+        replies = self.server.handler.data(self.session, txn, spool)
+        try:
+            async for answer in replies:
+                if sent >= len(txn.recipients):
+                    self.server.log_error(f"handler gave more replies than recipients: {answer!r}")
+                    break
+                if not valid_reply(answer) or answer[0] == "3":
+                    self.server.log_error(f"data <{txn.recipients[sent]}>: bad reply {answer!r}")
+                    answer = INTERNAL_ERROR
+                self.reply(answer)
+                sent += 1
+                await self.flush()
+        except (_Closed, ConnectionError):
+            raise
+        except Exception as exc:  # the handler's bug: 451 for the rest
+            self.server.log_error(f"data: {exc!r}")
+        finally:
+            # Connection gone or handler done: let it clean up (close its
+            # copy of the message) now, not at garbage collection.
+            aclose = getattr(replies, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception as exc:  # noqa: BLE001
+                    self.server.log_error(f"data: closing: {exc!r}")
+        for _ in range(sent, len(txn.recipients)):
+            self.reply(INTERNAL_ERROR)
+
+
+def _spool_reply(exc):
+    import errno
+
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return SPOOL_FULL
+    return SPOOL_ERROR
+
+
+def _peer(writer):
+    try:
+        peer = writer.get_extra_info("peername")
+    except Exception:  # noqa: BLE001 - purely informative
+        return "unknown"
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return peer or "local"
+
+
+class LMTPServer:
+    """Accepts connections and runs one _Connection per client."""
+
+    def __init__(self, handler, hostname=None, max_size=0, idle_timeout=300,
+                 max_connections=100, spool_dir=None, log=None):
+        self.handler = handler
+        self.hostname = hostname or socket.gethostname()
+        self.max_size = max_size
+        self.idle_timeout = idle_timeout or None
+        self.max_connections = max_connections
+        self.spool_dir = spool_dir
+        self.log = log
+        self.servers = []
+        self.tasks = set()
+        self.stopping = None
+
+    def log_error(self, text):
+        if self.log is not None:
+            self.log.error(text)
+
+    async def start(self, sockets):
+        self.stopping = asyncio.get_running_loop().create_future()
+        for sock in sockets:
+            sock.setblocking(False)
+            if sock.family == socket.AF_UNIX:
+                server = await asyncio.start_unix_server(self._client, sock=sock)
+            else:
+                server = await asyncio.start_server(self._client, sock=sock)
+            self.servers.append(server)
+
+    def stop(self):
+        """Stop accepting; idle connections get 421, transactions finish."""
+        for server in self.servers:
+            server.close()
+        if self.stopping is not None and not self.stopping.done():
+            self.stopping.set_result(None)
+
+    async def wait_closed(self):
+        while self.tasks:
+            await asyncio.wait(set(self.tasks))
+
+    async def _client(self, reader, writer):
+        task = asyncio.current_task()
+        self.tasks.add(task)
+        try:
+            conn = _Connection(self, reader, writer)
+            if self.max_connections and len(self.tasks) > self.max_connections:
+                await conn.say_and_close(TOO_MANY_CONNECTIONS)
+            if self.stopping.done():
+                await conn.say_and_close(SHUTTING_DOWN)
+            await conn.run()
+        except (_Closed, ConnectionError):
+            pass
+        except Exception as exc:  # never a traceback to the client: close
+            self.log_error(f"connection: {exc!r}")
+        finally:
+            self.tasks.discard(task)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass

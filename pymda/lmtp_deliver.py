@@ -1,0 +1,292 @@
+"""pymda-lmtpd's handler: LMTP recipients -> the delivery engine.
+
+Contract: ``DeliveryHandler(cfg, log)`` is the handler lmtp.LMTPServer
+calls (see lmtp.py):
+
+- ``rcpt(session, recipient, size)``: ``550 5.1.1`` for an unknown user
+  (the recipient -> user rule is pymda's and pymda-policyd's:
+  policy.mailbox_for); ``550 5.7.1`` when this server may not deliver
+  for that user (not root, another uid); ``552 5.2.2`` (``452 4.2.2``
+  with ``quota_full_tempfail``) when ``size`` more bytes would pass the
+  user's quota (policy.decide, read-only, the same rule as delivery);
+  else ``250 2.1.5``.
+- ``data(session, transaction, spool)``: reads the spooled message once
+  (message.read: the intake of SPEC 1.1, CRLF -> LF, size limit) and
+  delivers it to each recipient in turn through the same engine as
+  ``pymda`` (resolve.plan, deliver.run, ``forward = lmtp_forward``),
+  yielding each recipient's reply (DeliveryResult.lmtp_reply) only after
+  its delivery returned, i.e. after the copy is fsynced.
+
+DELIVERY RIGHTS: a root server forks one child per recipient; the child
+does what ``pymda -d`` does as root (loop check, create a missing spool
+mbox as local(8) does), then users.switch_to(identity) - groups, gid,
+uid, for good - before it reads .forward or touches anything of the
+user's, delivers, writes its one reply line into a pipe and _exit()s.
+A server running as one unprivileged mail user (virtual users whose
+``uid`` is its own) delivers in a worker thread, without forking; a
+recipient of another uid is refused with 550 5.7.1 at RCPT.
+
+ERRORS: a child that dies, says nothing or says something malformed,
+and any unexpected exception, become ``451 4.3.0`` for that recipient
+(the MTA retries); the connection and the other recipients go on.
+
+DUPLICATES: the same address given twice in one transaction is
+delivered once and answered twice (RFC 2033 4.2 wants one reply per
+RCPT).
+
+FORK SAFETY: the server's worker threads (RCPT lookups, intake) never
+log and hold no locks a child could need; the child resets the signal
+handlers and the event loop's wakeup fd first and leaves with _exit(),
+never running the parent's cleanup.
+
+LIMITATIONS: recipients of one message are delivered one after another
+(the replies must come in order anyway); a message over 1 MiB is copied
+once more, from the protocol's spool into the engine's (message.read).
+"""
+
+import asyncio
+import os
+
+from pymda.errors import DeliveryError, TempFail
+
+RCPT_OK = "250 2.1.5 Ok"
+INTERNAL_ERROR = "451 4.3.0 Internal error"
+CHILD_DIED = "451 4.3.0 Delivery process died ({how})"
+MAX_CHILD_REPLY = 4096
+
+
+def reply_for(exc):
+    """The LMTP reply line for a DeliveryError (deliver's mapping)."""
+    from pymda.deliver import DeliveryResult
+
+    return DeliveryResult(results=[], error=exc).lmtp_reply()
+
+
+class DeliveryHandler:
+    def __init__(self, cfg, log, fork=None, max_threads=32):
+        self.cfg = cfg
+        self.log = log
+        # SECURITY: root always forks (the child switches user); only a
+        # server running as the mail user itself may deliver in-process.
+        self.fork = bool(fork) or os.geteuid() == 0
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.executor = ThreadPoolExecutor(max_workers=max_threads,
+                                           thread_name_prefix="pymda-lmtpd")
+
+    def close(self):
+        self.executor.shutdown(wait=False)
+
+    async def _in_thread(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+
+    # -- RCPT ------------------------------------------------------------------
+
+    async def rcpt(self, session, recipient, size):
+        reply, note = await self._in_thread(self.check_recipient, recipient, size)
+        if note:
+            self.log.warning(f"rcpt <{recipient}>: {note}")
+        return reply
+
+    def check_recipient(self, recipient, size):
+        """(reply, log note or None).  Runs in a worker thread: no logging."""
+        from pymda import policy, users
+
+        try:
+            identity, _ = policy.mailbox_for(self.cfg, recipient)
+            users.authorise(identity)
+            action = policy.decide(self.cfg, {"recipient": recipient, "size": str(size)})
+        except DeliveryError as exc:
+            return reply_for(exc), None
+        except Exception as exc:  # noqa: BLE001 - unreadable quota state etc.
+            return INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+        if action in (policy.FULL_PERM, policy.FULL_TEMP):
+            return action, None
+        return RCPT_OK, None
+
+    # -- DATA ------------------------------------------------------------------
+
+    async def data(self, session, transaction, spool):
+        from pymda import message as message_mod
+
+        try:
+            message = await self._in_thread(message_mod.read, spool, self.cfg.message_size_limit)
+        except DeliveryError as exc:
+            self.log.info(f"from=<{transaction.sender}>: message refused: {exc.line()}")
+            for _ in transaction.recipients:
+                yield reply_for(exc)
+            return
+        try:
+            done = {}
+            for recipient in transaction.recipients:
+                key = recipient.lower()
+                if key not in done:
+                    done[key] = await self._deliver(message, transaction.sender, recipient)
+                yield done[key]
+        finally:
+            if message.fd is not None:
+                os.close(message.fd)
+
+    async def _deliver(self, message, sender, recipient):
+        try:
+            if self.fork:
+                return await self._deliver_in_child(message, sender, recipient)
+            return await self._in_thread(deliver_one, self.cfg, self.log, message,
+                                         sender, recipient)
+        except Exception as exc:  # noqa: BLE001 - 451, never a dropped connection
+            self.log.error(f"to=<{recipient}>: {type(exc).__name__}: {exc}")
+            return INTERNAL_ERROR
+
+    async def _deliver_in_child(self, message, sender, recipient):
+        loop = asyncio.get_running_loop()
+        rfd, wfd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            raise
+        if pid == 0:  # the child: never returns
+            os.close(rfd)
+            _child(wfd, self.cfg, message, sender, recipient)
+        os.close(wfd)
+        output = await _read_all(loop, rfd)
+        status = await _reap(pid)
+        line = output.decode("utf-8", "replace").split("\n", 1)[0]
+        from pymda.lmtp import valid_reply
+
+        if valid_reply(line) and line[0] in "245":
+            return line
+        how = _describe_status(status)
+        self.log.error(f"to=<{recipient}>: delivery process {how}, said {output[:200]!r}")
+        return CHILD_DIED.format(how=how)
+
+
+def _describe_status(status):
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    if os.WIFEXITED(status):
+        return f"exit {os.WEXITSTATUS(status)}"
+    return f"status {status}"
+
+
+async def _read_all(loop, fd):
+    """Everything the child writes on ``fd``, until EOF (fd closed after)."""
+    os.set_blocking(fd, False)
+    done = loop.create_future()
+    chunks = []
+
+    def readable():
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data and sum(map(len, chunks)) < MAX_CHILD_REPLY:
+            chunks.append(data)
+            return
+        if data:
+            return  # keep draining a chatty child, keep nothing more
+        loop.remove_reader(fd)
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return b"".join(chunks)
+
+
+async def _reap(pid):
+    """The child's wait status (it has closed its pipe: it is exiting)."""
+    delay = 0.0005
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if done:
+            return status
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _child(wfd, cfg, message, sender, recipient):
+    """In the forked child: deliver, write one reply line, _exit."""
+    reply = INTERNAL_ERROR
+    log = None
+    try:
+        import signal
+
+        signal.set_wakeup_fd(-1)  # the parent's event loop must not hear our signals
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, _on_signal)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG -> 5.2.2, not death
+        from pymda.log import Log
+
+        log = Log(False, ident="pymda-lmtpd")
+        reply = deliver_one(cfg, log, message, sender, recipient, switch=True)
+    except BaseException as exc:  # noqa: BLE001 - the child's one broad catch
+        if isinstance(exc, DeliveryError):
+            reply = reply_for(exc)
+        elif log is not None:
+            log.error(f"to=<{recipient}>: internal error: {type(exc).__name__}: {exc}")
+    finally:
+        data = (reply + "\n").encode("utf-8", "replace")
+        try:
+            while data:
+                data = data[os.write(wfd, data):]
+        except OSError:
+            pass
+        os._exit(0)
+
+
+def _on_signal(signum, frame):
+    # As pymda's own: an interrupted append is undone by the writer.
+    raise TempFail(f"interrupted by signal {signum}", "4.3.0")
+
+
+def deliver_one(cfg, log, message, sender, recipient, switch=False):
+    """Deliver to one recipient in this process; returns the reply line.
+
+    As ``pymda -d`` (cli._deliver) does it: as root, the loop check and a
+    missing spool mbox come first, then (``switch``) the switch to the
+    user for good, then the plan and the engine.  DeliveryErrors become
+    their reply; anything else is raised (the caller's 451 4.3.0).
+    """
+    from pymda import deliver, resolve, users
+    from pymda.address import split_address
+
+    try:
+        local, domain, base, extension = split_address(recipient, cfg.recipient_delimiter)
+        name = users.name_for_recipient(cfg, base, domain)
+        if not name:
+            from pymda.errors import PermFail
+
+            raise PermFail("User unknown: empty local part", "5.1.1")
+        identity = users.lookup(cfg, name)
+        users.authorise(identity)
+        envelope = resolve.Envelope(
+            sender=sender, recipient=recipient, original_recipient=recipient, user=name,
+            local=local, domain=domain, extension=extension,
+        )
+        if switch and os.geteuid() == 0 and identity.uid != 0:
+            deliver.check_loop(message, envelope)  # a looping message creates nothing
+            kind, path, spool = resolve.mailbox_location(cfg, envelope, identity)
+            if kind == "mbox" and spool and not os.path.lexists(path):
+                from pymda.mbox import precreate_spool_mbox
+
+                precreate_spool_mbox(path, identity.uid, identity.gid)
+        # DELIVERY RIGHTS: become the user before touching any of its files
+        # (a no-op for a server already running as that user).
+        if switch:
+            users.switch_to(identity)
+        targets = resolve.plan(cfg, envelope, identity, forward=cfg.lmtp_forward, log=log)
+        result = deliver.run(targets, message, envelope, cfg, log)
+    except DeliveryError as exc:
+        return reply_for(exc)
+    return result.lmtp_reply()

@@ -1,0 +1,152 @@
+"""pymda-lmtpd: the LMTP delivery server (SPEC 2).
+
+    pymda-lmtpd --listen unix:/var/spool/postfix/private/pymda-lmtp [-c FILE]
+    pymda-lmtpd --listen inet:127.0.0.1:24 [--listen ...] [-c FILE]
+    pymda-lmtpd [-c FILE]         # systemd socket activation (LISTEN_FDS)
+
+Serves every --listen address plus the sockets systemd passed
+(LISTEN_FDS/LISTEN_PID, sd_listen_fds(3)); with neither it is a usage
+error.  A unix socket it creates gets ``--socket-mode`` (0666: put it
+in a directory only the MTA can enter, such as postfix's private/) and
+is removed at exit; a stale socket left by a crash is replaced.
+
+Run as root, it delivers for every user (a forked child per delivery
+switches to the user); run as one mail user, it delivers for the
+virtual users whose uid is its own (lmtp_deliver.py).
+
+Signals: SIGTERM / SIGINT stop it: no new connections, connections
+between transactions get 421, transactions in flight finish (deliveries
+and their replies), then it exits 0.
+
+Exit status: 0 after a clean stop; 64 for a bad --listen or none at
+all; 75 when the configuration cannot be read (the message names the
+file and key) or a socket cannot be bound.
+
+Config keys used: message_size_limit (SIZE, 552 5.3.4),
+lmtp_idle_timeout, lmtp_max_connections, lmtp_forward, and everything
+delivery uses.  Logging: syslog, facility mail, ident pymda-lmtpd (-v:
+also stderr).
+"""
+
+import os
+import sys
+
+import click
+
+from pymda.errors import EX_TEMPFAIL, EX_USAGE, ConfigError
+from pymda.log import Log
+
+
+class DaemonLog(Log):
+    """pymda.log.Log that, with ``echo``, writes each line to stderr at once."""
+
+    def __init__(self, echo=False, ident="pymda-lmtpd"):
+        super().__init__(False, ident=ident)
+        self.echo = echo
+
+    def _emit(self, priority, text):
+        super()._emit(priority, text)
+        if self.echo:
+            line = text.replace("\n", " ").replace("\r", " ") + "\n"
+            try:
+                os.write(2, line.encode("utf-8", "surrogateescape"))
+            except OSError:
+                pass
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--listen", "listen", multiple=True, metavar="inet:HOST:PORT|unix:PATH",
+              help="Address to serve (repeatable).  Also serves systemd's sockets.")
+@click.option("-c", "--config", "config_path", metavar="FILE",
+              help="Configuration file (default $PYMDA_CONFIG, /etc/pymda/pymda.toml).")
+@click.option("--socket-mode", default="0666", show_default=True,
+              help="Permissions of unix sockets created by --listen (octal).")
+@click.option("-v", "--verbose", is_flag=True, help="Also log to stderr.")
+def lmtpd(listen, config_path, socket_mode, verbose):
+    """Deliver mail received over LMTP (RFC 2033) with pymda's engine."""
+    from pymda import config, policy
+
+    log = DaemonLog(verbose)
+    try:
+        cfg = config.load(config_path)
+    except ConfigError as exc:
+        click.echo(exc.line(), err=True)
+        sys.exit(EX_TEMPFAIL)
+    try:
+        mode = int(socket_mode, 8)
+        specs = [policy.parse_listen(spec) for spec in listen]
+    except ValueError as exc:
+        click.echo(f"pymda-lmtpd: {exc}", err=True)
+        sys.exit(EX_USAGE)
+    sockets = policy.systemd_sockets()
+    if not sockets and not listen:
+        click.echo("pymda-lmtpd: nothing to serve: give --listen inet:HOST:PORT or "
+                   "unix:PATH (or start it by systemd socket activation)", err=True)
+        sys.exit(EX_USAGE)
+    try:
+        sockets += policy.open_listeners(listen, mode)
+    except OSError as exc:
+        click.echo(f"pymda-lmtpd: cannot listen: {exc}", err=True)
+        sys.exit(EX_TEMPFAIL)
+    created = [spec[1] for spec in specs if spec[0] == "unix"]
+    import asyncio
+
+    where = ", ".join(listen) or "systemd sockets"
+    try:
+        asyncio.run(serve(cfg, sockets, log, where))
+    finally:
+        for path in created:
+            _remove_socket(path)
+
+
+async def serve(cfg, sockets, log, where="", ready=None):
+    """Serve until SIGTERM/SIGINT, then finish what is in flight."""
+    import asyncio
+    import signal
+
+    from pymda.lmtp import LMTPServer
+    from pymda.lmtp_deliver import DeliveryHandler
+
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    # A delivery child must not die of EFBIG (RLIMIT_FSIZE): 5.2.2 instead.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    handler = DeliveryHandler(cfg, log, max_threads=max(4, cfg.lmtp_max_connections))
+    server = LMTPServer(
+        handler,
+        max_size=cfg.message_size_limit,
+        idle_timeout=cfg.lmtp_idle_timeout,
+        max_connections=cfg.lmtp_max_connections,
+        log=log,
+    )
+    await server.start(sockets)
+    mode = "forking a child per delivery" if handler.fork else f"as uid {os.geteuid()}"
+    log.info(f"listening on {where} ({mode})")
+    if ready is not None:
+        ready()
+    await stop
+    log.info(f"stopping: finishing {len(server.tasks)} connection(s)")
+    server.stop()
+    await server.wait_closed()
+    handler.close()
+    log.info("stopped")
+
+
+def _remove_socket(path):
+    import stat
+
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def main(argv=None):
+    return lmtpd.main(args=argv, prog_name="pymda-lmtpd")
+
+
+if __name__ == "__main__":
+    main()
