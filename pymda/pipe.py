@@ -42,7 +42,9 @@ PROCESS HYGIENE: when the command exits, any process it left in its
 process group is killed (SIGKILL) before the command is reaped, so the
 group id cannot have been reused.  (postfix instead waits for the output
 pipe to close and times out; see the README's deviations.)  On timeout the
-whole group is killed.
+whole group is killed, and the command itself by its pid (it may have
+moved to another process group of our session).  A process that made
+itself a new session (setsid) escapes, as it would from postfix.
 
 Stdin layout (POSTFIX-FACTS.md): ``From sender  asctime`` line, then
 pymda's ``Return-Path:`` and ``Delivered-To:`` lines (only those not
@@ -72,7 +74,9 @@ def command_argv(command):
     """argv for ``command``: direct exec when possible, else /bin/sh -c."""
     if needs_shell(command):
         return ["/bin/sh", "-c", command]
-    argv = command.split()
+    # Split where sh would (blanks), not at everything str.split() calls
+    # whitespace (\x1c-\x1f, U+0085, U+00A0, ...).
+    argv = [word for word in command.replace("\t", " ").split(" ") if word]
     if not argv:
         raise PermFail("empty command", "5.3.0")
     return argv
@@ -167,10 +171,21 @@ def check_status(code, first, timed_out, timeout):
     raise PermFail(first or f"command died with status {code}", "5.3.0")
 
 
+# Control characters (C0, DEL, C1) in a command's output become "?" before
+# the output reaches postfix or syslog (a NUL would cut postfix's reason
+# short, ESC sequences would reach terminals); a tab is a blank.
+_CONTROLS = {**{c: "?" for c in (*range(0x20), *range(0x7F, 0xA0))}, 0x09: " "}
+
+
 def first_line(output):
+    """The first non-blank line of ``output`` as one clean line of text.
+
+    Only LF and CR end a line (str.splitlines would also end one at VT, FF,
+    NEL, U+2028 ...); control characters become "?", runs of blanks one
+    space; at most MAX_REASON characters."""
     text = output.decode("utf-8", "replace")
-    for line in text.splitlines():
-        line = " ".join(line.split())
+    for line in text.replace("\r", "\n").split("\n"):
+        line = " ".join(line.translate(_CONTROLS).split())
         if line:
             return line[:MAX_REASON]
     return ""
@@ -280,6 +295,13 @@ def run_argv(argv, chunks, env, ids, cwd, timeout, what):
         # (or alive, on timeout): its pgid cannot have been reused yet.
         try:
             os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        # The leader itself too: it may have moved to another process group
+        # of our session (setpgid), and waiting for it would hang.  Not yet
+        # reaped, so the pid cannot have been reused.
+        try:
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
         proc.wait()

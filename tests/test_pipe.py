@@ -136,6 +136,21 @@ def test_command_argv_direct_or_shell():
         assert pipe.command_argv(cmd) == ["/bin/sh", "-c", cmd]
 
 
+def test_direct_exec_splits_at_blanks_only_as_sh_would():
+    # str.split() would also split at \x1c-\x1f, \x85 and U+00A0; sh does not.
+    assert pipe.command_argv("/bin/echo a\x1fb\xa0c\x85d") == ["/bin/echo", "a\x1fb\xa0c\x85d"]
+    assert pipe.command_argv("/bin/echo \t a  b\t") == ["/bin/echo", "a", "b"]
+
+
+def test_first_output_line_is_one_clean_line():
+    # NUL, ESC, DEL and other controls never reach postfix or syslog; only
+    # LF and CR end a line (not VT, FF, NEL or U+2028 as str.splitlines has it).
+    assert pipe.first_line(b"\r\n  a\0b\x1b[31mc\x7fd\xc2\x85e\tf \n second") == "a?b?[31mc?d?e f"
+    assert pipe.first_line(b"a\x0bb\x0cc\xe2\x80\xa8d\n") == "a?b?c d"
+    assert pipe.first_line(b"\xff\xfe bad utf-8\n") == "\ufffd\ufffd bad utf-8"
+    assert pipe.first_line(b"\n\r\n") == ""
+
+
 def test_censor_like_postfix():
     assert pipe.censor("o'brien+x@ex-ample.org") == "o_brien+x@ex-ample.org"
     assert pipe.censor("a$(b)`c`;d e") == "a__b__c__d_e"
@@ -303,6 +318,36 @@ def test_timeout_kills_the_whole_group(test_user, workdir):
     assert len(recorded) == 2
     for pid in recorded:
         assert wait_gone(pid), f"process {pid} survived the timeout"
+
+
+@needs_root
+def test_timeout_kills_a_command_that_left_its_process_group(test_user, workdir):
+    """A command may move itself into its parent's group (same session):
+    killing its own group then misses it, and waiting for it hung pymda
+    until the MTA's own time limit."""
+    import signal
+
+    ident = identity_of(test_user)
+    pidfile = workdir / "pid"
+    script = (f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
+              "os.setpgid(0, os.getpgid(os.getppid())); time.sleep(60)")
+
+    def alarm(signum, frame):
+        raise TimeoutError("pymda still waits for the command")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(15)
+    try:
+        with pytest.raises(TempFail) as info:
+            run(f"exec /usr/bin/python3 -c \"{script}\"", ident, c=cfg("command_timeout=1"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        if pidfile.exists() and not gone(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert info.value.status == TEMP_STATUS
+    assert "time limit" in info.value.text
+    assert wait_gone(int(pidfile.read_text()))
 
 
 @needs_root
