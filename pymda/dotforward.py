@@ -4,13 +4,15 @@ Contract:
 - ``parse_forward(text, path)`` -> list[Entry]: pure, no file system.
   Raises ForwardSyntax(path, line, reason) on malformed input.
 - ``find(cfg, envelope, identity)`` -> (path, text) of the first usable
-  file along ``forward_path``, or (None, None).  Untrusted files are
-  skipped with a warning appended to ``warnings``.
+  file along ``forward_path``, or (None, None).  Untrusted or unreadable
+  files are ignored with a warning appended to ``warnings`` (mailbox
+  delivery).  An extension with a '/' is not used in a file name (postfix's
+  rule); one too long for a file name finds nothing.
 - ``expand_items(cfg, envelope, identity)`` -> Expansion(items, path, warnings):
   the ordered, de-duplicated list of Items a message for this recipient goes
   to, or ``items=None`` when there is no usable .forward (normal mailbox
-  delivery).  Raises TempFail when a .forward or :include: file exists but
-  cannot be read (I/O error, permission): the MTA retries, nothing is lost.
+  delivery).  Raises TempFail on an I/O error reading a .forward or
+  :include: file, or a missing :include: file: the MTA retries.
 
 Item kinds: "mailbox" (the user's own mailbox: ``\\alice``, own name or
 address), "mbox" / "maildir" (a file target: ``/path``, ``/path/``,
@@ -41,8 +43,12 @@ over-long file make pymda IGNORE THE WHOLE .forward, log a warning naming
 file and line, and deliver to the user's mailbox.  (Deferring instead would
 hold the mail in the queue until it bounces back to the sender after
 postfix's maximal_queue_lifetime; delivering only the entries that parsed
-would silently drop the rest.)  I/O errors (a .forward that exists but cannot
-be read, a missing :include: file, EIO) defer (4.3.0), as postfix does.
+would silently drop the rest.)  A .forward or :include: file the user may
+not open (EACCES, EPERM) is treated like an untrusted one: warning, mailbox
+(postfix logs "cannot open file" for a .forward and uses the mailbox too).
+Other I/O errors (EIO, EMFILE, ...) and a missing :include: file defer
+(4.3.0); postfix bounces a missing :include: file (5.3.5), pymda gives the
+admin the queue lifetime to notice.
 
 SECURITY:
 - TRUST: a .forward is used only if it is a regular file owned by the user
@@ -66,7 +72,8 @@ LOOP CONTROL: nested :include: files are capped at MAX_INCLUDE_DEPTH, an
 entries is capped at MAX_ENTRIES.
 
 DUPLICATE ELIMINATION: the same target (kind + path / command / address,
-addresses compared case-insensitively) appears once, at its first position.
+addresses compared case-insensitively, paths without "//" and "/./")
+appears once, at its first position.
 
 LIMITATIONS: ``\\other`` (another user's name) cannot be delivered locally
 without root, so it is forwarded like a plain address.  ``~user/path`` is
@@ -237,9 +244,15 @@ def forward_paths(cfg, envelope, identity):
     from pymda.config import expand as expand_template
 
     variables = _variables(cfg, envelope, identity)
+    # The extension is the remote sender's choice: one with a '/' is not
+    # used in a file name at all (postfix's rule).
+    extension = envelope.extension
+    if extension and "/" in extension:
+        extension = ""
+        variables["extension"] = ""
     paths = []
     for template in cfg.forward_path:
-        if not envelope.extension and "extension" in template:
+        if not extension and "extension" in template:
             continue
         path = expand_template(template, variables)
         if path and path not in paths:
@@ -251,16 +264,18 @@ def read_trusted(path, owner_uids, what):
     """Text of ``path`` if it passes the trust checks.
 
     Returns (text, None), or (None, reason) when the file is missing
-    (reason None) or untrusted (reason a string).  Raises TempFail on
-    other errors.
+    (reason None) or untrusted or not readable by the user (reason a
+    string).  Raises TempFail on other errors (EIO, EMFILE, ...).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
-        if exc.errno in (2, 20):  # ENOENT, ENOTDIR
+        if exc.errno in (2, 20, 36):  # ENOENT, ENOTDIR, ENAMETOOLONG
             return None, None
-        if exc.errno == 40:  # ELOOP: a symlink loop
-            return None, f"{what} {path}: {exc.strerror}"
+        if exc.errno in (1, 13, 40):  # EPERM, EACCES; ELOOP: a symlink loop
+            # As postfix ("cannot open file"): a permanent problem of the
+            # user's setup, not worth holding the mail for.
+            return None, f"{what} {path} cannot be opened: {exc.strerror}"
         raise TempFail(f"cannot open {what} {path}: {exc.strerror}", "4.3.0") from None
     try:
         st = os.fstat(fd)
@@ -332,7 +347,20 @@ def _item_key(item):
     return (item.kind, item.value)
 
 
+def clean_path(path, kind):
+    """``path`` without empty and "." components ("//", "/./"), which name
+    the same file anyway, so that one file is one target (DUPLICATE
+    ELIMINATION); a Maildir keeps its trailing "/".  ".." is left alone: it
+    means something else when a component is a symbolic link."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    clean = "/" + "/".join(parts)
+    if kind == "maildir" and clean != "/":
+        clean += "/"
+    return clean
+
+
 def _file_item(kind, path, source, cfg, in_include):
+    path = clean_path(path, kind)
     if in_include:
         return Item(kind=kind, value=path, source=source,
                     error=PermFail(f"{path}: {REASON_INCLUDE_POLICY}", "5.7.1"))
@@ -459,8 +487,11 @@ def expand(cfg, envelope, identity, main, log=None):
         if kind == "mailbox":
             target = main.replace(source=source)
         elif kind == "mbox":
+            # Spool rules (Debian's dotlockfile helper, the "create it as
+            # root" advice) only for the user's own spool mailbox.
+            own_spool = value == f"{spool}/{identity.name}"
             target = Target(kind="mbox", path=value, source=source, identity=identity,
-                            spool=spool if os.path.dirname(value) == spool else None)
+                            spool=spool if own_spool else None)
         elif kind == "maildir":
             target = Target(kind="maildir", path=value, directory=value, source=source,
                             identity=identity)

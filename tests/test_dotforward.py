@@ -224,16 +224,43 @@ def test_forward_owned_by_root_is_trusted(home):
     assert dotforward.expand_items(cfg(), envelope(), ident).items[0].value == "x@example.net"
 
 
-def test_unreadable_forward_defers(home, ident, monkeypatch):
-    write(home / ".forward", "x@example.net\n")
-
+def failing_open(errno_, strerror):
     def refuse(path, *a, **kw):
-        raise PermissionError(13, "Permission denied", path)
+        raise OSError(errno_, strerror, path)
 
-    monkeypatch.setattr(dotforward.os, "open", refuse)
+    return refuse
+
+
+def test_forward_the_user_cannot_read_is_ignored_like_postfix(home, ident, monkeypatch):
+    # e.g. a root-owned .forward with mode 0600: postfix logs "cannot open
+    # file" and delivers to the mailbox; deferring would hold every message
+    # until it bounces after maximal_queue_lifetime.
+    write(home / ".forward", "x@example.net\n")
+    monkeypatch.setattr(dotforward.os, "open", failing_open(13, "Permission denied"))
+    result = dotforward.expand_items(cfg(), envelope(), ident)
+    assert result.items is None
+    assert "Permission denied" in result.warnings[0]
+
+
+def test_forward_io_error_defers(home, ident, monkeypatch):
+    write(home / ".forward", "x@example.net\n")
+    monkeypatch.setattr(dotforward.os, "open", failing_open(5, "Input/output error"))
     with pytest.raises(TempFail) as info:
         dotforward.expand_items(cfg(), envelope(), ident)
     assert info.value.status == IO_STATUS
+
+
+def test_remote_extension_cannot_defer_or_leave_the_forward_path(home, ident):
+    """The extension comes from the remote sender: one too long for a file
+    name must not defer the message (ENAMETOOLONG), and one with a '/' is
+    not used for the file name at all (postfix's rule)."""
+    write(home / ".forward", "plain@example.net\n")
+    items = dotforward.expand_items(cfg(), envelope(extension="x" * 300), ident).items
+    assert [i.value for i in items] == ["plain@example.net"]
+    (home / ".forward+sub").mkdir()
+    write(home / ".forward+sub" / "f", "other@example.net\n")
+    items = dotforward.expand_items(cfg(), envelope(extension="sub/f"), ident).items
+    assert [i.value for i in items] == ["plain@example.net"]
 
 
 def test_parse_problem_falls_back_to_mailbox_with_warning(home, ident):
@@ -267,6 +294,30 @@ def test_expansion_kinds_sources_and_duplicates(home, ident):
         ("mbox", "/bin/true-not", ".forward line 3"),
     ]
     assert all(i.error is None for i in items)
+
+
+def test_same_file_spelled_differently_is_one_target(home, ident):
+    write(home / ".forward",
+          f"~/copy.mbox, {home}/copy.mbox, {home}//copy.mbox, {home}/./copy.mbox\n"
+          f"~/Md/, {home}/Md//, ~/./Md/, {home}/Md/./\n")
+    items = dotforward.expand_items(cfg(), envelope(), ident).items
+    assert [(i.kind, i.value) for i in items] == [
+        ("mbox", f"{home}/copy.mbox"),
+        ("maildir", f"{home}/Md/"),
+    ]
+
+
+def test_only_the_users_own_spool_file_gets_spool_rules(home, ident):
+    """A file target in the spool directory that is not the user's own
+    mailbox is an ordinary file: no Debian spool handling, and no "create
+    it as root: install -o alice ... /var/mail/bob" advice in the log."""
+    write(home / ".forward", "/var/mail/alice\n/var/mail/bob\n")
+    main = Target(kind="maildir", path="/h/Maildir/", directory="/h/Maildir/", identity=ident)
+    targets = dotforward.expand(cfg("mail_spool_directory=/var/mail"), envelope(), ident, main)
+    assert [(t.path, t.spool) for t in targets] == [
+        ("/var/mail/alice", "/var/mail"),
+        ("/var/mail/bob", None),
+    ]
 
 
 def test_backslash_other_user_is_forwarded(home, ident):

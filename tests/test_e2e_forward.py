@@ -132,6 +132,28 @@ def test_root_delivery_switches_before_reading_forward(make_user):
     assert runs[0].stat().st_uid == alice.uid
 
 
+def test_forward_the_user_cannot_read_means_the_mailbox(make_user):
+    """A root-owned mode 0600 .forward (root made it, the user cannot read
+    it): as postfix, a warning and the mailbox, not a deferral that would
+    return every message to its sender after the queue lifetime."""
+    alice = make_user()
+    fwd = alice.write(".forward", b"somebody@example.net\n", 0o600)
+    os.chown(fwd, 0, 0)
+    code, out = run_pymda(["-d", alice.name, "-a", f"{alice.name}@{HOST}", "-f", "x@y.org",
+                           "--forward", "-o", "mailbox=Maildir/"], b"Subject: u\n\nx\n")
+    assert code == EX_OK, out
+    assert len(maildir_messages(alice)) == 1
+
+
+def test_sender_chosen_extension_too_long_for_a_file_name_is_delivered(make_user):
+    alice = make_user()
+    rcpt = f"{alice.name}+{'x' * 300}@{HOST}"
+    code, out = run_pymda(["-d", alice.name, "-a", rcpt, "-f", "x@y.org", "--forward",
+                           "-o", "mailbox=Maildir/"], b"Subject: long\n\nx\n", user=alice)
+    assert code == EX_OK, out
+    assert len(maildir_messages(alice)) == 1
+
+
 # --- through a real postfix -----------------------------------------------------------
 
 
