@@ -646,6 +646,7 @@ class LMTPServer:
         self.log = log
         self.servers = []
         self.tasks = set()
+        self.connections = set()
         self.stopping = None
 
     def log_error(self, text):
@@ -678,6 +679,7 @@ class LMTPServer:
         self.tasks.add(task)
         try:
             conn = _Connection(self, reader, writer)
+            self.connections.add(conn)
             if self.max_connections and len(self.tasks) > self.max_connections:
                 await conn.say_and_close(TOO_MANY_CONNECTIONS)
             if self.stopping.done():
@@ -689,6 +691,7 @@ class LMTPServer:
             self.log_error(f"connection: {exc!r}")
         finally:
             self.tasks.discard(task)
+            self.connections = {c for c in self.connections if c.writer is not writer}
             writer.close()
             try:
                 await writer.wait_closed()

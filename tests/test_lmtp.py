@@ -1,0 +1,685 @@
+"""Tests for pymda.lmtp: the LMTP protocol (RFC 2033), in-process.
+
+The server runs on its own event loop in a thread, with a fake handler
+that records what it was given; the tests talk to it over a real unix
+socket with blocking sockets, byte for byte.  The delivery handler and
+the real program are tested in test_e2e_lmtp.py.
+"""
+
+import asyncio
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from pymda import lmtp
+
+HOST = "lmtp.test"
+MAX_SIZE = 100_000
+
+# Replies (named so a change of wording is a change of the tests)
+GREETING = f"220 {HOST} LMTP pymda ready"
+LHLO_REPLY = [f"250-{HOST}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-8BITMIME",
+              f"250 SIZE {MAX_SIZE}"]
+OK = "250 2.0.0 Ok"
+MAIL_OK = "250 2.1.0 Ok"
+RCPT_OK = "250 2.1.5 Ok"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+BYE = "221 2.0.0 Bye"
+USER_UNKNOWN = "550 5.1.1 User unknown"
+FULL = "552 5.2.2 Mailbox is full"
+DELIVERED = "250 2.0.0 Ok: delivered to {}"
+NEED_MAIL = "503 5.5.1 Error: need MAIL command"
+NEED_LHLO = "503 5.5.1 Error: send LHLO first"
+NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
+NO_RECIPIENTS = "503 5.5.1 Error: no valid recipients"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
+LINE_TOO_LONG = "500 5.5.2 Error: line too long"
+BAD_CHARACTERS = "500 5.5.2 Error: NUL or bare <CR> in command"
+UNKNOWN_COMMAND = "500 5.5.2 Error: command not recognized"
+USE_LHLO = "500 5.5.1 Error: this is LMTP (RFC 2033): use LHLO"
+NOT_IMPLEMENTED = "502 5.5.1 Error: command not implemented"
+INTERNAL_ERROR = "451 4.3.0 Internal error"
+SHUTTING_DOWN = f"421 4.3.2 {HOST} Service shutting down"
+TIMEOUT = f"421 4.4.2 {HOST} Error: timeout exceeded"
+TOO_MANY_ERRORS = f"421 4.7.0 {HOST} Error: too many errors"
+TOO_MANY_CONNECTIONS = f"421 4.3.2 {HOST} Error: too many connections"
+
+
+def test_reply_constants_are_the_modules():
+    """The names above are what the module sends (one place to change)."""
+    assert lmtp.GREETING.format(host=HOST) == GREETING
+    for name in ("OK", "MAIL_OK", "RCPT_OK", "START_DATA", "BYE", "NEED_MAIL", "NEED_LHLO",
+                 "NESTED_MAIL", "NO_RECIPIENTS", "TOO_BIG", "LINE_TOO_LONG", "BAD_CHARACTERS",
+                 "UNKNOWN_COMMAND", "USE_LHLO", "NOT_IMPLEMENTED", "INTERNAL_ERROR"):
+        assert getattr(lmtp, name) == globals()[name], name
+    for name in ("SHUTTING_DOWN", "TIMEOUT", "TOO_MANY_ERRORS", "TOO_MANY_CONNECTIONS"):
+        assert getattr(lmtp, name).format(host=HOST) == globals()[name], name
+
+
+# --- the fake handler and the server in a thread ------------------------------------
+
+
+class FakeHandler:
+    """Recipients by prefix: unknown* 550, full* 552 when SIZE > 100,
+    crash* raises in rcpt, bad* gets a malformed reply after DATA, boom*
+    makes data() raise, slow* waits for ``release`` before its reply."""
+
+    def __init__(self):
+        self.messages = []  # (sender, recipients, body, data_size)
+        self.rcpts = []  # (recipient, size)
+        self.release = threading.Event()
+        self.delivering = threading.Event()
+
+    async def rcpt(self, session, recipient, size):
+        self.rcpts.append((recipient, size))
+        if recipient.startswith("unknown"):
+            return USER_UNKNOWN
+        if recipient.startswith("full") and size > 100:
+            return FULL
+        if recipient.startswith("crash"):
+            raise RuntimeError("handler bug")
+        if recipient.startswith("liar"):
+            return "yes\r\nplease"
+        return RCPT_OK
+
+    async def data(self, session, txn, spool):
+        body = spool.read()
+        self.messages.append((txn.sender, list(txn.recipients), body, txn.data_size))
+        for rcpt in txn.recipients:
+            if rcpt.startswith("slow"):
+                self.delivering.set()
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, self.release.wait, 20)
+            if rcpt.startswith("bad"):
+                yield "fine thanks"
+            elif rcpt.startswith("boom"):
+                raise RuntimeError("delivery bug")
+            else:
+                yield DELIVERED.format(rcpt)
+
+
+class Harness:
+    def __init__(self, tmp_path, **options):
+        self.handler = FakeHandler()
+        self.path = str(tmp_path / "lmtp.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(self.path)
+        sock.listen(64)
+        options.setdefault("max_size", MAX_SIZE)
+        options.setdefault("idle_timeout", 30)
+        self.server = lmtp.LMTPServer(self.handler, hostname=HOST, spool_dir=str(tmp_path),
+                                      **options)
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.server.start([sock]))
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(10)
+
+    def connect(self, greet=True):
+        client = Client(self.path)
+        if greet:
+            assert client.reply() == [GREETING]
+        return client
+
+    def call(self, func):
+        """Run ``func()`` on the server's loop (thread-safe)."""
+        async def wrapper():
+            return func()
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
+
+    def stop(self, timeout=20):
+        async def stop():
+            self.server.stop()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout)
+
+    def close(self):
+        try:
+            self.stop()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+class Client:
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(20)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+        self.buf = b""
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed; unread: {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode()
+
+    def reply(self):
+        """One (possibly multi-line) reply, as a list of lines."""
+        lines = [self.line()]
+        while lines[-1][3:4] == "-":
+            lines.append(self.line())
+        return lines
+
+    def cmd(self, text):
+        self.send(text + "\r\n")
+        lines = self.reply()
+        return lines[0] if len(lines) == 1 else lines
+
+    def closed(self):
+        """True when the server has closed the connection (after any data)."""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    h = Harness(tmp_path)
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def client(server):
+    with server.connect() as c:
+        assert c.cmd("LHLO client.test") == LHLO_REPLY
+        yield c
+
+
+def transaction(c, sender, recipients, body, params=""):
+    """MAIL, RCPT..., DATA, body, '.': (rcpt replies, data replies)."""
+    assert c.cmd(f"MAIL FROM:<{sender}>{params}") == MAIL_OK
+    rcpt_replies = [c.cmd(f"RCPT TO:<{r}>") for r in recipients]
+    accepted = sum(r.startswith("2") for r in rcpt_replies)
+    reply = c.cmd("DATA")
+    if not accepted:
+        return rcpt_replies, [reply]
+    assert reply == START_DATA
+    c.send(body + b".\r\n")
+    return rcpt_replies, [c.line() for _ in range(accepted)]
+
+
+# --- conversation ---------------------------------------------------------------------
+
+
+def test_lhlo_advertises_the_spec_extensions(server):
+    with server.connect() as c:
+        assert c.cmd("LHLO client.test") == LHLO_REPLY
+        assert c.cmd("NOOP") == OK
+        assert c.cmd("QUIT") == BYE
+        assert c.closed()
+
+
+def test_size_without_a_limit_is_bare(tmp_path):
+    h = Harness(tmp_path, max_size=0)
+    try:
+        with h.connect() as c:
+            assert c.cmd("LHLO x")[-1] == "250 SIZE"
+    finally:
+        h.close()
+
+
+def test_one_reply_per_accepted_recipient_in_order(server, client):
+    rcpts, replies = transaction(client, "sender@example.org",
+                                 ["alice@x", "unknown@x", "bob@x", "carol@x"],
+                                 b"Subject: hi\r\n\r\nbody\r\n")
+    assert rcpts == [RCPT_OK, USER_UNKNOWN, RCPT_OK, RCPT_OK]
+    assert replies == [DELIVERED.format(r) for r in ("alice@x", "bob@x", "carol@x")]
+    (msg,) = server.handler.messages
+    assert msg[:3] == ("sender@example.org", ["alice@x", "bob@x", "carol@x"],
+                       b"Subject: hi\r\n\r\nbody\r\n")
+    # and the connection goes on: a second transaction
+    _, replies = transaction(client, "", ["dave@x"], b"S: 2\r\n\r\nx\r\n")
+    assert replies == [DELIVERED.format("dave@x")]
+    assert server.handler.messages[1][0] == ""  # <> is the null sender
+
+
+def test_each_reply_is_sent_when_that_recipient_is_done(server, client):
+    """RFC 2033 4.2: the first reply must not wait for the second delivery."""
+    assert client.cmd("MAIL FROM:<s@x>") == MAIL_OK
+    assert client.cmd("RCPT TO:<alice@x>") == RCPT_OK
+    assert client.cmd("RCPT TO:<slow@x>") == RCPT_OK
+    assert client.cmd("DATA") == START_DATA
+    client.send(b"S: x\r\n\r\nb\r\n.\r\n")
+    assert client.line() == DELIVERED.format("alice@x")
+    assert server.handler.delivering.wait(10)
+    client.sock.settimeout(0.3)
+    assert not client.closed() and client.buf == b""  # slow@x: nothing yet
+    client.sock.settimeout(20)
+    server.handler.release.set()
+    assert client.line() == DELIVERED.format("slow@x")
+
+
+def test_pipelining(server, client):
+    """postfix sends MAIL, every RCPT and DATA in one write (RFC 2920)."""
+    client.send("MAIL FROM:<s@x> SIZE=20 BODY=8BITMIME\r\nRCPT TO:<a@x>\r\n"
+                "RCPT TO:<unknown@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+    assert [client.line() for _ in range(5)] == [MAIL_OK, RCPT_OK, USER_UNKNOWN, RCPT_OK,
+                                                 START_DATA]
+    client.send(b"S: x\r\n\r\n\xc3\xa9t\xc3\xa9\r\n.\r\nRSET\r\nNOOP\r\nQUIT\r\n")
+    assert [client.line() for _ in range(5)] == [DELIVERED.format("a@x"),
+                                                 DELIVERED.format("b@x"), OK, OK, BYE]
+    assert server.handler.rcpts[0] == ("a@x", 20)
+    assert server.handler.messages[0][2] == b"S: x\r\n\r\n\xc3\xa9t\xc3\xa9\r\n"
+
+
+def test_data_with_no_accepted_recipient_is_503(server, client):
+    rcpts, replies = transaction(client, "s@x", ["unknown@x"], b"")
+    assert rcpts == [USER_UNKNOWN] and replies == [NO_RECIPIENTS]
+    assert client.cmd("MAIL FROM:<s@x>") == NESTED_MAIL  # the transaction is still open
+    assert client.cmd("RSET") == OK
+    assert client.cmd("DATA") == NEED_MAIL
+    assert server.handler.messages == []
+
+
+def test_command_order(server):
+    with server.connect() as c:
+        assert c.cmd("MAIL FROM:<s@x>") == NEED_LHLO
+        assert c.cmd("RCPT TO:<a@x>") == NEED_MAIL
+        assert c.cmd("DATA") == NEED_MAIL
+        assert c.cmd("LHLO x") == LHLO_REPLY
+        assert c.cmd("MAIL FROM:<s@x>") == MAIL_OK
+        assert c.cmd("MAIL FROM:<s@x>") == NESTED_MAIL
+        assert c.cmd("LHLO again") == LHLO_REPLY  # LHLO resets the transaction
+        assert c.cmd("RCPT TO:<a@x>") == NEED_MAIL
+        assert c.cmd("MAIL FROM:<s@x>") == MAIL_OK
+        assert c.cmd("RSET") == OK
+        assert c.cmd("RCPT TO:<a@x>") == NEED_MAIL
+
+
+@pytest.mark.parametrize("line,reply", [
+    ("HELO x", USE_LHLO),
+    ("EHLO x", USE_LHLO),
+    ("VRFY root", NOT_IMPLEMENTED),
+    ("STARTTLS", NOT_IMPLEMENTED),
+    ("BDAT 10 LAST", NOT_IMPLEMENTED),
+    ("XYZZY", UNKNOWN_COMMAND),
+    ("", UNKNOWN_COMMAND),
+    ("do_LHLO x", UNKNOWN_COMMAND),
+    ("__init__", UNKNOWN_COMMAND),
+    ("LHLO", "501 5.5.4 Syntax: LHLO hostname"),
+    ("RSET now", "501 5.5.4 Syntax: no arguments allowed"),
+    ("QUIT now", "501 5.5.4 Syntax: no arguments allowed"),
+    ("NOOP with words", OK),
+    ("MAIL FROM:<s@x> SIZE=abc", "501 5.5.4 Bad SIZE= value"),
+    ("MAIL FROM:<s@x> SIZE=", "501 5.5.4 Bad SIZE= value"),
+    ("MAIL FROM:<s@x> BODY=BINARYMIME", "501 5.5.4 Bad BODY= value"),
+    ("MAIL FROM:<s@x> RET=FULL", "555 5.5.4 Unsupported option: RET"),
+    ("MAIL FROM:<s@x> SMTPUTF8", "555 5.5.4 Unsupported option: SMTPUTF8"),
+    (f"MAIL FROM:<s@x> SIZE={MAX_SIZE + 1}", TOO_BIG),
+    ("MAIL FROM:<s@x> SIZE=99999999999999999999999", "501 5.5.4 Bad SIZE= value"),
+    ("MAIL TO:<s@x>", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("MAIL FROM:", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("MAIL FROM:<s@x", "501 5.1.7 Bad sender address syntax"),
+    ("MAIL FROM:<s@x>SIZE=1", "501 5.5.4 Syntax: MAIL FROM:<address>"),
+    ("MAIL FROM:<a\x01b@x>", "501 5.1.7 Bad sender address syntax"),
+    ("MAIL FROM:<a b@x>", "501 5.1.7 Bad sender address syntax"),
+])
+def test_command_errors(server, client, line, reply):
+    assert client.cmd(line) == reply
+    assert client.cmd("NOOP") == OK  # still talking
+
+
+@pytest.mark.parametrize("line,reply", [
+    ("RCPT TO:<>", "501 5.1.3 Bad recipient address syntax"),
+    ("RCPT TO:<a@x> NOTIFY=NEVER", "555 5.5.4 Unsupported option: NOTIFY"),
+    ("RCPT FROM:<a@x>", "501 5.5.4 Syntax: RCPT TO:<address>"),
+    ("RCPT TO:<\"unterminated@x>", "501 5.1.3 Bad recipient address syntax"),
+    ("RCPT TO:<crash@x>", INTERNAL_ERROR),
+    ("RCPT TO:<liar@x>", INTERNAL_ERROR),
+])
+def test_rcpt_errors(server, client, line, reply):
+    assert client.cmd("MAIL FROM:<s@x>") == MAIL_OK
+    assert client.cmd(line) == reply
+    assert client.cmd("DATA") == NO_RECIPIENTS
+
+
+@pytest.mark.parametrize("text,address,params", [
+    ("FROM:<a@x>", "a@x", []),
+    ("FROM: <a@x>", "a@x", []),
+    ("from:<a@x> size=10 body=8bitmime", "a@x", [("SIZE", "10"), ("BODY", "8bitmime")]),
+    ("FROM:<>", "", []),
+    ("FROM:a@x", "a@x", []),
+    ("FROM:<@relay.example,@b.example:a@x>", "a@x", []),
+    ('FROM:<"john doe"@x>', "john doe@x", []),
+    ('FROM:<"a\\"q>"@x> SIZE=1', 'a"q>@x', [("SIZE", "1")]),
+    ("FROM:<o'brien+ext@x>", "o'brien+ext@x", []),
+])
+def test_parse_path(text, address, params):
+    assert lmtp.parse_path(text, "FROM", "bad") == (address, params)
+
+
+@pytest.mark.parametrize("text", ["FROM:<a@x", "FROM:<a\x00@x>", 'FROM:<"a@x>',
+                                  "FROM:<@relay>", 'FROM:<"a"b@x>', "FROM:<a\r@x>"])
+def test_parse_path_rejects(text):
+    with pytest.raises(lmtp.SyntaxProblem):
+        lmtp.parse_path(text, "FROM", "bad")
+
+
+def test_quoted_local_part_reaches_the_handler_unquoted(server, client):
+    assert client.cmd("MAIL FROM:<s@x>") == MAIL_OK
+    assert client.cmd('RCPT TO:<"john doe"@x>') == RCPT_OK
+    assert server.handler.rcpts[-1] == ("john doe@x", 0)
+
+
+# --- DATA -------------------------------------------------------------------------------
+
+
+def deliver_body(server, client, body):
+    _, replies = transaction(client, "s@x", ["a@x"], body)
+    assert replies == [DELIVERED.format("a@x")]
+    return server.handler.messages[-1][2]
+
+
+def test_dot_unstuffing(server, client):
+    body = b"S: x\r\n\r\n..one dot\r\n...two dots\r\n.x\r\n. \r\nend\r\n"
+    assert deliver_body(server, client, body) == \
+        b"S: x\r\n\r\n.one dot\r\n..two dots\r\nx\r\n \r\nend\r\n"
+
+
+def test_empty_message(server, client):
+    assert deliver_body(server, client, b"") == b""
+
+
+def test_end_marker_only_after_crlf(server, client):
+    """CRLF.CRLF ends DATA; a '.' line after a bare LF, or ended by a bare
+    LF, is data (no SMTP smuggling: one message stays one message)."""
+    body = (b"S: x\r\n\r\nbare lf\n.\r\nMAIL FROM:<evil@x>\r\nnext\r\n.\n"
+            b"RCPT TO:<victim@x>\r\nlast\r\n")
+    assert deliver_body(server, client, body) == body
+    assert len(server.handler.messages) == 1
+    assert client.cmd("NOOP") == OK
+
+
+def test_bare_lf_ends_lines_for_unstuffing_and_bare_cr_is_data(server, client):
+    body = b"S: x\n\n..dot\nmid\rline\r\n\r\r\n.\rx\r\n"
+    assert deliver_body(server, client, body) == b"S: x\n\n.dot\nmid\rline\r\n\r\r\n\rx\r\n"
+
+
+def test_data_split_at_every_byte(server, client):
+    """The end marker and stuffed dots may arrive in pieces."""
+    body = b"S: x\r\n\r\n..a\r\nb\r\n.\r\n"
+    assert client.cmd("MAIL FROM:<s@x>") == MAIL_OK
+    assert client.cmd("RCPT TO:<a@x>") == RCPT_OK
+    assert client.cmd("DATA") == START_DATA
+    for i in range(len(body)):
+        client.send(body[i:i + 1])
+        time.sleep(0.002)
+    assert client.line() == DELIVERED.format("a@x")
+    assert server.handler.messages[-1][2] == b"S: x\r\n\r\n.a\r\nb\r\n"
+
+
+def test_long_data_lines_are_kept_whole(server, client):
+    line = b"." + b"x" * 70_000 + b"\r\n"  # over a read, starts with a dot
+    body = b"S: x\r\n\r\n" + line + b"..\r\n"
+    assert deliver_body(server, client, body) == b"S: x\r\n\r\n" + line[1:] + b".\r\n"
+
+
+def test_message_over_the_size_limit(server, client):
+    big = b"S: x\r\n\r\n" + (b"y" * 998 + b"\r\n") * 101  # 101,000 bytes counted with LF
+    rcpts, replies = transaction(client, "s@x", ["a@x", "b@x"], big)
+    assert replies == [TOO_BIG, TOO_BIG]
+    assert server.handler.messages == []
+    # exactly at the limit passes (CRLF counts as one byte, as stored)
+    exact = b"S: x\r\n\r\n" + b"z" * (MAX_SIZE - 7) + b"\r\n"
+    assert deliver_body(server, client, exact) == exact
+    assert server.handler.messages[-1][3] == MAX_SIZE
+    _, replies = transaction(client, "s@x", ["a@x"], exact[:-2] + b"z\r\n")
+    assert replies == [TOO_BIG]
+
+
+def test_the_spool_is_a_file_not_memory(server, client):
+    """The handler gets a real file (the message was streamed to disk)."""
+    seen = {}
+
+    async def data(session, txn, spool):
+        seen["fileno"] = spool.fileno()
+        seen["stat"] = os.fstat(spool.fileno())
+        yield DELIVERED.format(txn.recipients[0])
+
+    server.handler.data = data
+    deliver_body_only = transaction(client, "s@x", ["a@x"], b"S: x\r\n\r\n" + b"q" * 50_000 + b"\r\n")
+    assert deliver_body_only[1] == [DELIVERED.format("a@x")]
+    assert seen["stat"].st_size == 50_010 and seen["stat"].st_nlink == 0  # unlinked
+
+
+# --- hostile input ----------------------------------------------------------------------
+
+
+def test_over_long_command_line_is_refused_without_buffering(server, client):
+    client.send(b"NOOP " + b"x" * 1_000_000 + b"\r\n")
+    assert client.reply() == [LINE_TOO_LONG]
+    assert client.cmd("NOOP") == OK
+    sizes = server.call(lambda: [len(c.buf) for c in server.server.connections])
+    assert sizes and max(sizes) < lmtp.MAX_COMMAND_LINE
+
+
+def test_command_line_at_the_limit_is_fine(server, client):
+    line = "NOOP " + "x" * (lmtp.MAX_COMMAND_LINE - 7)
+    assert len(line) + 2 == lmtp.MAX_COMMAND_LINE
+    assert client.cmd(line) == OK
+
+
+def test_bare_cr_and_nul_in_commands(server, client):
+    assert client.cmd("NOOP\rQUIT") == BAD_CHARACTERS
+    assert client.cmd("NO\x00OP") == BAD_CHARACTERS
+    assert client.cmd("NOOP") == OK
+
+
+def test_bare_lf_commands_are_accepted(server):
+    with server.connect() as c:
+        c.send(b"LHLO x\nNOOP\nQUIT\n")
+        assert c.reply() == LHLO_REPLY
+        assert c.reply() == [OK]
+        assert c.reply() == [BYE]
+
+
+def test_too_many_errors_closes(server, client):
+    client.send("".join(f"BOGUS{i}\r\n" for i in range(lmtp.MAX_ERRORS + 5)))
+    replies = []
+    while True:
+        try:
+            replies.append(client.line())
+        except (EOFError, ConnectionResetError):
+            break
+    assert replies == [UNKNOWN_COMMAND] * lmtp.MAX_ERRORS + [TOO_MANY_ERRORS]
+
+
+def test_handler_reply_errors_do_not_count_as_client_errors(server, client):
+    assert client.cmd("MAIL FROM:<s@x>") == MAIL_OK
+    for i in range(lmtp.MAX_ERRORS + 5):
+        assert client.cmd(f"RCPT TO:<unknown{i}@x>") == USER_UNKNOWN
+    assert client.cmd("RCPT TO:<a@x>") == RCPT_OK
+
+
+def test_too_many_recipients(server, client):
+    assert client.cmd("MAIL FROM:<s@x>") == MAIL_OK
+    client.send("".join(f"RCPT TO:<r{i}@x>\r\n" for i in range(lmtp.MAX_RECIPIENTS + 1)))
+    replies = [client.line() for _ in range(lmtp.MAX_RECIPIENTS + 1)]
+    assert replies[:-1] == [RCPT_OK] * lmtp.MAX_RECIPIENTS
+    assert replies[-1] == "452 4.5.3 Error: too many recipients"
+
+
+def test_garbage_never_crashes_the_server(server):
+    junk = [
+        os.urandom(100_000),
+        b"\x00" * 5000 + b"\r\n",
+        b"\r" * 10_000,
+        b"\n" * 10_000,
+        b"LHLO x\r\nMAIL FROM:<a@x>\r\nRCPT TO:<a@x>\r\nDATA\r\n" + os.urandom(50_000),
+        b"LHLO x\r\nMAIL FROM:<" + b"a" * 5000 + b">\r\n",
+        "LHLO \u00e9\u00e9\r\nMAIL FROM:<\u00e9@x>\r\n".encode(),
+        b"\xff\xfe\r\n" * 100,
+    ]
+    for data in junk:
+        with server.connect(greet=False) as c:
+            try:
+                c.send(data)
+                c.sock.shutdown(socket.SHUT_WR)
+                c.closed()
+            except (ConnectionError, OSError):
+                pass
+    with server.connect() as c:
+        assert c.cmd("LHLO x") == LHLO_REPLY
+        _, replies = transaction(c, "s@x", ["a@x"], b"S: ok\r\n\r\n")
+        assert replies == [DELIVERED.format("a@x")]
+
+
+def test_connection_lost_mid_data(server):
+    with server.connect() as c:
+        c.cmd("LHLO x")
+        c.cmd("MAIL FROM:<s@x>")
+        c.cmd("RCPT TO:<a@x>")
+        assert c.cmd("DATA") == START_DATA
+        c.send(b"S: half a message\r\n")
+    with server.connect() as c:
+        assert c.cmd("LHLO x") == LHLO_REPLY
+    assert server.handler.messages == []
+
+
+# --- handler failures -------------------------------------------------------------------
+
+
+def test_handler_failures_become_451_for_that_recipient(server, client):
+    rcpts, replies = transaction(client, "s@x", ["a@x", "bad@x", "b@x", "boom@x", "c@x"],
+                                 b"S: x\r\n\r\n")
+    assert rcpts == [RCPT_OK] * 5
+    assert replies == [DELIVERED.format("a@x"), INTERNAL_ERROR, DELIVERED.format("b@x"),
+                       INTERNAL_ERROR, INTERNAL_ERROR]
+    assert client.cmd("NOOP") == OK
+
+
+def test_a_handler_with_too_few_replies(server, client):
+    async def data(session, txn, spool):
+        yield DELIVERED.format(txn.recipients[0])
+
+    server.handler.data = data
+    _, replies = transaction(client, "s@x", ["a@x", "b@x"], b"S: x\r\n\r\n")
+    assert replies == [DELIVERED.format("a@x"), INTERNAL_ERROR]
+
+
+# --- limits and shutdown ----------------------------------------------------------------
+
+
+def test_idle_timeout(tmp_path):
+    h = Harness(tmp_path, idle_timeout=0.5)
+    try:
+        with h.connect() as c:
+            assert c.cmd("LHLO x") == LHLO_REPLY
+            time.sleep(1)
+            assert c.line() == TIMEOUT
+            assert c.closed()
+    finally:
+        h.close()
+
+
+def test_idle_timeout_applies_inside_data(tmp_path):
+    h = Harness(tmp_path, idle_timeout=0.5)
+    try:
+        with h.connect() as c:
+            c.cmd("LHLO x")
+            c.cmd("MAIL FROM:<s@x>")
+            c.cmd("RCPT TO:<a@x>")
+            assert c.cmd("DATA") == START_DATA
+            c.send(b"S: x\r\n")
+            assert c.line() == TIMEOUT
+            assert c.closed()
+        assert h.handler.messages == []
+    finally:
+        h.close()
+
+
+def test_connection_limit(tmp_path):
+    h = Harness(tmp_path, max_connections=2)
+    try:
+        with h.connect() as a, h.connect() as b:
+            with h.connect(greet=False) as c:
+                assert c.line() == TOO_MANY_CONNECTIONS
+                assert c.closed()
+            assert a.cmd("NOOP") == OK and b.cmd("NOOP") == OK
+        deadline = time.monotonic() + 10
+        while h.call(lambda: len(h.server.tasks)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with h.connect() as d:
+            assert d.cmd("NOOP") == OK
+    finally:
+        h.close()
+
+
+def test_stop_lets_transactions_in_flight_finish(server):
+    idle = server.connect()
+    idle.cmd("LHLO x")
+    busy = server.connect()
+    busy.cmd("LHLO x")
+    assert busy.cmd("MAIL FROM:<s@x>") == MAIL_OK
+    assert busy.cmd("RCPT TO:<slow@x>") == RCPT_OK
+    assert busy.cmd("DATA") == START_DATA
+    busy.send(b"S: x\r\n\r\nbody\r\n.\r\n")
+    assert server.handler.delivering.wait(10)
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    try:
+        assert idle.line() == SHUTTING_DOWN and idle.closed()  # between transactions
+        with pytest.raises(OSError):
+            server.connect()  # no longer accepting
+        assert stopper.is_alive()  # waits for the transaction in flight
+        server.handler.release.set()
+        assert busy.line() == DELIVERED.format("slow@x")
+        # transaction over: 421 at once (no need to wait for its next command)
+        assert busy.line() == SHUTTING_DOWN and busy.closed()
+        stopper.join(10)
+        assert not stopper.is_alive()
+    finally:
+        server.handler.release.set()
+        idle.close()
+        busy.close()
+
+
+def test_valid_reply():
+    assert lmtp.valid_reply("250 2.0.0 Ok")
+    for bad in ("", "250", "250-x", "ok 2.0.0", "250 a\r\nb", "650 x", None, 250):
+        assert not lmtp.valid_reply(bad), bad
+    assert lmtp.format_reply("250 " + "x" * 1000).endswith(b"\r\n")
+    assert len(lmtp.format_reply("250 " + "x" * 1000)) == 512
