@@ -25,8 +25,9 @@ SECURITY:
   Values are censored like postfix's command_expansion_filter: characters
   outside [0-9A-Za-z!@%-_=+:,./] become "_".
 - SHELL: ``/bin/sh -c command`` only when the command (written by the user
-  in their own .forward) contains shell metacharacters; otherwise it is
-  split at blanks and exec'd directly.  Nothing from the message (headers,
+  in their own .forward) contains shell metacharacters, or when its first
+  word has no "/" and is not on PATH (a builtin such as ``exec``, as in
+  postfix); otherwise it is split at blanks and exec'd directly.  Nothing from the message (headers,
   body, sender) is ever put into the command line; it reaches the command
   only on stdin and, censored, in the environment.
 - A new process group (``process_group=0``), cwd = the user's home ("/"
@@ -71,7 +72,11 @@ def needs_shell(command):
 
 
 def command_argv(command):
-    """argv for ``command``: direct exec when possible, else /bin/sh -c."""
+    """argv for ``command``: direct exec when possible, else /bin/sh -c.
+
+    As postfix's exec_command: a first word without "/" that is not a
+    program on PATH may be a shell builtin ("|exec /usr/bin/procmail"), so
+    that command goes to the shell too."""
     if needs_shell(command):
         return ["/bin/sh", "-c", command]
     # Split where sh would (blanks), not at everything str.split() calls
@@ -79,6 +84,10 @@ def command_argv(command):
     argv = [word for word in command.replace("\t", " ").split(" ") if word]
     if not argv:
         raise PermFail("empty command", "5.3.0")
+    if "/" not in argv[0] and not any(
+        os.path.exists(os.path.join(directory, argv[0])) for directory in PATH.split(":")
+    ):
+        return ["/bin/sh", "-c", command]
     return argv
 
 

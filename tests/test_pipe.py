@@ -296,6 +296,25 @@ def test_silent_failure_and_signal(test_user):
     assert "signal 9" in info.value.text
 
 
+def test_shell_builtin_without_metacharacters_goes_to_the_shell():
+    """postfix's exec_command: when execvp of a word without '/' fails with
+    ENOENT, "perhaps they're using some shell built-in" - so the common
+    "|exec /usr/bin/procmail" works."""
+    assert pipe.command_argv("exec /usr/bin/procmail") == [
+        "/bin/sh", "-c", "exec /usr/bin/procmail"]
+    assert pipe.command_argv("exit 0") == ["/bin/sh", "-c", "exit 0"]
+    assert pipe.command_argv("true x") == ["true", "x"]  # found on PATH: exec'd
+
+
+@needs_root
+def test_exec_idiom_delivers(test_user, workdir):
+    out = workdir / "rec"
+    run(f"exec {workdir}/recorder {out}", identity_of(test_user))
+    rec, data = load(out)
+    assert rec["uid"] == test_user.uid
+    assert data.endswith(b"body line\nFrom here, unquoted for commands\n>From already quoted\n")
+
+
 @needs_root
 def test_missing_program_is_permanent(test_user):
     with pytest.raises(PermFail) as info:
