@@ -82,15 +82,21 @@ def reply_code(status):
     return "554"
 
 
-def check_loop(message, envelope):
-    """Raise 5.4.6 when the message was delivered to this recipient before."""
+def check_loop(message, envelope, leading_is_ours=True):
+    """Raise 5.4.6 when the message was delivered to this recipient before.
+
+    ``leading_is_ours``: a Delivered-To for this recipient in the leading
+    block is this delivery's own (postfix's local(8) wrote it for
+    mailbox_command).  False over LMTP: postfix's lmtp client writes
+    none, so every Delivered-To for the recipient is an earlier delivery.
+    """
     from pymda.errors import PermFail
 
     rcpt = envelope.recipient.strip().lower()
     seen = [v for v in message.delivered_to if v.strip("<> ") == rcpt]
     own = 0
     for name, value in message.leading:
-        if name == "delivered-to" and value.strip("<> ").lower() == rcpt:
+        if leading_is_ours and name == "delivered-to" and value.strip("<> ").lower() == rcpt:
             own = 1
             break
     if len(seen) > own:
