@@ -68,8 +68,9 @@ SECURITY:
   process's uid: the caller has already switched to the user (SPEC 1.8).
 
 LOOP CONTROL: nested :include: files are capped at MAX_INCLUDE_DEPTH, an
-:include: file already being read is not read again, and the total number of
-entries is capped at MAX_ENTRIES.
+:include: file already read for this message is not read again (a loop,
+or a fan-out that would read it exponentially often), at most MAX_INCLUDES
+files are read, and the total number of entries is capped at MAX_ENTRIES.
 
 DUPLICATE ELIMINATION: the same target (kind + path / command / address,
 addresses compared case-insensitively, paths without "//" and "/./")
@@ -88,6 +89,7 @@ from pymda.errors import PermFail, TempFail
 from pymda.record import Record
 
 MAX_INCLUDE_DEPTH = 5
+MAX_INCLUDES = 50  # :include: files read for one message
 MAX_ENTRIES = 1000
 MAX_FILE_SIZE = 1 << 20  # a .forward over a MiB is not a .forward
 
@@ -428,27 +430,35 @@ def _include(cfg, envelope, identity, entry, label, state):
         raise ForwardSyntax(label, entry.line,
                             f":include: nested deeper than {MAX_INCLUDE_DEPTH}")
     path = entry.value
+    # LOOP CONTROL: a file already expanded for this message (further up:
+    # a loop; elsewhere: its items are there already) is not read again,
+    # and at most MAX_INCLUDES files are read, so that a shared list cannot
+    # make its includers' deliveries spin (200 lines x 4 levels = 200**4).
+    try:
+        st = os.stat(path)
+        ident = (st.st_dev, st.st_ino)
+    except OSError:
+        ident = None
+    if ident in state["read"] or path in state["read"]:
+        return
+    state["includes"] += 1
+    if state["includes"] > MAX_INCLUDES:
+        raise ForwardSyntax(label, entry.line, f"more than {MAX_INCLUDES} :include: files")
     text, problem = read_trusted(path, None, ":include: file")
     if problem:
         raise ForwardSyntax(label, entry.line, problem)
     if text is None:
         raise TempFail(f"{label} line {entry.line}: cannot open :include: file {path}: "
                        "No such file or directory", "4.3.0")
-    try:
-        st = os.stat(path)
-        ident = (st.st_dev, st.st_ino)
-    except OSError:
-        ident = path
-    if ident in state["open"]:
-        return  # already being read further up: an include loop
+    state["read"].add(path)
+    if ident is not None:
+        state["read"].add(ident)
     entries = parse_forward(text, path)
-    state["open"].add(ident)
     state["depth"] = depth + 1
     try:
         expand_entries(cfg, envelope, identity, entries, path, True, state)
     finally:
         state["depth"] = depth
-        state["open"].discard(ident)
 
 
 def expand_items(cfg, envelope, identity):
@@ -457,7 +467,7 @@ def expand_items(cfg, envelope, identity):
     path, text = find(cfg, envelope, identity, warnings)
     if path is None:
         return Expansion(items=None, path=None, warnings=warnings)
-    state = {"items": [], "seen": set(), "open": set(), "depth": 0}
+    state = {"items": [], "seen": set(), "read": set(), "includes": 0, "depth": 0}
     try:
         entries = parse_forward(text, path)
         expand_entries(cfg, envelope, identity, entries, path, False, state)

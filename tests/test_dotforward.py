@@ -395,6 +395,32 @@ def test_include_loop_and_depth_cap(home, ident):
     assert "nested deeper" in result.warnings[0]
 
 
+def test_include_fan_out_is_read_once_per_file(home, ident):
+    """Whoever can write a shared list must not make every includer's
+    delivery spin: 4 levels of 200 :include: lines each meant 200**4 reads."""
+    import time
+
+    levels = [home / f"fan{n}" for n in range(5)]
+    for n, path in enumerate(levels[:-1]):
+        write(path, f":include:{levels[n + 1]}\n" * 200)
+    write(levels[-1], "leaf@example.net\n")
+    write(home / ".forward", f":include:{levels[0]}\n")
+    start = time.monotonic()
+    items = dotforward.expand_items(cfg(), envelope(), ident).items
+    assert time.monotonic() - start < 5
+    assert [i.value for i in items] == ["leaf@example.net"]
+
+
+def test_include_count_is_capped(home, ident):
+    many = [home / f"inc{n}" for n in range(dotforward.MAX_INCLUDES + 1)]
+    for n, path in enumerate(many):
+        write(path, f"m{n}@example.net\n")
+    write(home / ".forward", "".join(f":include:{p}\n" for p in many))
+    result = dotforward.expand_items(cfg(), envelope(), ident)
+    assert result.items is None
+    assert f"more than {dotforward.MAX_INCLUDES} :include: files" in result.warnings[0]
+
+
 def test_expand_returns_targets(home, ident):
     write(home / ".forward", '\\alice\n"|/bin/true"\n~/m.mbox\n~/Md/\nbob@example.net\n')
     main = Target(kind="maildir", path="/h/Maildir/", directory="/h/Maildir/",
