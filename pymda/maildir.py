@@ -78,9 +78,13 @@ def account(root, size, count=1):
     ``<bytes> <count>`` appended with a single O_APPEND write, atomic with
     respect to other writers.  No file, no accounting (one failed open).
     """
+    # O_NONBLOCK: a FIFO named maildirsize (the user's to make) would block
+    # this open for ever, after the message is already in new/ - the MTA
+    # would then time out, retry and deliver it again.  Without a reader
+    # the open fails (ENXIO); on a regular file the flag changes nothing.
     try:
         fd = os.open(os.path.join(root, MAILDIRSIZE),
-                     os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+                     os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return
     try:
