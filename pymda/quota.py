@@ -52,7 +52,11 @@ other MDAs do not take it); the second process waits, then re-reads the
 fresh file instead of scanning again.
 
 SECURITY: every open is O_NOFOLLOW (a user's symlink cannot make a root
-process read, truncate or create another file); the scan uses lstat.
+process read, truncate or create another file) and O_NONBLOCK (a FIFO
+named ``maildirsize`` cannot hang a delivery or pymda-policyd); a
+``maildirsize`` that is not a regular file is untrusted, and numbers in
+it or in ``,S=`` names are ASCII decimals of at most 19 digits (anything
+else is corrupt, never a crash); the scan uses lstat.
 The lock is a small flock of our own rather than the ``filelock``
 package: filelock 3.x opened its lock file with O_TRUNC, following
 symlinks (unsafe in a directory the mail user controls; 4.x fixed it, and
@@ -75,6 +79,7 @@ LIMITATIONS:
 
 import errno
 import os
+import stat
 import time
 
 MAILDIRSIZE = "maildirsize"
@@ -182,14 +187,31 @@ def mbox_size(path):
 # --- maildirsize: parse and format (pure) ------------------------------------
 
 
+MAX_DIGITS = 19  # int64, what courier and dovecot parse into
+
+
+def parse_number(text):
+    """A decimal from a maildirsize file or a ``,S=`` name, or None.
+
+    ASCII digits only, an optional ``-``, at most MAX_DIGITS digits:
+    ``int()`` alone takes ``+5``, ``1_0`` and non-ASCII digits, rejects
+    ``'\u00b2'`` (which ``str.isdigit`` accepts) and raises on more than
+    4300 digits - a user's file must be "corrupt", never a crash.
+    """
+    digits = text[1:] if text.startswith("-") else text
+    if not 0 < len(digits) <= MAX_DIGITS or digits.strip("0123456789"):
+        return None
+    return int(text)
+
+
 def parse_limits(line):
     """'<bytes>S,<count>C' -> (bytes, count); None if malformed."""
     storage = messages = 0
     for part in line.split(","):
         part = part.strip()
-        if len(part) < 2 or not part[:-1].isdigit():
+        value = parse_number(part[:-1])
+        if value is None or value < 0:
             return None
-        value = int(part[:-1])
         if part[-1] == "S":
             storage = value
         elif part[-1] == "C":
@@ -236,11 +258,11 @@ def parse_maildirsize(data):
         fields = line.split()
         if len(fields) != 2:
             return None
-        try:
-            total_bytes += int(fields[0])
-            total_count += int(fields[1])
-        except ValueError:
+        n_bytes, n_count = parse_number(fields[0]), parse_number(fields[1])
+        if n_bytes is None or n_count is None:
             return None
+        total_bytes += n_bytes
+        total_count += n_count
     if total_bytes < 0 or total_count < 0:
         return None
     return file_limits, total_bytes, total_count, len(lines) - 1
@@ -248,9 +270,11 @@ def parse_maildirsize(data):
 
 def read_maildirsize(root, storage, messages, now=None):
     """Trusted (bytes, count) from ``root/maildirsize``, or None to rebuild."""
+    # O_NONBLOCK: a FIFO in its place would block the open for ever
+    # (and with it every pymda-policyd worker thread that asks).
     try:
         fd = os.open(os.path.join(root, MAILDIRSIZE),
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -258,8 +282,11 @@ def read_maildirsize(root, storage, messages, now=None):
             return None
         raise
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a FIFO, a directory...: untrusted, rebuilt
         data = os.read(fd, MAX_FILE_SIZE)
-        mtime = os.fstat(fd).st_mtime
+        mtime = st.st_mtime
     finally:
         os.close(fd)
     if len(data) >= MAX_FILE_SIZE:
@@ -289,11 +316,11 @@ def size_from_name(name):
         return None
     digits = name[at + 3:]
     n = 0
-    while n < len(digits) and digits[n].isdigit():
+    while n < len(digits) and digits[n] in "0123456789":
         n += 1
     if n == 0 or (n < len(digits) and digits[n] not in ":,"):
         return None
-    return int(digits[:n])
+    return parse_number(digits[:n])
 
 
 def _scan_dir(path):
@@ -391,7 +418,8 @@ def _lock(path, timeout, owner):
     import fcntl
 
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o600)
     except OSError as exc:
         from pymda.errors import from_oserror
 

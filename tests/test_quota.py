@@ -9,6 +9,7 @@ refused ("Quota exceeded").
 
 import fcntl
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -118,6 +119,9 @@ def test_corrupt_files_are_rejected(data):
     ("1.M2P3.host", None),
     ("1.M2P3.host,S=12x4", None),
     ("1.M2P3.host,S=", None),
+    ("1.M2P3.host,S=\u00b2:2,S", None),        # str.isdigit() says yes, int() raises
+    ("1.M2P3.host,S=\u0663\u0663", None),       # int() would read 33
+    ("1.M2P3.host,S=" + "9" * 30, None),        # beyond int64: not a size
 ])
 def test_size_from_name(name, size):
     assert quota.size_from_name(name) == size
@@ -283,6 +287,9 @@ def test_trusted_file_is_not_rescanned(tmp_path):
     "2000S\n0 0\n",               # limits changed in the config
     "1000S\n0 0\n" + "1 1\n" * 1280,  # 5120 bytes and more
     "1000S\n2000 1\n1 1\n",       # over quota with more than one line
+    "1" + "0" * 4400 + "S\n0 0\n",  # int() raises on over 4300 digits
+    "1000S\n1_0 1\n",             # int() would take these
+    "1000S\n+5 1\n",
 ])
 def test_untrusted_file_is_rebuilt(tmp_path, content):
     md = make_maildir(tmp_path / "Maildir")
@@ -332,6 +339,41 @@ def test_symlinked_maildirsize_is_never_followed(tmp_path):
     quota.record(t, 10, cfg)
     assert victim.read_text() == "1000S\n0 0\n"
     assert not (Path(md) / "maildirsize").is_symlink()
+
+
+def test_a_fifo_or_directory_named_maildirsize_blocks_nothing(tmp_path):
+    """A user's FIFO must not hang a delivery or pymda-policyd (its worker
+    threads): it is not a regular file, so it is untrusted and rebuilt."""
+    md = make_maildir(tmp_path / "Maildir")
+    put(md, "1,S=100", 100)
+    fifo = Path(md) / "maildirsize"
+    code = textwrap.dedent(f"""
+        import os
+        from pymda import config, quota
+        from pymda.record import Record
+        from pymda.users import Identity
+        class T(Record):
+            __slots__ = ("kind", "path", "folder", "identity")
+        cfg = config.load(None, ["quota_storage=1000"], environ={{}})
+        t = T(kind="maildir", path={md!r}, folder="INBOX",
+              identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
+        quota.record(t, 5, cfg)                              # no reader: skipped
+        print(quota.usage(cfg, t.identity, t))               # policyd: a scan
+        quota.check(t, 900, cfg)                             # delivery: rebuilt
+        print(open(os.path.join({md!r}, "maildirsize")).read(), end="")
+    """)
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=paths.REPO, timeout=30,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert (proc.returncode, proc.stdout) == (0, b"(100, 1)\n1000S\n100 1\n"), proc.stdout
+    fifo.unlink()
+    fifo.mkdir()
+    cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
+    t = Target(kind="maildir", path=md, identity=NOBODY)
+    assert quota.usage(cfg, NOBODY, t) == (100, 1)
+    quota.record(t, 5, cfg)
+    with pytest.raises(TempFail):                            # cannot replace it: defer
+        quota.check(t, 1, cfg)
 
 
 def test_missing_maildir_counts_as_empty(tmp_path):
@@ -628,6 +670,26 @@ def test_delivery_at_the_limit_and_one_byte_over(mailuser, delivered_size):
     assert code == 0, out
     code, out = deliver(mailuser, "--mailbox", "Other/", "-o", f"quota_storage={2 * delivered_size - 1}")
     assert code == EX_NOPERM and out.startswith(FULL_PERM_LINE), out
+
+
+@needs_pymda
+def test_delivery_with_a_fifo_named_maildirsize(mailuser):
+    """The message is in new/ before maildirsize is appended to: a blocking
+    open there meant a timeout, a retry and a duplicate."""
+    md = user_maildir(mailuser)
+    fifo = Path(md) / "maildirsize"
+    os.mkfifo(fifo)
+    os.chown(fifo, mailuser.uid, mailuser.gid)
+    code, out = run_pymda(["-d", mailuser.name, "-f", "s@example.org", "--mailbox", "Maildir/"],
+                          MESSAGE, timeout=30)
+    assert (code, out) == (0, b"")
+    assert len(stored_sizes(md)) == 1
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)   # no limit: left alone
+    code, out = run_pymda(["-d", mailuser.name, "-f", "s@example.org", "--mailbox", "Maildir/",
+                           "-o", "quota_storage=1M"], MESSAGE, timeout=30)
+    assert (code, out) == (0, b"")
+    assert len(stored_sizes(md)) == 2
+    assert quota.parse_maildirsize(fifo.read_bytes())[1:3] == (sum(stored_sizes(md)), 2)
 
 
 @needs_pymda
