@@ -649,6 +649,22 @@ class LMTPServer:
         self.connections = set()
         self.stopping = None
 
+    def socket_fds(self):
+        """Descriptors of the listening sockets and of every connection.
+
+        A handler that forks closes these in the child: a child holding
+        them would keep a closed listener accepting, and a closed
+        connection open for the client, until it exits."""
+        fds = []
+        for server in self.servers:
+            for sock in server.sockets or ():
+                fds.append(sock.fileno())
+        for conn in self.connections:
+            sock = conn.writer.get_extra_info("socket")
+            if sock is not None:
+                fds.append(sock.fileno())
+        return [fd for fd in fds if fd >= 0]
+
     def log_error(self, text):
         if self.log is not None:
             self.log.error(text)

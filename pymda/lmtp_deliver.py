@@ -69,6 +69,8 @@ class DeliveryHandler:
         # SECURITY: root always forks (the child switches user); only a
         # server running as the mail user itself may deliver in-process.
         self.fork = bool(fork) or os.geteuid() == 0
+        # set by the server: () -> descriptors a delivery child must close
+        self.inherited_fds = list
         from concurrent.futures import ThreadPoolExecutor
 
         self.executor = ThreadPoolExecutor(max_workers=max_threads,
@@ -146,9 +148,13 @@ class DeliveryHandler:
             os.close(rfd)
             os.close(wfd)
             raise
-        if pid == 0:  # the child: never returns
-            os.close(rfd)
-            _child(wfd, self.cfg, message, sender, recipient)
+        if pid == 0:  # the child: never returns into the server's code
+            try:
+                os.close(rfd)
+                _close_quietly(self.inherited_fds())
+                _child(wfd, self.cfg, self.log, message, sender, recipient)
+            finally:
+                os._exit(70)
         os.close(wfd)
         output = await _read_all(loop, rfd)
         status = await _reap(pid)
@@ -160,6 +166,14 @@ class DeliveryHandler:
         how = _describe_status(status)
         self.log.error(f"to=<{recipient}>: delivery process {how}, said {output[:200]!r}")
         return CHILD_DIED.format(how=how)
+
+
+def _close_quietly(fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _describe_status(status):
@@ -215,10 +229,12 @@ async def _reap(pid):
         delay = min(delay * 2, 0.05)
 
 
-def _child(wfd, cfg, message, sender, recipient):
-    """In the forked child: deliver, write one reply line, _exit."""
+def _child(wfd, cfg, log, message, sender, recipient):
+    """In the forked child: deliver, write one reply line, _exit.
+
+    ``log`` is the server's (syslog with the child's own pid, -v echo).
+    """
     reply = INTERNAL_ERROR
-    log = None
     try:
         import signal
 
@@ -226,14 +242,11 @@ def _child(wfd, cfg, message, sender, recipient):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, _on_signal)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG -> 5.2.2, not death
-        from pymda.log import Log
-
-        log = Log(False, ident="pymda-lmtpd")
         reply = deliver_one(cfg, log, message, sender, recipient, switch=True)
     except BaseException as exc:  # noqa: BLE001 - the child's one broad catch
         if isinstance(exc, DeliveryError):
             reply = reply_for(exc)
-        elif log is not None:
+        else:
             log.error(f"to=<{recipient}>: internal error: {type(exc).__name__}: {exc}")
     finally:
         data = (reply + "\n").encode("utf-8", "replace")
@@ -274,8 +287,16 @@ def deliver_one(cfg, log, message, sender, recipient, switch=False):
             sender=sender, recipient=recipient, original_recipient=recipient, user=name,
             local=local, domain=domain, extension=extension,
         )
+        # LOOP CONTROL: postfix's lmtp client writes no Delivered-To, so any
+        # for this recipient is an earlier delivery.  Checked before
+        # anything is created (a looping message creates no spool mbox).
+        try:
+            deliver.check_loop(message, envelope, leading_is_ours=False)
+        except DeliveryError as exc:
+            log.info(f"to=<{recipient}>, user={name}, size={message.size}, "
+                     f"status=bounced ({exc.line()})")
+            raise
         if switch and os.geteuid() == 0 and identity.uid != 0:
-            deliver.check_loop(message, envelope)  # a looping message creates nothing
             kind, path, spool = resolve.mailbox_location(cfg, envelope, identity)
             if kind == "mbox" and spool and not os.path.lexists(path):
                 from pymda.mbox import precreate_spool_mbox
@@ -286,7 +307,7 @@ def deliver_one(cfg, log, message, sender, recipient, switch=False):
         if switch:
             users.switch_to(identity)
         targets = resolve.plan(cfg, envelope, identity, forward=cfg.lmtp_forward, log=log)
-        result = deliver.run(targets, message, envelope, cfg, log)
+        result = deliver.run(targets, message, envelope, cfg, log, check_loops=False)
     except DeliveryError as exc:
         return reply_for(exc)
     return result.lmtp_reply()

@@ -121,6 +121,7 @@ async def serve(cfg, sockets, log, where="", ready=None):
         max_connections=cfg.lmtp_max_connections,
         log=log,
     )
+    handler.inherited_fds = server.socket_fds
     await server.start(sockets)
     mode = "forking a child per delivery" if handler.fork else f"as uid {os.geteuid()}"
     log.info(f"listening on {where} ({mode})")

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from support.lmtpclient import Client, transaction
 
 from pymda import lmtp
 
@@ -154,66 +155,6 @@ class Harness:
             self.loop.close()
 
 
-class Client:
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(20)
-        try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
-        self.buf = b""
-
-    def send(self, data):
-        if isinstance(data, str):
-            data = data.encode()
-        self.sock.sendall(data)
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"connection closed; unread: {self.buf!r}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line.decode()
-
-    def reply(self):
-        """One (possibly multi-line) reply, as a list of lines."""
-        lines = [self.line()]
-        while lines[-1][3:4] == "-":
-            lines.append(self.line())
-        return lines
-
-    def cmd(self, text):
-        self.send(text + "\r\n")
-        lines = self.reply()
-        return lines[0] if len(lines) == 1 else lines
-
-    def closed(self):
-        """True when the server has closed the connection (after any data)."""
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return True
-                self.buf += chunk
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except socket.timeout:
-            return False
-
-    def close(self):
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 @pytest.fixture
 def server(tmp_path):
     h = Harness(tmp_path)
@@ -226,19 +167,6 @@ def client(server):
     with server.connect() as c:
         assert c.cmd("LHLO client.test") == LHLO_REPLY
         yield c
-
-
-def transaction(c, sender, recipients, body, params=""):
-    """MAIL, RCPT..., DATA, body, '.': (rcpt replies, data replies)."""
-    assert c.cmd(f"MAIL FROM:<{sender}>{params}") == MAIL_OK
-    rcpt_replies = [c.cmd(f"RCPT TO:<{r}>") for r in recipients]
-    accepted = sum(r.startswith("2") for r in rcpt_replies)
-    reply = c.cmd("DATA")
-    if not accepted:
-        return rcpt_replies, [reply]
-    assert reply == START_DATA
-    c.send(body + b".\r\n")
-    return rcpt_replies, [c.line() for _ in range(accepted)]
 
 
 # --- conversation ---------------------------------------------------------------------

@@ -8,4 +8,5 @@ Modules:
 - ``dovecot``   read mailboxes back with the real dovecot (doveadm)
 - ``procmail``  Debian's procmail, lockfile and dotlockfile
 - ``mboxfmt``   the SPEC 1.1 normalisation and an mbox splitter
+- ``lmtpclient`` a blocking, byte-exact LMTP client
 """
