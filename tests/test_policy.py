@@ -358,6 +358,23 @@ def test_garbage_never_crashes_the_server(server):
     assert server.proc.poll() is None
 
 
+def test_a_fifo_named_maildirsize_does_not_hang_the_server(server, virtual_home):
+    """A user's FIFO in place of maildirsize once blocked every worker thread
+    (open() waits for a writer): then no request of anyone was answered."""
+    os.mkfifo(virtual_home / "Maildir" / "maildirsize")
+    socks = [server.connect() for _ in range(12)]
+    try:
+        for s in socks:
+            s.sendall(f"recipient={VIRTUAL}\nsize=10\n\n".encode())
+        for s in socks:
+            assert exchange(s, b"", 1) == DUNNO          # scanned: the Maildir is empty
+        with server.connect() as s:
+            assert exchange(s, f"recipient={VIRTUAL}\nsize={LIMIT + 1}\n\n".encode()) == FULL
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_fifty_concurrent_connections(server, virtual_home):
     fill(virtual_home, LIMIT - 100)
     errors = []
