@@ -177,3 +177,19 @@ print(",".join(bad))
     assert proc.returncode == 0, proc.stdout.decode()
     assert proc.stdout.decode().strip() == ""
     assert not (tmp_path / ".pymda-state.sqlite").exists()
+
+
+@pytest.mark.parametrize("garbage", [b"\x00garbage" * 500, b"SQLite format 3\x00" + b"\xff" * 5000])
+def test_damaged_state_file_delivers_everything_with_a_warning(tmp_path, garbage):
+    who = ident(tmp_path)
+    (tmp_path / ".pymda-state.sqlite").write_bytes(garbage)
+    c = config.load(None, ["mbox_locks=[\"fcntl\"]"], environ={})
+    targets = [Target(kind="mbox", path=str(tmp_path / name), identity=who,
+                      source=f".forward line {n}") for n, name in enumerate(("a", "b"), 1)]
+    log = Log()
+    result = deliver.run(targets, msgmod.from_bytes(MESSAGE), envelope(), c, log)
+    assert result.exit == 0, result.line
+    assert [line for line in log.lines if line[0] == "warning"][0][1].startswith(
+        "no duplicate elimination on retry: 4.3.0 ")
+    for name in ("a", "b"):
+        assert (tmp_path / name).read_bytes().count(b"\nSubject: s\n") == 1
