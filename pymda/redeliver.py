@@ -11,6 +11,10 @@ Message-ID and reason, messages per second, exit code).  It never imports
 click: the command line (admin.py) passes a ``progress`` object
 (``start(total)``, ``update(n)``, ``finish()``).
 
+A SOURCE that is one of the target mailboxes (same device and inode: a
+Maildir or mbox redelivered into itself) is refused like a bad source:
+each run would otherwise add a copy of every message.
+
 Sender, per message: ``-f``, else the message's leading ``Return-Path:``,
 else the sender of its mbox ``From `` line, else the null sender.
 
@@ -404,6 +408,7 @@ def redeliver(names, opts, cfg, log, progress=None, stdin=None, on_plan=None):
         summary.plan = targets
         if on_plan is not None:
             on_plan(targets)
+        opened = _drop_targets_as_sources(opened, targets, summary)
         total = sum(s.count for s in opened)
         record_path = record_location(cfg, identity)
         if opts.dry_run:
@@ -435,6 +440,40 @@ def redeliver(names, opts, cfg, log, progress=None, stdin=None, on_plan=None):
             s.close()
         summary.seconds = time.monotonic() - started
     return summary
+
+
+def _drop_targets_as_sources(opened, targets, summary):
+    """Refuse a SOURCE that is one of the mailboxes being delivered to.
+
+    Redelivering a Maildir (or an mbox) into itself would add a copy of
+    every message - each with a Delivered-To of its own, so a new message
+    to the record - and every rerun would copy the copies.  Compared by
+    device and inode, so another path to the same place is caught too.
+    """
+    where = set()
+    for target in targets:
+        path = target.directory if target.kind == "maildir" else target.path
+        if target.kind not in ("maildir", "mbox"):
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # not there yet: cannot be a source
+        where.add((st.st_dev, st.st_ino))
+    kept = []
+    for source in opened:
+        st = source.stat()
+        if st is not None and (st.st_dev, st.st_ino) in where:
+            summary.failures.append(Failure(
+                source=source.name,
+                reason="is the mailbox being delivered to: nothing delivered from it",
+            ))
+            summary.failed += 1
+            summary.bad_sources += 1
+            source.close()
+        else:
+            kept.append(source)
+    return kept
 
 
 def _batch(opened, opts, cfg, log, envelope, targets, record, summary, progress, total):

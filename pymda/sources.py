@@ -22,7 +22,9 @@ Contract:
   ``From `` line, ``""`` for MAILER-DAEMON, None when there is none).
   Memory does not grow with the size of the source: only message
   boundaries (two integers and the From_ sender per message) are kept.
-- ``Source.close()`` releases the file descriptors.
+- ``Source.stat()`` is the fstat of what was opened (None for ``-``), so
+  a caller can tell a source that is also its target; ``Source.close()``
+  releases the file descriptors.
 
 mbox SPLITTING (decided here, see also LIMITATIONS):
 - The first line must be a ``From `` line.  After it, a message ends at a
@@ -236,6 +238,15 @@ class Source:
 
     def items(self):
         raise NotImplementedError
+
+    def stat(self):
+        """os.stat_result of the file or directory read (None for stdin)."""
+        fd = getattr(self, "fd", None)
+        if fd is None:
+            fd = getattr(self, "dir_fd", None)
+        if fd is None or self.name == "-":
+            return None
+        return os.fstat(fd)
 
     def close(self):
         pass

@@ -314,3 +314,32 @@ def test_dry_run_writes_nothing(admin, tmp_path, packed, corpus_messages):
     assert f"maildir {target}/ folder=INBOX source=mailbox".encode() in out
     assert summary(out) == (len(corpus_messages), 0, 0)
     assert not target.exists() and not record.exists()
+
+
+def test_a_source_that_is_the_target_is_refused(admin, tmp_path, corpus_messages):
+    """A Maildir or mbox redelivered into itself once gained a copy of every
+    message per run (each copy new to the record: it has a Delivered-To)."""
+    msgs = corpus_messages[:5]
+    packs.maildir_with_flags(msgs, tmp_path / "Maildir")
+    mbox = packs.python_mbox(msgs, tmp_path / "old.mbox")
+    (tmp_path / "alias").symlink_to(tmp_path / "Maildir")
+    cases = [
+        ([tmp_path / "Maildir"], f"{tmp_path}/Maildir/"),
+        ([tmp_path / "alias"], f"{tmp_path}/Maildir/"),       # another path, same place
+        ([mbox], str(mbox)),
+    ]
+    for sources, mailbox in cases:
+        before = sorted(packs.maildir_files(tmp_path / "Maildir"))
+        size = mbox.stat().st_size
+        code, out = _redeliver_into(admin, tmp_path, sources, mailbox)
+        assert code == EX_NOINPUT, out
+        assert summary(out) == (0, 0, 1), out
+        assert f"failed: {sources[0]}: is the mailbox being delivered to".encode() in out
+        assert sorted(packs.maildir_files(tmp_path / "Maildir")) == before
+        assert mbox.stat().st_size == size
+    # into a folder of the same Maildir is not the same place
+    args = ["redeliver", "--mailbox", f"{tmp_path}/Maildir/", "-m", "Restored",
+            "-o", f"redeliver_record={tmp_path}/record", tmp_path / "Maildir"]
+    code, out = run_admin(admin, args)
+    assert code == EX_OK and summary(out) == (5, 0, 0), out
+    assert len(packs.maildir_files(tmp_path / "Maildir" / ".Restored")) == 5
