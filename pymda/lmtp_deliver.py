@@ -34,10 +34,14 @@ DUPLICATES: the same address given twice in one transaction is
 delivered once and answered twice (RFC 2033 4.2 wants one reply per
 RCPT).
 
-FORK SAFETY: the server's worker threads (RCPT lookups, intake) never
-log and hold no locks a child could need; the child resets the signal
-handlers and the event loop's wakeup fd first and leaves with _exit(),
-never running the parent's cleanup.
+FORK SAFETY: fork() copies one thread; a lock another thread held at
+that moment stays locked in the child for ever.  The RCPT checks run in
+worker threads and call into libc (passwd lookups, NSS): a fork waits
+until none is running and keeps new ones out while it forks (ForkGuard).
+The intake thread only reads and writes files.  Worker threads never
+log (syslog has a libc lock).  The child closes the server's sockets,
+resets the signal handlers and the event loop's wakeup fd, and leaves
+with _exit(), never running the parent's cleanup.
 
 LIMITATIONS: recipients of one message are delivered one after another
 (the replies must come in order anyway); a message over 1 MiB is copied
@@ -46,6 +50,7 @@ once more, from the protocol's spool into the engine's (message.read).
 
 import asyncio
 import os
+import threading
 
 from pymda.errors import DeliveryError, TempFail
 
@@ -62,8 +67,40 @@ def reply_for(exc):
     return DeliveryResult(results=[], error=exc).lmtp_reply()
 
 
+class ForkGuard:
+    """Many workers at a time, or forks, never both (see FORK SAFETY)."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.active = 0
+        self.forking = 0
+
+    def __enter__(self):
+        with self.cond:
+            while self.forking:
+                self.cond.wait()
+            self.active += 1
+
+    def __exit__(self, *exc):
+        with self.cond:
+            self.active -= 1
+            self.cond.notify_all()
+
+    def hold(self):
+        """Block until no worker runs; keep new ones out until release()."""
+        with self.cond:
+            self.forking += 1
+            while self.active:
+                self.cond.wait()
+
+    def release(self):
+        with self.cond:
+            self.forking -= 1
+            self.cond.notify_all()
+
+
 class DeliveryHandler:
-    def __init__(self, cfg, log, fork=None, max_threads=32):
+    def __init__(self, cfg, log, fork=None, max_threads=100):
         self.cfg = cfg
         self.log = log
         # SECURITY: root always forks (the child switches user); only a
@@ -71,6 +108,7 @@ class DeliveryHandler:
         self.fork = bool(fork) or os.geteuid() == 0
         # set by the server: () -> descriptors a delivery child must close
         self.inherited_fds = list
+        self.guard = ForkGuard()
         from concurrent.futures import ThreadPoolExecutor
 
         self.executor = ThreadPoolExecutor(max_workers=max_threads,
@@ -92,6 +130,10 @@ class DeliveryHandler:
 
     def check_recipient(self, recipient, size):
         """(reply, log note or None).  Runs in a worker thread: no logging."""
+        with self.guard:
+            return self._check_recipient(recipient, size)
+
+    def _check_recipient(self, recipient, size):
         from pymda import policy, users
 
         try:
@@ -141,20 +183,29 @@ class DeliveryHandler:
 
     async def _deliver_in_child(self, message, sender, recipient):
         loop = asyncio.get_running_loop()
-        rfd, wfd = os.pipe()
+        held = loop.run_in_executor(None, self.guard.hold)
         try:
-            pid = os.fork()
-        except OSError:
-            os.close(rfd)
-            os.close(wfd)
+            await asyncio.shield(held)
+        except asyncio.CancelledError:
+            held.add_done_callback(lambda _: self.guard.release())
             raise
-        if pid == 0:  # the child: never returns into the server's code
+        try:
+            rfd, wfd = os.pipe()
             try:
+                pid = os.fork()
+            except OSError:
                 os.close(rfd)
-                _close_quietly(self.inherited_fds())
-                _child(wfd, self.cfg, self.log, message, sender, recipient)
-            finally:
-                os._exit(70)
+                os.close(wfd)
+                raise
+            if pid == 0:  # the child: never returns into the server's code
+                try:
+                    os.close(rfd)
+                    _close_quietly(self.inherited_fds())
+                    _child(wfd, self.cfg, self.log, message, sender, recipient)
+                finally:
+                    os._exit(70)
+        finally:
+            self.guard.release()  # the parent only: the child has _exit()ed
         os.close(wfd)
         output = await _read_all(loop, rfd)
         status = await _reap(pid)

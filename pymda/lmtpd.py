@@ -113,7 +113,7 @@ async def serve(cfg, sockets, log, where="", ready=None):
         loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
     # A delivery child must not die of EFBIG (RLIMIT_FSIZE): 5.2.2 instead.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    handler = DeliveryHandler(cfg, log, max_threads=max(4, cfg.lmtp_max_connections))
+    handler = DeliveryHandler(cfg, log, max_threads=min(cfg.lmtp_max_connections or 100, 100))
     server = LMTPServer(
         handler,
         max_size=cfg.message_size_limit,

@@ -436,6 +436,72 @@ def test_memory_does_not_grow_with_message_size(tmp_path, daemons, test_user):
         len(b"Subject: big\n\n") + mib * 1024 * 1023
 
 
+@needs_root
+def test_concurrent_connections(tmp_path, daemons, two_users):
+    """Forks and RCPT worker threads at the same time (lmtp_deliver's ForkGuard)."""
+    import threading
+
+    alice, bob = two_users
+    d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
+    errors = []
+
+    def client(n):
+        try:
+            with d.connect() as c:
+                for i in range(5):
+                    body = b"Message-ID: <%d.%d@test>\r\n\r\nx\r\n" % (n, i)
+                    _, replies = transaction(
+                        c, SENDER, [f"{alice.name}@localhost", "nobody-xyz@localhost",
+                                    f"{bob.name}@localhost"], body)
+                    if replies != [DELIVERED, DELIVERED]:
+                        errors.append(replies)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert len(maildir_messages(alice)) == len(maildir_messages(bob)) == 40
+
+
+def test_fork_guard():
+    import threading
+
+    from pymda.lmtp_deliver import ForkGuard
+
+    guard = ForkGuard()
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def worker():
+        with guard:
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert inside.wait(10)
+    held = threading.Event()
+    h = threading.Thread(target=lambda: (guard.hold(), held.set()))
+    h.start()
+    assert not held.wait(0.2)  # a worker is inside: the fork waits
+    leave.set()
+    assert held.wait(10)
+    entered = threading.Event()
+    w2 = threading.Thread(target=lambda: guard.__enter__() or entered.set())
+    w2.start()
+    assert not entered.wait(0.2)  # forking: new workers wait
+    guard.release()
+    assert entered.wait(10)
+    guard.__exit__(None, None, None)
+    for thread in (t, h, w2):
+        thread.join(10)
+    assert (guard.active, guard.forking) == (0, 0)
+
+
 # --- the command ---------------------------------------------------------------------
 
 
