@@ -451,6 +451,7 @@ class _Region:
         self.left = length
         self.rd = rd
         self.pending = b""
+        self.at_line_start = True  # the next readline() piece starts a line
 
     def _unquote_whole(self, data):
         if b">From " not in data:
@@ -494,7 +495,13 @@ class _Region:
             if not line:
                 raise OSError("source changed while reading")
             self.left -= len(line)
-            line = self._unquote_line(line)
+            # A line longer than the piece comes in several pieces: only
+            # the first one starts a line and may be un-quoted.
+            if self.at_line_start:
+                self.at_line_start = line.endswith(b"\n")
+                line = self._unquote_line(line)
+            else:
+                self.at_line_start = line.endswith(b"\n")
             parts.append(line)
             size += len(line)
         return b"".join(parts)

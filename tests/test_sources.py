@@ -190,3 +190,21 @@ def test_source_left_untouched(tmp_path):
     assert path.read_bytes() == MBOXRD
     assert (after.st_atime, after.st_mtime) == (before.st_atime, before.st_mtime) == (
         1_000_000, 2_000_000)
+
+
+@pytest.mark.parametrize("quoting", ["mboxrd", "mboxo"])
+@pytest.mark.parametrize("kind", [None, "gz"])
+def test_large_message_long_lines_unquoted_only_at_line_starts(tmp_path, quoting, kind):
+    """Over 1 MiB a message is read in pieces of at most 64 KiB; a piece that
+    continues a long line is not a line start and must not be un-quoted."""
+    long_line = b"x" * 65536 + b">From the middle of a line\n"   # piece 2 starts with >From
+    body = long_line * 3 + b"y" * 80 + b"\n" + b"plain line\n" * 100000
+    message = b"Subject: big\n\n" + body + b">From quoted\n"
+    path = tmp_path / "big.mbox"
+    path.write_bytes(b"From a@example.org  Thu Jan  1 00:00:00 1970\n" + message + b"\n")
+    assert len(message) > sources._WHOLE
+    if kind:
+        path = packs.compressed(path, kind)
+    with open_(path, mbox_quoting=quoting) as src:
+        ((_, data),) = messages_of(src)
+    assert data == b"Subject: big\n\n" + body + b"From quoted\n"
