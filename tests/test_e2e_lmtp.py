@@ -569,6 +569,22 @@ def test_python_m_and_the_delivery_path_stay_apart():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=paths.REPO)
 
 
+def test_contrib_files_agree():
+    """The postfix snippet, the socket unit and the service unit fit together."""
+    contrib = paths.REPO / "contrib"
+    main_cf = (contrib / "postfix-lmtp.main.cf").read_text()
+    socket_unit = (contrib / "systemd" / "pymda-lmtpd.socket").read_text()
+    service = (contrib / "systemd" / "pymda-lmtpd.service").read_text()
+    transport = [line for line in main_cf.splitlines()
+                 if line.startswith("mailbox_transport = ")]
+    assert transport == ["mailbox_transport = lmtp:unix:private/pymda-lmtp"]
+    assert "ListenStream=/var/spool/postfix/private/pymda-lmtp\n" in socket_unit
+    assert "SocketUser=postfix\n" in socket_unit
+    assert "ExecStart=/usr/local/bin/pymda-lmtpd -c /etc/pymda/pymda.toml\n" in service
+    assert "KillMode=mixed\n" in service  # children finish what they deliver
+    assert "\nNoNewPrivileges=yes" not in service  # dotlockfile is setgid
+
+
 # --- through a real postfix ------------------------------------------------------------
 
 
