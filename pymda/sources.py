@@ -83,6 +83,8 @@ from pymda.record import Record
 
 # How much of a file libmagic and the first-line check look at.
 _HEAD = 65536
+# Longest piece of a line read at once (longer lines come in pieces).
+_PIECE = 65536
 # Read a message region in one piece below this size (then un-quote with
 # one C-level pass); stream it line by line above it.
 _WHOLE = 1 << 20
@@ -327,10 +329,18 @@ class MboxSource(Source):
         dated = re.compile(
             rb"From \S+ +(?:\S+ +)?[A-Z][a-z]{2} [A-Z][a-z]{2} +\d{1,2} \d{1,2}:\d\d"
         ).match
-        readline = f.readline
+        # Lines are read in pieces of at most _PIECE bytes: a hostile
+        # source (a gzip of gigabytes without a newline) must not make
+        # one line cost its size in memory.  A piece that continues a
+        # line is content, never a separator, an empty line or a header.
+        def readline():
+            return f.readline(_PIECE)
+
         first = readline()
         if not is_from_line(first):
             self._fail("not an mbox: the first line is not a 'From ' line")
+        if not first.endswith(b"\n"):
+            self._fail(f"not an mbox: the first line is longer than {_PIECE} bytes")
         pos = len(first)
         starts, ends, senders = self.starts, self.ends, self.senders
         start = pos
@@ -342,8 +352,15 @@ class MboxSource(Source):
         candidates = []  # separators seen inside a Content-Length body
         prev_blank = False
         blank_len = 0
+        cont = False  # the last piece did not end its line
         while True:
             line = readline()
+            if cont and line:
+                cont = not line.endswith(b"\n")
+                pos += len(line)
+                prev_blank = False
+                continue
+            cont = not line.endswith(b"\n")
             if cl_end >= 0 and (pos == cl_end or cl_blank):
                 # Is the Content-Length consistent here?
                 if cl_blank:
@@ -379,6 +396,7 @@ class MboxSource(Source):
                     candidates = []
                     f.seek(sep)
                     pos = sep
+                    cont = False
                     prev_blank = blank_len > 0
                     continue
             elif cl_end >= 0 and (pos > cl_end or not line):
@@ -389,6 +407,7 @@ class MboxSource(Source):
                     candidates = []
                     f.seek(sep)
                     pos = sep
+                    cont = False
                     prev_blank = blank_len > 0
                     continue
             if not line:
@@ -405,7 +424,7 @@ class MboxSource(Source):
                         cl_end = pos + len(line) + cl
                 elif line[:15].lower() == b"content-length:":
                     value = line[15:].strip()
-                    cl = int(value) if value.isdigit() else None
+                    cl = int(value) if value.isdigit() and len(value) <= 19 else None
             if line.startswith(b"From ") and (prev_blank or dated(line)):
                 if cl_end > pos:
                     candidates.append((pos, blank_len if prev_blank else 0))
@@ -491,7 +510,7 @@ class _Region:
         size = 0
         want = 65536 if n is None or n < 0 else max(n, 1)
         while self.left > 0 and size < want:
-            line = self.f.readline(min(self.left, 65536))
+            line = self.f.readline(min(self.left, _PIECE))
             if not line:
                 raise OSError("source changed while reading")
             self.left -= len(line)

@@ -208,3 +208,53 @@ def test_large_message_long_lines_unquoted_only_at_line_starts(tmp_path, quoting
     with open_(path, mbox_quoting=quoting) as src:
         ((_, data),) = messages_of(src)
     assert data == b"Subject: big\n\n" + body + b"From quoted\n"
+
+
+def test_content_length_with_thousands_of_digits_is_ignored(tmp_path):
+    """int() raises on over 4300 digits: that was an internal error that
+    stopped the whole batch."""
+    path = tmp_path / "cl.mbox"
+    path.write_bytes(b"From a@example.org  Thu Jan  1 00:00:00 1970\n"
+                     b"Content-Length: " + b"1" * 5000 + b"\nSubject: a\n\nbody\n\n"
+                     b"From a@example.org  Thu Jan  1 00:00:00 1970\nSubject: b\n\nsecond\n")
+    with open_(path) as src:
+        got = [data for _, data in messages_of(src)]
+    assert [d.split(b"\n\n", 1)[1] for d in got] == [b"body\n", b"second\n"]
+
+
+def test_a_huge_line_in_a_compressed_mbox_costs_no_memory(tmp_path):
+    """A few hundred KiB of gzip can hold a line of 256 MiB: it is scanned
+    and read in pieces, never held whole (peak RSS measured in a child)."""
+    import subprocess
+    import sys
+
+    line_mib = 256
+    path = tmp_path / "bomb.mbox.gz"
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(b"From a@example.org  Thu Jan  1 00:00:00 1970\nSubject: long\n\n")
+        chunk = b"x" * (1 << 20)
+        for _ in range(line_mib):
+            f.write(chunk)
+        f.write(b"\n\nFrom b@example.org  Thu Jan  1 00:00:00 1970\nSubject: b\n\nbody\n")
+    assert path.stat().st_size < 2 << 20
+    code = (
+        "import resource, sys\n"
+        "from pymda import sources\n"
+        "sizes = []\n"
+        "with sources.open_source(sys.argv[1]) as src:\n"
+        "    for item in src.items():\n"
+        "        n = 0\n"
+        "        while True:\n"
+        "            piece = item.reader.read(65536)\n"
+        "            if not piece:\n"
+        "                break\n"
+        "            n += len(piece)\n"
+        "        sizes.append(n)\n"
+        "print(*sizes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         stdout=subprocess.PIPE).stdout.split()
+    *sizes, peak_mib = map(int, out)
+    assert sizes == [len(b"Subject: long\n\n") + (line_mib << 20) + 1, len(b"Subject: b\n\nbody\n")]
+    assert peak_mib < 100, f"peak RSS {peak_mib} MiB for a {line_mib} MiB line"
