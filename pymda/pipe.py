@@ -27,9 +27,10 @@ SECURITY:
 - SHELL: ``/bin/sh -c command`` only when the command (written by the user
   in their own .forward) contains shell metacharacters, or when its first
   word has no "/" and is not on PATH (a builtin such as ``exec``, as in
-  postfix); otherwise it is split at blanks and exec'd directly.  Nothing from the message (headers,
-  body, sender) is ever put into the command line; it reaches the command
-  only on stdin and, censored, in the environment.
+  postfix); otherwise it is split at blanks and exec'd directly.  Nothing
+  from the message (headers, body, sender) is ever put into the command
+  line; it reaches the command only on stdin and, censored, in the
+  environment.
 - A new process group (``process_group=0``), cwd = the user's home ("/"
   when that cannot be entered), umask 077, stdin/stdout/stderr are pipes.
 
