@@ -97,8 +97,10 @@ def format_from_line(sender, when=None):
     if when is None:
         when = time.time()
     who = sender or "MAILER-DAEMON"
-    # No spaces in the address part: they would end it for every reader.
-    who = who.replace(" ", "_").replace("\t", "_")
+    # No blanks in the address part: they would end it for every reader;
+    # no CR/LF (a sender from -f): they would start a forged line.
+    for c in " \t\r\n":
+        who = who.replace(c, "_")
     return f"From {who}  {time.asctime(time.localtime(when))}\n".encode(
         "utf-8", "surrogateescape"
     )

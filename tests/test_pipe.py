@@ -151,6 +151,16 @@ def test_first_output_line_is_one_clean_line():
     assert pipe.first_line(b"\n\r\n") == ""
 
 
+def test_from_line_stays_one_line_whatever_the_sender():
+    """A sender given with -f (fetchmail's "-f %F", a script) may hold a
+    CR or LF: it must not start a second line (or a forged From_ line) in
+    what a command reads."""
+    sender = "a\nFrom evil@example.net  Mon Jan  5 00:00:00 2026\r\nb@x"
+    first = next(pipe.stdin_chunks(msgmod.from_bytes(MESSAGE), envelope("alice", sender=sender)))
+    assert first.count(b"\n") == 1 and first.endswith(b"\n") and b"\r" not in first
+    assert FROM_LINE.match(first)
+
+
 def test_censor_like_postfix():
     assert pipe.censor("o'brien+x@ex-ample.org") == "o_brien+x@ex-ample.org"
     assert pipe.censor("a$(b)`c`;d e") == "a__b__c__d_e"
