@@ -77,7 +77,9 @@ LIMITATIONS:
   message boundaries, once to read them): a CPU cost, no extra disk.
 """
 
+import errno
 import os
+import stat
 
 from pymda.record import Record
 
@@ -111,8 +113,12 @@ class Item(Record):
 
 
 def open_readonly(path, dir_fd=None, directory=False):
-    """fd of ``path`` opened read-only, O_NOATIME when permitted."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+    """fd of ``path`` opened read-only, O_NOATIME when permitted.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer (the caller
+    refuses what is not a regular file); on files it changes nothing.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     if directory:
         flags |= os.O_DIRECTORY
     noatime = getattr(os, "O_NOATIME", 0)
@@ -564,6 +570,11 @@ class MaildirSource(Source):
             except OSError as exc:
                 yield Item(position=path, reader=_Failed(exc), flags=flags)
                 continue
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, /dev/zero...
+                os.close(fd)
+                exc = OSError(errno.EINVAL, "not a regular file")
+                yield Item(position=path, reader=_Failed(exc), flags=flags)
+                continue
             f = open(fd, "rb", buffering=0)
             try:
                 yield Item(position=path, reader=f, flags=flags)
@@ -617,8 +628,6 @@ def _read_head(fd, size=_HEAD):
 
 def open_source(name, mbox_quoting="mboxrd", stdin=None):
     """Recognise and check ``name``; a Source or SourceError naming it."""
-    import stat
-
     if name == "-":
         fd = _spool_stdin(stdin if stdin is not None else __import__("sys").stdin)
         label = "-"

@@ -343,3 +343,25 @@ def test_a_source_that_is_the_target_is_refused(admin, tmp_path, corpus_messages
     code, out = run_admin(admin, args)
     assert code == EX_OK and summary(out) == (5, 0, 0), out
     assert len(packs.maildir_files(tmp_path / "Maildir" / ".Restored")) == 5
+
+
+def test_maildir_source_with_a_fifo_and_a_device(admin, tmp_path, corpus_messages):
+    """Files of a Maildir source that are not regular files (a FIFO would
+    block the open for ever, /dev/zero never ends) fail alone."""
+    packs.maildir_with_flags(corpus_messages[:3], tmp_path / "src")
+    os.mkfifo(tmp_path / "src" / "new" / "1.fifo.host")
+    (tmp_path / "src" / "new" / "2.zero.host").symlink_to("/dev/zero")
+    target = tmp_path / "M"
+    code, out = _redeliver_into(admin, tmp_path, [tmp_path / "src"], f"{target}/")
+    assert summary(out) == (3, 0, 2), out
+    assert b"failed: " + str(tmp_path / "src").encode() + b" new/1.fifo.host: " in out
+    assert len(packs.maildir_files(target)) == 3
+    assert code == EX_TEMPFAIL, out
+
+
+def test_a_fifo_as_source_is_refused_without_blocking(admin, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, out = _redeliver_into(admin, tmp_path, [fifo], f"{tmp_path}/M/")
+    assert code == EX_NOINPUT and summary(out) == (0, 0, 1), out
+    assert f"failed: {fifo}: not a regular file".encode() in out
