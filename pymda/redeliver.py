@@ -33,7 +33,8 @@ DUPLICATE ELIMINATION (SPEC 4: "running it twice delivers nothing twice"):
   ``P <target> <sha256> <n> <hint>`` just before the engine is called and
   ``D <target> <sha256> <n>`` as soon as the engine reports the message
   written and fsynced.  ``<target>`` is 16 hex digits of the SHA-256 of the
-  target (kind, path, folder).  A ``filelock`` on the same path plus
+  target: the real path of the Maildir directory or mbox file written to
+  (however ``--mailbox`` spells it), the command or address otherwise.  A ``filelock`` on the same path plus
   ``.lock`` keeps two runs for one user from
   interleaving (a second run waits ``lock_timeout`` seconds, then fails).
 - Killed (Ctrl-C, kill, kill -9) between ``P`` and ``D``, the message may
@@ -133,11 +134,24 @@ class Summary:
 
 
 def target_id(target):
+    """16 hex digits naming a target in the record.
+
+    A mailbox is named by the real path of the directory (Maildir, folder
+    included) or file (mbox) written to: ``--mailbox Maildir/``,
+    ``./Maildir/``, ``Maildir//`` and ``/home/alice/Maildir/`` are one
+    mailbox, and a rerun spelling it differently must skip what is there.
+    """
     import hashlib
 
     from pymda.state import target_key
 
-    return hashlib.sha256(target_key(target).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    if target.kind == "maildir":
+        key = "maildir:" + os.path.realpath(target.directory)
+    elif target.kind == "mbox":
+        key = "mbox:" + os.path.realpath(target.path)
+    else:
+        key = target_key(target)
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 class RecordFile:

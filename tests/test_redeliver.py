@@ -365,3 +365,20 @@ def test_a_fifo_as_source_is_refused_without_blocking(admin, tmp_path):
     code, out = _redeliver_into(admin, tmp_path, [fifo], f"{tmp_path}/M/")
     assert code == EX_NOINPUT and summary(out) == (0, 0, 1), out
     assert f"failed: {fifo}: not a regular file".encode() in out
+
+
+def test_once_whatever_the_mailbox_is_called(admin, tmp_path, packed, corpus_messages,
+                                             test_user):
+    """The record names a mailbox by its real path: other spellings of the
+    same --mailbox once delivered every message again."""
+    src = packed["xz"][0]
+    n = len(corpus_messages)
+    home = str(test_user.home)
+    spellings = ["Maildir/", "./Maildir/", "Maildir//", f"{home}/Maildir/",
+                 f"../{os.path.basename(home)}/Maildir/"]
+    for i, mailbox in enumerate(spellings):
+        code, out = run_admin(admin, ["redeliver", "-d", test_user.name, "--mailbox", mailbox,
+                                      src])
+        assert code == EX_OK, out
+        assert summary(out) == ((n, 0, 0) if i == 0 else (0, n, 0)), (mailbox, out)
+    assert len(packs.maildir_files(os.path.join(home, "Maildir"))) == n
