@@ -67,6 +67,16 @@ def reply_for(exc):
     return DeliveryResult(results=[], error=exc).lmtp_reply()
 
 
+def preload():
+    """Import the engine once, here: every forked child inherits it
+    instead of importing it again (~2.5 ms per delivery otherwise)."""
+    import importlib
+
+    for name in ("address", "deliver", "dotforward", "locking", "maildir", "mbox",
+                 "message", "pipe", "forward", "policy", "quota", "resolve", "state", "users"):
+        importlib.import_module("pymda." + name)
+
+
 class ForkGuard:
     """Many workers at a time, or forks, never both (see FORK SAFETY)."""
 
@@ -85,6 +95,14 @@ class ForkGuard:
         with self.cond:
             self.active -= 1
             self.cond.notify_all()
+
+    def try_hold(self):
+        """hold() without waiting: True when no worker runs right now."""
+        with self.cond:
+            if self.active:
+                return False
+            self.forking += 1
+            return True
 
     def hold(self):
         """Block until no worker runs; keep new ones out until release()."""
@@ -109,6 +127,8 @@ class DeliveryHandler:
         # set by the server: () -> descriptors a delivery child must close
         self.inherited_fds = list
         self.guard = ForkGuard()
+        self.reapers = set()
+        preload()
         from concurrent.futures import ThreadPoolExecutor
 
         self.executor = ThreadPoolExecutor(max_workers=max_threads,
@@ -183,12 +203,13 @@ class DeliveryHandler:
 
     async def _deliver_in_child(self, message, sender, recipient):
         loop = asyncio.get_running_loop()
-        held = loop.run_in_executor(None, self.guard.hold)
-        try:
-            await asyncio.shield(held)
-        except asyncio.CancelledError:
-            held.add_done_callback(lambda _: self.guard.release())
-            raise
+        if not self.guard.try_hold():
+            held = loop.run_in_executor(None, self.guard.hold)
+            try:
+                await asyncio.shield(held)
+            except asyncio.CancelledError:
+                held.add_done_callback(lambda _: self.guard.release())
+                raise
         try:
             rfd, wfd = os.pipe()
             try:
@@ -207,16 +228,36 @@ class DeliveryHandler:
         finally:
             self.guard.release()  # the parent only: the child has _exit()ed
         os.close(wfd)
-        output = await _read_all(loop, rfd)
-        status = await _reap(pid)
+        # The reply line is the child's last act before _exit(), written
+        # after the fsync: answer on it at once and reap in the background
+        # (the kernel's teardown of a forked address space takes a while).
+        output = await _read_line(loop, rfd)
         line = output.decode("utf-8", "replace").split("\n", 1)[0]
         from pymda.lmtp import valid_reply
 
-        if valid_reply(line) and line[0] in "245":
+        if output.endswith(b"\n") and valid_reply(line) and line[0] in "245":
+            self._reap_later(pid, recipient)
             return line
+        status = await _reap(pid)
         how = _describe_status(status)
         self.log.error(f"to=<{recipient}>: delivery process {how}, said {output[:200]!r}")
         return CHILD_DIED.format(how=how)
+
+    def _reap_later(self, pid, recipient):
+        async def reap():
+            status = await _reap(pid)
+            if status:
+                self.log.warning(f"to=<{recipient}>: delivery process {_describe_status(status)}"
+                                 " after its reply")
+
+        task = asyncio.ensure_future(reap())
+        self.reapers.add(task)
+        task.add_done_callback(self.reapers.discard)
+
+    async def wait_reaped(self):
+        """Until every delivery child is reaped (before the server exits)."""
+        while self.reapers:
+            await asyncio.wait(set(self.reapers))
 
 
 def _close_quietly(fds):
@@ -235,8 +276,9 @@ def _describe_status(status):
     return f"status {status}"
 
 
-async def _read_all(loop, fd):
-    """Everything the child writes on ``fd``, until EOF (fd closed after)."""
+async def _read_line(loop, fd):
+    """What the child writes on ``fd`` up to its first newline, or all of
+    it until EOF when there is none (fd closed after)."""
     os.set_blocking(fd, False)
     done = loop.create_future()
     chunks = []
@@ -250,8 +292,9 @@ async def _read_all(loop, fd):
             data = b""
         if data and sum(map(len, chunks)) < MAX_CHILD_REPLY:
             chunks.append(data)
-            return
-        if data:
+            if b"\n" not in data:
+                return
+        elif data:
             return  # keep draining a chatty child, keep nothing more
         loop.remove_reader(fd)
         if not done.done():

@@ -131,6 +131,7 @@ async def serve(cfg, sockets, log, where="", ready=None):
     log.info(f"stopping: finishing {len(server.tasks)} connection(s)")
     server.stop()
     await server.wait_closed()
+    await handler.wait_reaped()
     handler.close()
     log.info("stopped")
 
