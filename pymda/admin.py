@@ -138,6 +138,9 @@ def redeliver(user, mailbox, folder, sender, forward, dry_run, config_path, over
         click.echo(failure.line())
     if summary.interrupted:
         click.echo("interrupted: run the same command again to finish")
+    if summary.stopped:
+        click.echo("stopped at a temporary failure (it would repeat for every message): "
+                   "run the same command again to finish")
     if dry_run:
         click.echo("dry run: nothing written (counts are what would happen)")
     click.echo(summary.rate_line())

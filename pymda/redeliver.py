@@ -50,6 +50,9 @@ DUPLICATE ELIMINATION (SPEC 4: "running it twice delivers nothing twice"):
 
 Ctrl-C / SIGTERM / SIGHUP stop the batch between two messages; the summary
 is printed and the exit status is 75: run the same command again to finish.
+So does a temporary delivery failure other than a full mailbox (a locked
+or refused mailbox, a full disk): it would meet every following message
+too - a stuck dotlock would cost ``lock_timeout`` seconds per message.
 
 LIMITATIONS:
 - Pipes and forwards (``--forward``) cannot be checked after a kill: a
@@ -66,6 +69,7 @@ from pymda.errors import EX_TEMPFAIL, DeliveryError, TempFail
 from pymda.record import Record
 
 SYNC_INTERVAL = 1.0  # seconds between fsyncs of the record
+STOP_AT_FAILURE = "temporary failure"  # _Stop.signum when a failure ends the batch
 EX_NOINPUT = 66  # sysexits: a SOURCE that cannot be read
 
 
@@ -101,6 +105,7 @@ class Summary:
         self.failures = []
         self.bad_sources = 0
         self.interrupted = False
+        self.stopped = False  # at a temporary failure that would repeat
         self.seconds = 0.0
         self.plan = []
 
@@ -119,7 +124,7 @@ class Summary:
 
     @property
     def exit(self):
-        if self.interrupted:
+        if self.interrupted or self.stopped:
             return EX_TEMPFAIL
         if not self.failures:
             return 0
@@ -504,7 +509,8 @@ def _batch(opened, opts, cfg, log, envelope, targets, record, summary, progress,
             _one_source(source, opts, cfg, log, envelope, targets, record, summary,
                         progress, stop)
             if stop.signum is not None:
-                summary.interrupted = True
+                summary.interrupted = stop.signum != STOP_AT_FAILURE
+                summary.stopped = stop.signum == STOP_AT_FAILURE
                 break
     finally:
         for sig, handler in old.items():
@@ -554,6 +560,14 @@ def _one_source(source, opts, cfg, log, envelope, targets, record, summary, prog
                 if result.error is not None:
                     failed += 1
                     _fail(summary, source, item, message, result.error, count=False)
+                    if result.error.temporary and result.error.status != "4.2.2":
+                        # A locked or refused mailbox, a full disk, an I/O
+                        # error: the next message would meet it too (a
+                        # lock timeout costs lock_timeout seconds each).
+                        # Stop; a rerun finishes the job.  A full mailbox
+                        # (4.2.2 with quota_full_tempfail) is the message's
+                        # own: a smaller one may still fit.
+                        stop.signum = STOP_AT_FAILURE
                     continue
                 record.finish(tid, sha, n)
                 sent += 1

@@ -382,3 +382,25 @@ def test_once_whatever_the_mailbox_is_called(admin, tmp_path, packed, corpus_mes
         assert code == EX_OK, out
         assert summary(out) == ((n, 0, 0) if i == 0 else (0, n, 0)), (mailbox, out)
     assert len(packs.maildir_files(os.path.join(home, "Maildir"))) == n
+
+
+def test_a_locked_mailbox_stops_the_batch(admin, tmp_path):
+    """A dotlock nobody releases made every message wait lock_timeout in
+    turn (10,000 messages x 60 s); the batch stops at the first one."""
+    src = tmp_path / "src.mbox"
+    src.write_bytes(b"".join(b"From x@example.org  Thu Jan  1 00:00:00 1970\nSubject: %d\n\n"
+                             b"body\n\n" % i for i in range(20)))
+    target = tmp_path / "t.mbox"
+    target.write_bytes(b"")
+    (tmp_path / "t.mbox.lock").write_bytes(b"99999\n")
+    args = ["redeliver", "--mailbox", target, "-o", f"redeliver_record={tmp_path}/rec",
+            "-o", "lock_timeout=1", src]
+    started = time.monotonic()
+    code, out = run_admin(admin, args)
+    assert time.monotonic() - started < 10, out
+    assert code == EX_TEMPFAIL and summary(out) == (0, 0, 1), out
+    assert b"failed: " + str(src).encode() + b" #1: 4.2.0 " in out
+    assert b"\nstopped at a temporary failure" in out
+    (tmp_path / "t.mbox.lock").unlink()
+    code, out = run_admin(admin, args)
+    assert code == EX_OK and summary(out) == (20, 0, 0), out
