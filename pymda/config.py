@@ -247,6 +247,14 @@ def _validate_users(table, where):
                 raise ConfigError(
                     f'{where}: users."{name}": a virtual user needs uid, gid and home'
                 )
+        if "@" in name and "uid" not in clean:
+            # A recipient matching an address table IS that (virtual) user
+            # (users.name_for_recipient): without uid/gid/home it would be
+            # an unknown user, 5.1.1, and its mail would bounce.
+            raise ConfigError(
+                f'{where}: users."{name}": a table for an address is a virtual user and '
+                f'needs uid, gid and home (a system user\'s table is keyed by login name)'
+            )
         users[name] = clean
     return users
 

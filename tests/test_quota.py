@@ -147,6 +147,21 @@ def test_per_user_values_override_global(tmp_path):
     assert quota.limits(cfg, Identity(name="carol", uid=1, gid=1, home="/")) == (10 << 20, 100)
 
 
+def test_an_address_table_without_uid_is_a_config_error(tmp_path):
+    """A quota-only [users."alice@example.org"] made alice@example.org an
+    unknown (virtual) user: 5.1.1, her mail bounced.  Now the file is refused
+    (check-config says so; delivery defers)."""
+    from pymda.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make_cfg(tmp_path, """
+            [users."alice@example.org"]
+            quota_storage = "1G"
+        """)
+    assert 'users."alice@example.org"' in err.value.text and "uid, gid and home" in err.value.text
+    assert str(tmp_path / "pymda.toml") in err.value.text
+
+
 # --- check: boundaries ---------------------------------------------------------
 
 
@@ -728,6 +743,19 @@ def test_delivery_per_user_override(tmp_path, mailuser):
     assert code == 0, out
     code, out = deliver(mailuser, cfg_file=cfg_file)
     assert code == EX_NOPERM and out.startswith(FULL_PERM_LINE), out
+
+
+@needs_pymda
+def test_delivery_address_table_without_uid_defers_never_bounces(tmp_path, mailuser):
+    cfg_file = tmp_path / "pymda.toml"
+    cfg_file.write_text(f'mailbox = "Maildir/"\n[users."{mailuser.name}@localhost"]\n'
+                        'quota_storage = 10\n')
+    os.chmod(tmp_path, 0o755)
+    os.chmod(cfg_file, 0o644)
+    code, out = run_pymda(["-c", str(cfg_file), "-a", f"{mailuser.name}@localhost",
+                           "-f", "s@example.org"], MESSAGE)
+    assert code == EX_TEMPFAIL and out.startswith(b"4."), out
+    assert b"uid, gid and home" in out
 
 
 @needs_pymda
