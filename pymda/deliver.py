@@ -110,10 +110,72 @@ def _limits_apply(cfg, target):
     return bool(table.get("quota_storage") or table.get("quota_messages"))
 
 
+def write_as(identity, write):
+    """Run ``write()`` in a child switched to ``identity``; its result or error.
+
+    DELIVERY RIGHTS: pymda still runs as root only for root's own mail,
+    and root's file targets must be written as default_privs, never as
+    root (postfix local(8)).  The child reports ``OK where`` or the
+    DeliveryError's status and text through a pipe; a child that dies
+    without a word is a temporary failure.
+    """
+    import posix
+
+    from pymda import fastos as os
+    from pymda.errors import DeliveryError, PermFail
+    from pymda.users import switch_to
+
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: nothing may escape into the parent's code path
+        try:
+            os.close(rfd)
+            try:
+                switch_to(identity)
+                report = "OK " + str(write())
+            except DeliveryError as exc:
+                report = f"{exc.status} {exc.text}"
+            os.write(wfd, report.encode("utf-8", "surrogateescape")[:4000])
+        except BaseException:
+            pass
+        finally:
+            posix._exit(0)
+    os.close(wfd)
+    chunks = []
+    while True:
+        piece = os.read(rfd, 4096)
+        if not piece:
+            break
+        chunks.append(piece)
+    os.close(rfd)
+    os.waitpid(pid, 0)
+    report = b"".join(chunks).decode("utf-8", "surrogateescape")
+    if report.startswith("OK "):
+        return report[3:]
+    status, _, text = report.partition(" ")
+    if status[:1] == "5":
+        raise PermFail(text, status)
+    if status[:1] == "4":
+        raise TempFail(text, status)
+    raise TempFail(f"writing as {identity.name} failed without a report", "4.3.0")
+
+
 def write_target(target, message, envelope, cfg, log, prefix, flags=None):
     """Write one mailbox/file target; returns where it went."""
     if target.error is not None:
         raise target.error  # refused by policy at expansion time (5.7.1)
+    if target.kind in ("maildir", "mbox") and target.identity is not None:
+        from pymda import fastos as os
+
+        if os.geteuid() == 0 and target.identity.uid != 0:
+            # Only root's file targets get here (everyone else switched
+            # before planning): write them as their identity, in a child.
+            return write_as(target.identity, lambda: _write(
+                target, message, envelope, cfg, log, prefix, flags))
+    return _write(target, message, envelope, cfg, log, prefix, flags)
+
+
+def _write(target, message, envelope, cfg, log, prefix, flags=None):
     if target.kind in ("maildir", "mbox") and _limits_apply(cfg, target):
         from pymda import quota
 

@@ -491,6 +491,13 @@ def expand(cfg, envelope, identity, main, log=None):
     from pymda.resolve import Target
 
     spool = cfg.mail_spool_directory.rstrip("/")
+    # DELIVERY RIGHTS: root's file targets are written as default_privs
+    # (postfix local(8)); deliver.write_as does the switch in a child.
+    file_identity = identity
+    if identity.uid == 0 and any(i.kind in ("mbox", "maildir") for i in result.items):
+        from pymda.users import default_privs
+
+        file_identity = default_privs(cfg)
     targets = []
     for item in result.items:
         kind, value, source, error = item.kind, item.value, item.source, item.error
@@ -500,11 +507,11 @@ def expand(cfg, envelope, identity, main, log=None):
             # Spool rules (Debian's dotlockfile helper, the "create it as
             # root" advice) only for the user's own spool mailbox.
             own_spool = value == f"{spool}/{identity.name}"
-            target = Target(kind="mbox", path=value, source=source, identity=identity,
+            target = Target(kind="mbox", path=value, source=source, identity=file_identity,
                             spool=spool if own_spool else None)
         elif kind == "maildir":
             target = Target(kind="maildir", path=value, directory=value, source=source,
-                            identity=identity)
+                            identity=file_identity)
         elif kind == "pipe":
             target = Target(kind="pipe", command=value, source=source, identity=identity)
         else:

@@ -22,6 +22,8 @@ Modules off the delivery path (pipes, quota, admin, daemons) use ``os``.
 import posix
 from posix import *  # noqa: F401,F403 - the functions os re-exports
 
+from posix import _exit  # noqa: F401 - not exported by "import *"
+
 del environ  # noqa: F821 - posix's is bytes; ours is __getattr__ below
 
 SEEK_SET, SEEK_CUR, SEEK_END = 0, 1, 2

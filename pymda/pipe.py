@@ -123,19 +123,10 @@ def run_as(identity, cfg):
     euid = os.geteuid()
     uid, gid = identity.uid, identity.gid
     if uid == 0:
-        import pwd
+        from pymda.users import default_privs
 
-        try:
-            pw = pwd.getpwnam(cfg.default_privs)
-        except KeyError:
-            from pymda.errors import ConfigError
-
-            raise ConfigError(f"default_privs: unknown user {cfg.default_privs!r}") from None
-        uid, gid = pw.pw_uid, pw.pw_gid
-        if uid == 0:
-            from pymda.errors import ConfigError
-
-            raise ConfigError("default_privs must not be root")
+        privs = default_privs(cfg)
+        uid, gid = privs.uid, privs.gid
     if euid == 0:
         return uid, gid
     if uid != euid:

@@ -56,6 +56,21 @@ def lookup(cfg, name):
     raise PermFail(f"User unknown: {name}", "5.1.1")
 
 
+def default_privs(cfg):
+    """Identity that root's pipes and files run as (``default_privs``).
+
+    ConfigError (defer) when it is unknown or root itself.
+    """
+    from pymda.errors import ConfigError
+
+    identity = by_name_or_none(cfg.default_privs)
+    if identity is None:
+        raise ConfigError(f"default_privs: unknown user {cfg.default_privs!r}")
+    if identity.uid == 0:
+        raise ConfigError("default_privs must not be root")
+    return identity
+
+
 def name_for_recipient(cfg, base, domain):
     """The user a recipient (extension already stripped) is delivered to.
 
@@ -107,7 +122,8 @@ def switch_to(identity):
         return
     if identity.uid == 0:
         # root's own mailbox is written as root, as postfix local(8) does;
-        # its pipes and files run as default_privs (pipe.py), never as root.
+        # its pipes and files run as default_privs (pipe.run_as,
+        # deliver.write_as), never as root.
         return
     try:
         os.setgroups([])

@@ -434,7 +434,15 @@ def test_expand_returns_targets(home, ident):
         ("forward", None, None, "bob@example.net", ".forward line 5"),
     ]
     assert targets[3].directory == f"{home}/Md/"
-    assert all(t.identity == ident for t in targets)
+    files = [t for t in targets if t.source in (".forward line 3", ".forward line 4")]
+    assert all(t.identity == ident for t in targets if t not in files)
+    if ident.uid == 0:
+        # DELIVERY RIGHTS: root's file targets are written as default_privs.
+        import pwd
+
+        assert {t.identity.uid for t in files} == {pwd.getpwnam("nobody").pw_uid}
+    else:
+        assert all(t.identity == ident for t in files)
 
 
 def test_expand_logs_warnings(home, ident):

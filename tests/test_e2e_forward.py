@@ -245,3 +245,44 @@ def test_null_sender_survives_the_forward(owned, make_user):
     owned.wait_until(lambda: maildir_messages(bob), what="bob's copy")
     owned.wait_empty()
     assert maildir_messages(bob)[0].startswith(b"Return-Path: <>\n")
+
+
+@pytest.fixture
+def shared_dir():
+    """A 1777 directory nobody can reach (pytest's tmp_path is 0700 root)."""
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="pymda-rootfw-", dir="/tmp"))
+    shared.chmod(0o1777)
+    yield shared
+    shutil.rmtree(shared)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_roots_file_targets_are_written_as_default_privs(tmp_path, shared_dir):
+    """DELIVERY RIGHTS: root's own mailbox is root's, its files are nobody's."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    shared = shared_dir
+    (shared / "rootowned.mbox").write_bytes(b"")  # root's: nobody may not write it
+    forward = tmp_path / "forward"
+    forward.write_text(f"\\root, {shared}/copy.mbox, {shared}/md/\n")
+    args = ["-d", "root", "--forward", "-o", f'forward_path=["{forward}"]',
+            "--mailbox", f"{tmp_path}/Maildir/"]
+    msg = b"Subject: root's\n\nbody\n"
+    code, out = run_pymda(args, msg)
+    assert (code, out) == (EX_OK, b"")
+    inbox = list((tmp_path / "Maildir" / "new").iterdir())
+    assert len(inbox) == 1 and inbox[0].stat().st_uid == 0
+    copy = shared / "copy.mbox"
+    assert copy.stat().st_uid == nobody.pw_uid
+    assert copy.read_bytes().endswith(b"Subject: root's\n\nbody\n\n")
+    md = list((shared / "md" / "new").iterdir())
+    assert len(md) == 1 and md[0].stat().st_uid == nobody.pw_uid
+    # A file that only root could write is refused, not written as root.
+    forward.write_text(f"{shared}/rootowned.mbox\n")
+    code, out = run_pymda(args, msg)
+    assert code == EX_TEMPFAIL and out.startswith(b"4.2.0 "), out
+    assert (shared / "rootowned.mbox").read_bytes() == b""
