@@ -77,7 +77,9 @@ class Daemon:
         kwargs = {}
         if user is not None:
             kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
-        full_env = {"PATH": "/usr/bin:/bin", "PYMDA_CACHE_DIR": "/nonexistent"}
+        # a root server writes the parsed-config cache: keep it in the test's directory
+        full_env = {"PATH": "/usr/bin:/bin",
+                    "PYMDA_CACHE_DIR": str(Path(cfg_path).parent / "config-cache")}
         full_env.update(env or {})
         with open(self.output_path, "wb") as out:
             os.chmod(self.output_path, 0o666)
@@ -546,9 +548,11 @@ def test_unix_socket(tmp_path, daemons):
     (["-c", "/nonexistent/pymda.toml", "--listen", "inet:127.0.0.1:1"], EX_TEMPFAIL,
      "4.3.5 cannot open config /nonexistent/pymda.toml"),
 ])
-def test_command_errors(args, code, text):
+def test_command_errors(tmp_path, args, code, text):
     proc = subprocess.run([str(lmtpd_bin()), *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=30, env={"PATH": "/usr/bin:/bin"})
+                          stderr=subprocess.STDOUT, timeout=30,
+                          env={"PATH": "/usr/bin:/bin",
+                               "PYMDA_CACHE_DIR": str(tmp_path / "config-cache")})
     assert proc.returncode == code and text in proc.stdout.decode(), proc.stdout
 
 
@@ -556,7 +560,8 @@ def test_bad_config_key_names_file_and_key(tmp_path):
     cfg = write_config(tmp_path, "lmtp_idle_timeout = -1\n")
     proc = subprocess.run([str(lmtpd_bin()), "-c", str(cfg), "--listen", "inet:127.0.0.1:1"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30,
-                          env={"PATH": "/usr/bin:/bin", "PYMDA_CACHE_DIR": "/nonexistent"})
+                          env={"PATH": "/usr/bin:/bin",
+                               "PYMDA_CACHE_DIR": str(tmp_path / "config-cache")})
     assert proc.returncode == EX_TEMPFAIL
     assert f"{cfg}: lmtp_idle_timeout must be" in proc.stdout.decode()
 
