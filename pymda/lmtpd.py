@@ -16,7 +16,8 @@ virtual users whose uid is its own (lmtp_deliver.py).
 
 Signals: SIGTERM / SIGINT stop it: no new connections, connections
 between transactions get 421, transactions in flight finish (deliveries
-and their replies), then it exits 0.
+and their replies), then it exits 0.  SIGHUP is logged and ignored (the
+configuration is read once, at start).
 
 Exit status: 0 after a clean stop; 64 for a bad --listen or none at
 all; 75 when the configuration cannot be read (the message names the
@@ -111,6 +112,10 @@ async def serve(cfg, sockets, log, where="", ready=None):
     stop = loop.create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    # SIGHUP's default would kill the server mid-conversation (and postfix
+    # would deliver again what the children finished): say so instead.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
+        "SIGHUP ignored: restart pymda-lmtpd to read a changed configuration"))
     # A delivery child must not die of EFBIG (RLIMIT_FSIZE): 5.2.2 instead.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     handler = DeliveryHandler(cfg, log, max_threads=min(cfg.lmtp_max_connections or 100, 100))

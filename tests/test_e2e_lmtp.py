@@ -528,6 +528,16 @@ def test_systemd_socket_activation(tmp_path, daemons):
     assert "listening on systemd sockets" in d.output()
 
 
+def test_sighup_is_ignored(tmp_path, daemons):
+    d = daemons(write_config(tmp_path, ""))
+    d.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    with d.connect() as c:
+        assert c.cmd("NOOP") == NOOP_OK
+    assert "SIGHUP ignored" in d.output()
+    assert d.stop() == EX_OK
+
+
 def test_unix_socket(tmp_path, daemons):
     cfg = write_config(tmp_path, "")
     path = tmp_path / "lmtp.sock"
