@@ -454,7 +454,7 @@ class _Connection:
         except Exception as exc:  # the handler's bug is a 451, not a crash
             self.server.log_error(f"rcpt <{recipient}>: {exc!r}")
             answer = INTERNAL_ERROR
-        if not valid_reply(answer):
+        if not valid_reply(answer) or answer[0] == "3":
             self.server.log_error(f"rcpt <{recipient}>: bad reply {answer!r}")
             answer = INTERNAL_ERROR
         if answer.startswith("2"):

@@ -84,6 +84,8 @@ class FakeHandler:
             raise RuntimeError("handler bug")
         if recipient.startswith("liar"):
             return "yes\r\nplease"
+        if recipient.startswith("three"):
+            return "354 go ahead"
         return RCPT_OK
 
     async def data(self, session, txn, spool):
@@ -297,6 +299,7 @@ def test_command_errors(server, client, line, reply):
     ("RCPT TO:<\"unterminated@x>", "501 5.1.3 Bad recipient address syntax"),
     ("RCPT TO:<crash@x>", INTERNAL_ERROR),
     ("RCPT TO:<liar@x>", INTERNAL_ERROR),
+    ("RCPT TO:<three@x>", INTERNAL_ERROR),
 ])
 def test_rcpt_errors(server, client, line, reply):
     assert client.cmd("MAIL FROM:<s@x>") == MAIL_OK
