@@ -34,10 +34,10 @@ _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 def parse_size(value):
     """Bytes from an int or a string like '10M' (K/M/G/T, powers of 1024)."""
     if isinstance(value, bool):
-        raise ValueError("a size, not a boolean")
+        raise ValueError("a size (bytes, or a string like \"10M\"), not a boolean")
     if isinstance(value, int):
         if value < 0:
-            raise ValueError("a size cannot be negative")
+            raise ValueError("a size of zero or more bytes")
         return value
     if not isinstance(value, str):
         raise ValueError("a size: a number of bytes or a string like \"10M\"")
@@ -47,7 +47,7 @@ def parse_size(value):
     unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
     digits = text[: len(text) - len(unit)].strip()
     if not digits.isdigit():
-        raise ValueError(f"not a size: {value!r}")
+        raise ValueError(f"a size like 1048576 or \"10M\" (got {value!r})")
     return int(digits) * _SIZE_UNITS[unit]
 
 
