@@ -34,47 +34,20 @@ import sys
 
 import click
 
-from pymda.errors import EX_TEMPFAIL, EX_USAGE, ConfigError
-from pymda.log import Log
-
-
-class DaemonLog(Log):
-    """pymda.log.Log that, with ``echo``, writes each line to stderr at once."""
-
-    def __init__(self, echo=False, ident="pymda-lmtpd"):
-        super().__init__(False, ident=ident)
-        self.echo = echo
-
-    def _emit(self, priority, text):
-        super()._emit(priority, text)
-        if self.echo:
-            line = text.replace("\n", " ").replace("\r", " ") + "\n"
-            try:
-                os.write(2, line.encode("utf-8", "surrogateescape"))
-            except OSError:
-                pass
+from pymda.daemon import DaemonLog, daemon_options, load_config, socket_mode
+from pymda.errors import EX_TEMPFAIL, EX_USAGE
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--listen", "listen", multiple=True, metavar="inet:HOST:PORT|unix:PATH",
-              help="Address to serve (repeatable).  Also serves systemd's sockets.")
-@click.option("-c", "--config", "config_path", metavar="FILE",
-              help="Configuration file (default $PYMDA_CONFIG, /etc/pymda/pymda.toml).")
-@click.option("--socket-mode", default="0666", show_default=True,
-              help="Permissions of unix sockets created by --listen (octal).")
-@click.option("-v", "--verbose", is_flag=True, help="Also log to stderr.")
-def lmtpd(listen, config_path, socket_mode, verbose):
+@daemon_options("Address to serve (repeatable).  Also serves systemd's sockets.")
+def lmtpd(listen, config_path, socket_mode_text, verbose):
     """Deliver mail received over LMTP (RFC 2033) with pymda's engine."""
-    from pymda import config, policy
+    from pymda import policy
 
-    log = DaemonLog(verbose)
+    log = DaemonLog(verbose, ident="pymda-lmtpd")
+    cfg = load_config(config_path, "pymda-lmtpd")
+    mode = socket_mode(socket_mode_text, "pymda-lmtpd")
     try:
-        cfg = config.load(config_path)
-    except ConfigError as exc:
-        click.echo(exc.line(), err=True)
-        sys.exit(EX_TEMPFAIL)
-    try:
-        mode = int(socket_mode, 8)
         specs = [policy.parse_listen(spec) for spec in listen]
     except ValueError as exc:
         click.echo(f"pymda-lmtpd: {exc}", err=True)

@@ -17,29 +17,20 @@ import sys
 
 import click
 
-from pymda.errors import EX_TEMPFAIL, EX_USAGE, ConfigError
+from pymda.daemon import DaemonLog, daemon_options, load_config, socket_mode
+from pymda.errors import EX_TEMPFAIL, EX_USAGE
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--listen", "listen", multiple=True, metavar="inet:HOST:PORT|unix:PATH",
-              help="Address to serve (repeatable).  None: stdin/stdout (spawn(8)).")
-@click.option("-c", "--config", "config_path", metavar="FILE",
-              help="Configuration file (default $PYMDA_CONFIG, /etc/pymda/pymda.toml).")
-@click.option("--socket-mode", default="0666", show_default=True,
-              help="Permissions of unix sockets created by --listen (octal).")
-@click.option("-v", "--verbose", is_flag=True, help="Also log to stderr.")
-def policyd(listen, config_path, socket_mode, verbose):
+@daemon_options("Address to serve (repeatable).  None: stdin/stdout (spawn(8)).")
+def policyd(listen, config_path, socket_mode_text, verbose):
     """Answer postfix policy requests with the recipient's quota state."""
-    from pymda import config, policy
+    from pymda import policy
 
-    log = _Log(verbose)
+    log = DaemonLog(verbose, ident="pymda-policyd")
+    cfg = load_config(config_path, "pymda-policyd")
+    mode = socket_mode(socket_mode_text, "pymda-policyd")
     try:
-        cfg = config.load(config_path)
-    except ConfigError as exc:
-        click.echo(exc.line(), err=True)
-        sys.exit(EX_TEMPFAIL)
-    try:
-        mode = int(socket_mode, 8)
         sockets = policy.systemd_sockets() + policy.open_listeners(listen, mode)
     except ValueError as exc:
         click.echo(f"pymda-policyd: {exc}", err=True)
@@ -55,30 +46,6 @@ def policyd(listen, config_path, socket_mode, verbose):
     where = ", ".join(listen) or "systemd sockets"
     asyncio.run(policy.serve(cfg, sockets, log,
                              ready=lambda: log.info(f"listening on {where}")))
-
-
-class _Log:
-    """syslog (facility mail, ident pymda-policyd), optionally stderr too."""
-
-    def __init__(self, verbose):
-        from pymda.log import Log
-
-        self.log = Log(False, ident="pymda-policyd")
-        self.verbose = verbose
-
-    def _say(self, level, text):
-        getattr(self.log, level)(text)
-        if self.verbose:
-            click.echo(f"pymda-policyd: {level}: {text}", err=True)
-
-    def info(self, text):
-        self._say("info", text)
-
-    def warning(self, text):
-        self._say("warning", text)
-
-    def error(self, text):
-        self._say("error", text)
 
 
 def main(argv=None):
