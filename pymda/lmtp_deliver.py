@@ -174,7 +174,8 @@ class DeliveryHandler:
         from pymda import message as message_mod
 
         try:
-            message = await self._in_thread(message_mod.read, spool, self.cfg.message_size_limit)
+            message = await self._in_thread(message_mod.read, spool,
+                                            self.cfg.message_size_limit, False)
         except DeliveryError as exc:
             self.log.info(f"from=<{transaction.sender}>: message refused: {exc.line()}")
             for _ in transaction.recipients:

@@ -166,8 +166,13 @@ def _open_spool():
     raise TempFail(f"cannot create a spool file in {directory}", "4.3.0")
 
 
-def read(source, limit=0):
-    """Spool ``source`` and return its Message (see module docstring)."""
+def read(source, limit=0, envelope_line=True):
+    """Spool ``source`` and return its Message (see module docstring).
+
+    ``envelope_line=False``: a first line starting with ``From `` is
+    message content, not an MTA's envelope line (LMTP data: no client
+    sends one, and dropping a line of a message is never right).
+    """
     read_raw = _reader(source)
     parts = []  # in-memory pieces while small
     fd = None  # spool file once large
@@ -192,7 +197,7 @@ def read(source, limit=0):
                     break
                 chunk += more
             first = False
-            if chunk.startswith(b"From "):
+            if envelope_line and chunk.startswith(b"From "):
                 end = chunk.find(b"\n")
                 from_sender = parse_from_line(chunk[: end if end >= 0 else None].rstrip(b"\r"))
                 chunk = b"" if end < 0 else chunk[end + 1 :]

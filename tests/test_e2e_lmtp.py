@@ -199,6 +199,20 @@ def test_several_recipients_one_reply_each_in_order(tmp_path, daemons, two_users
 
 
 @needs_root
+def test_a_first_line_starting_with_from_is_kept(tmp_path, daemons, test_user):
+    """LMTP data has no envelope line: nothing of the message is dropped."""
+    body = b"From nowhere in particular\r\nSubject: odd\r\n\r\nbody\r\n"
+    d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
+    with d.connect() as c:
+        _, replies = transaction(c, SENDER, [f"{test_user.name}@localhost"], body)
+        assert replies == [DELIVERED]
+    (m,) = maildir_messages(test_user)
+    assert m.read_bytes() == expected(
+        f"{test_user.name}@localhost",
+        stored=b"From nowhere in particular\nSubject: odd\n\nbody\n")
+
+
+@needs_root
 def test_null_sender_and_folder_from_extension(tmp_path, daemons, test_user):
     test_user.mkdir("Maildir/.work/new")
     test_user.mkdir("Maildir/.work/cur")

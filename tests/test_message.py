@@ -386,3 +386,16 @@ def test_needs_quoting_whatever_the_read_boundaries(line):
 def test_no_quoting_needed_for_plain_bodies():
     msg = intake([b"S: x\n\nFromage\n from x\nx>From\n"])
     assert not msg.needs_quoting
+
+
+def test_envelope_line_false_keeps_a_leading_from_line():
+    import io
+
+    data = b"From a@b  Tue Nov 24 22:08:05 2026\r\nSubject: x\r\n\r\nbody\r\n"
+    kept = message.read(io.BytesIO(data), envelope_line=False)
+    assert kept.from_sender is None
+    assert b"".join(kept.chunks()) == data.replace(b"\r\n", b"\n")
+    assert kept.needs_quoting  # an mbox target must quote it
+    stripped = message.read(io.BytesIO(data))
+    assert stripped.from_sender == "a@b"
+    assert b"".join(stripped.chunks()) == b"Subject: x\n\nbody\n"
