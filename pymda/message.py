@@ -200,6 +200,13 @@ def read(source, limit=0, envelope_line=True):
             if envelope_line and chunk.startswith(b"From "):
                 end = chunk.find(b"\n")
                 from_sender = parse_from_line(chunk[: end if end >= 0 else None].rstrip(b"\r"))
+                # An absurdly long envelope line is still all envelope:
+                # skip the rest of it, however long, without keeping it.
+                while end < 0:
+                    chunk = _read_some(read_raw)
+                    if not chunk:
+                        break
+                    end = chunk.find(b"\n")
                 chunk = b"" if end < 0 else chunk[end + 1 :]
         if carry_cr:
             chunk = b"\r" + chunk

@@ -399,3 +399,19 @@ def test_envelope_line_false_keeps_a_leading_from_line():
     stripped = message.read(io.BytesIO(data))
     assert stripped.from_sender == "a@b"
     assert b"".join(stripped.chunks()) == b"Subject: x\n\nbody\n"
+
+
+def test_a_from_line_longer_than_the_gathering_window_is_all_envelope():
+    import io
+
+    class Trickle:  # a pipe: at most 4 KiB per read
+        def __init__(self, data):
+            self.data = io.BytesIO(data)
+
+        def read(self, n):
+            return self.data.read(min(n, 4096))
+
+    line = b"From a@b  " + b"x" * 200_000 + b"\n"
+    msg = message.read(Trickle(line + b"Subject: x\n\nbody\n"))
+    assert msg.from_sender == "a@b"
+    assert b"".join(msg.chunks()) == b"Subject: x\n\nbody\n"
