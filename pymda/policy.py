@@ -186,8 +186,11 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
                 return
             _log_action(log, attrs, action)
             out = format_response(action)
-            while out:
-                out = out[os.write(write_fd, out):]
+            try:
+                while out:
+                    out = out[os.write(write_fd, out):]
+            except OSError:  # the client went away (EPIPE): nothing to answer
+                return
 
 
 def _log(log, level, text):

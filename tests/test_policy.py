@@ -424,6 +424,22 @@ def test_stdin_stdout_mode_for_spawn(virtual_home):
     assert (proc.returncode, proc.stdout) == (EX_OK, FULL + DUNNO), proc.stderr
 
 
+def test_stdin_mode_client_gone_is_a_clean_exit(virtual_home):
+    """postfix closed its end (EPIPE on the answer): exit 0, no traceback."""
+    cfg = write_config(virtual_home.parent, virtual_home)
+    r, w = os.pipe()
+    os.close(r)  # nobody will read the answer
+    try:
+        proc = subprocess.run(
+            [str(policyd_bin()), "-c", str(cfg)],
+            input=f"recipient={VIRTUAL}\nsize=1\n\n".encode(),
+            stdout=w, stderr=subprocess.PIPE, timeout=30,
+        )
+    finally:
+        os.close(w)
+    assert (proc.returncode, proc.stderr) == (EX_OK, b"")
+
+
 def test_systemd_socket_activation(virtual_home):
     cfg = write_config(virtual_home.parent, virtual_home)
     listener = socket.socket()
