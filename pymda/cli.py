@@ -228,7 +228,11 @@ def deliver_main(argv, environ, state):
 
     from pymda.log import Log
 
-    log = state["log"] = Log(verbose=bool(opts.get("verbose")))
+    # SPEC 1: postfix's CLIENT_* variables serve the log line only.
+    client = None
+    if environ.get("CLIENT_ADDRESS"):
+        client = f"{environ.get('CLIENT_HOSTNAME') or 'unknown'}[{environ['CLIENT_ADDRESS']}]"
+    log = state["log"] = Log(verbose=bool(opts.get("verbose")), client=client)
     return _deliver(opts, environ, cfg, log)
 
 

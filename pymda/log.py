@@ -17,8 +17,9 @@ from pymda import fastos as os  # not os: ~1.2 ms of start-up
 
 
 class Log:
-    def __init__(self, verbose=False, ident="pymda"):
+    def __init__(self, verbose=False, ident="pymda", client=None):
         self.verbose = verbose
+        self.client = client  # "host[addr]" of the SMTP client, for the log only
         self.lines = []
         syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_MAIL)
 
@@ -41,7 +42,7 @@ class Log:
         self._emit(syslog.LOG_ERR, "error: " + text)
 
     def delivery(self, target, envelope, message, status, reason=None):
-        self.info(format_delivery(target, envelope, message, status, reason))
+        self.info(format_delivery(target, envelope, message, status, reason, self.client))
 
     def flush(self):
         if self.lines:
@@ -53,12 +54,14 @@ class Log:
                 pass
 
 
-def format_delivery(target, envelope, message, status, reason=None):
+def format_delivery(target, envelope, message, status, reason=None, client=None):
     """The postfix-style log line for one target."""
     parts = [f"to=<{envelope.recipient}>"]
     if envelope.original_recipient and envelope.original_recipient != envelope.recipient:
         parts.append(f"orig_to=<{envelope.original_recipient}>")
     parts.append(f"user={envelope.user}")
+    if client:
+        parts.append(f"client={client}")
     if target.kind in ("maildir", "mbox"):
         parts.append(f"folder={target.folder}")
         parts.append(f"mailbox={target.path}")

@@ -670,3 +670,23 @@ def test_empty_recipient_is_64(test_user, rcpt):
                        user=test_user)
     assert_failure(result, EX_USAGE, USAGE)
     assert snapshot(test_user.home) == before
+
+
+@needs_root
+def test_verbose_log_line_after_the_status_and_with_the_smtp_client(test_user):
+    """One postfix-style line per target; CLIENT_* only in the log (SPEC 1)."""
+    env = {"CLIENT_ADDRESS": "192.0.2.7", "CLIENT_HOSTNAME": "mx.example.net"}
+    code, out = run_pymda(["-v", "-f", SENDER, "--mailbox", "Maildir/"], MESSAGE,
+                          user=test_user, env=env)
+    assert code == EX_OK
+    line = out.decode()
+    assert line.count("\n") == 1, line
+    assert line.startswith(f"to=<{test_user.name}@"), line
+    assert f"user={test_user.name}, client=mx.example.net[192.0.2.7], folder=INBOX," in line
+    assert "msgid=<engine-test@example.org>, status=sent" in line
+    only_message(test_user.path("Maildir"))
+    # On failure the status line still comes first.
+    code, out = run_pymda(["-v", "-f", SENDER, "-o", "message_size_limit=10",
+                           "--mailbox", "Maildir/"], MESSAGE, user=test_user, env=env)
+    assert code == EX_NOPERM
+    assert out.startswith(b"5.2.3 ") and out.count(b"\n") == 1, out
