@@ -38,15 +38,11 @@ posix_spawn + wait4 in the measuring process (the same for everyone).
 import json
 import os
 import platform
-import pwd
-import secrets
-import shutil
 import subprocess
 import sys
 import time
 import traceback
 
-HOME_BASE = "/home"
 POSTFIX_CWD = "/var/spool/postfix"
 # postfix's default mailbox_size_limit, applied as RLIMIT_FSIZE to the command
 MAILBOX_SIZE_LIMIT = 51_200_000
@@ -84,39 +80,24 @@ class BenchUser:
 
 
 def create_user(prefix="pbench"):
+    """A throw-away unprivileged user (the tests' helper, tests/support/users.py)."""
     if os.geteuid() != 0:
         raise BenchError("the benchmark creates its own user: run it as root")
-    for _ in range(10):
-        name = prefix + secrets.token_hex(3)
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            break
-    home = os.path.join(HOME_BASE, name)
-    subprocess.run(
-        ["useradd", "--create-home", "--home-dir", home, "--shell", "/bin/sh",
-         "--user-group", "--comment", "pymda benchmark user", name],
-        check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    pw = pwd.getpwnam(name)
-    os.chmod(home, 0o755)
-    return BenchUser(name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+    made = _test_users().create_user(prefix)
+    return BenchUser(made.name, made.uid, made.gid, str(made.home))
 
 
 def delete_user(user):
-    # only this user's processes (a stuck delivery), never a broad pattern
-    subprocess.run(["pkill", "-KILL", "-u", str(user.uid)], check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.run(["userdel", "--force", "--remove", user.name], check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.run(["groupdel", user.name], check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shutil.rmtree(user.home, ignore_errors=True)
-    for p in (f"/var/mail/{user.name}", f"/var/mail/{user.name}.lock"):
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
+    """Remove the user, its processes, home and /var/mail files."""
+    _test_users().delete_user(user)
+
+
+def _test_users():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "tests"))
+    from support import users
+
+    return users
 
 
 def postfix_env(user, sender, recipient):
