@@ -21,7 +21,7 @@ import pytest
 from enginekit import (
     CONFIG, EMPTY, INTERNAL, LOOP, MESSAGE, NO_USER, NOT_ALLOWED, REFUSED, SENDER,
     TEMP, TOO_BIG, USAGE, assert_failure, assert_ok, deliver, header_lines,
-    maildir_files, only_message, recipient_of, snapshot,
+    only_message, recipient_of, snapshot,
 )
 from pymda import cli
 from pymda.errors import UsageError

@@ -24,7 +24,7 @@ import time
 import pytest
 
 from enginekit import (
-    MESSAGE, SENDER, TEMP, assert_failure, assert_ok, deliver, maildir_files, recipient_of,
+    SENDER, TEMP, assert_failure, assert_ok, deliver, maildir_files, recipient_of,
 )
 from support import paths
 from support.run import EX_TEMPFAIL, child_environment, start_pymda
