@@ -209,6 +209,9 @@ def lock_mbox(path, fd, cfg, log=None):
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise TempFail(f"cannot lock {path}: {exc.strerror}", "4.2.0") from None
                 busy = f"{path} (fcntl)"
+            except BaseException:  # SIGTERM's exception: leave no dotlock behind
+                lock.release()
+                raise
         if time.monotonic() >= deadline:
             raise TempFail(f"mailbox {path} is locked: timed out waiting for {busy}", "4.2.0")
         _pause(attempt)
