@@ -61,7 +61,10 @@ mbox SPLITTING (decided here, see also LIMITATIONS):
 SECURITY: sources are opened read-only (``O_NOATIME`` where the kernel
 allows it, i.e. as the owner or root, so a redelivery does not even change
 access times; ``O_NOFOLLOW`` is NOT used: an admin may name a symlink).
-Nothing here ever writes to a source.
+Nothing here ever writes to a source.  Everything is opened with the
+rights of the calling process: redeliver calls ``open_source`` after it
+has switched to the user the mail is for, so every path component of a
+source is resolved with that user's rights (docs/redeliver.md).
 
 LIMITATIONS:
 - A Maildir source is its own ``cur/`` and ``new/`` only: Maildir++
@@ -69,10 +72,8 @@ LIMITATIONS:
   ``tmp/`` is never read (files there are, by definition, incomplete).
 - mboxo cannot tell a quoted ``From `` line from an original ``>From ``
   one (see above); no reader can.
-- A message's file in a Maildir source is opened when its turn comes, so
-  when the process has switched to the user (root with ``-d``), the user
-  must be able to read it.  mbox sources and standard input are opened
-  before the switch.
+- A message's file in a Maildir source is opened when its turn comes,
+  relative to the directory opened by ``open_source``.
 - Compressed sources are decompressed twice (once to check and find the
   message boundaries, once to read them): a CPU cost, no extra disk.
 """
