@@ -22,6 +22,11 @@ Contract:
   ``From `` line, ``""`` for MAILER-DAEMON, None when there is none).
   Memory does not grow with the size of the source: only message
   boundaries (two integers and the From_ sender per message) are kept.
+- ``MboxSplitter`` is the mbox splitting alone, without I/O:
+  ``feed(bytes)`` -> the ``Span``s (start, end, sender) complete so far,
+  ``finish()`` -> the rest, ``SplitError`` for what is not an mbox.  It
+  costs one pass over the bytes whatever the headers claim (see its
+  docstring); ``MboxSource`` feeds it the decompressed stream.
 - ``Source.stat()`` is the fstat of what was opened (None for ``-``), so
   a caller can tell a source that is also its target; ``Source.close()``
   releases the file descriptors.

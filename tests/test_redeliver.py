@@ -432,20 +432,29 @@ def _nothing_delivered(user):
                 continue  # the source itself
             data = read_bytes(os.path.join(dirpath, name))
             assert shadow not in data, f"{dirpath}/{name} holds /etc/shadow's bytes"
-    assert not packs.maildir_files(os.path.join(home, "Maildir"))
+
+
+def _user_symlink(user, rel, target):
+    link = user.path(rel)
+    link.symlink_to(target)
+    user.chown(link)
+    return link
+
+
+def _refused_for(admin, user, source):
+    """redeliver -d USER SOURCE: refused by name, nothing delivered."""
+    code, out = run_admin(admin, ["redeliver", "-d", user.name, "--mailbox", "Maildir/",
+                                  source])
+    assert code == EX_NOINPUT, out
+    assert summary(out) == (0, 0, 1), out
+    assert f"failed: {source}: cannot open: Permission denied".encode() in out, out
+    assert not packs.maildir_files(user.path("Maildir"))
 
 
 def test_a_symlink_to_etc_shadow_is_refused_for_the_user(admin, test_user):
     """``~/old.mbox -> /etc/shadow``: root opened it and delivered the
     shadow file into the user's Maildir (exit 0)."""
-    link = test_user.path("old.mbox")
-    link.symlink_to("/etc/shadow")
-    test_user.chown(link)
-    code, out = run_admin(admin, ["redeliver", "-d", test_user.name, "--mailbox", "Maildir/",
-                                  link])
-    assert code == EX_NOINPUT, out
-    assert summary(out) == (0, 0, 1), out
-    assert f"failed: {link}: cannot open: Permission denied".encode() in out, out
+    _refused_for(admin, test_user, _user_symlink(test_user, "old.mbox", "/etc/shadow"))
     _nothing_delivered(test_user)
 
 
@@ -459,25 +468,14 @@ def test_a_maildir_behind_a_root_only_directory_is_refused(admin, test_user, roo
         os.chmod(dirpath, 0o755)
         for name in files:
             os.chmod(os.path.join(dirpath, name), 0o644)
-    link = test_user.path("srclink")
-    link.symlink_to(md)
-    test_user.chown(link)
-    code, out = run_admin(admin, ["redeliver", "-d", test_user.name, "--mailbox", "Maildir/",
-                                  link])
-    assert code == EX_NOINPUT, out
-    assert summary(out) == (0, 0, 1), out
-    assert f"failed: {link}: cannot open: Permission denied".encode() in out, out
-    assert not packs.maildir_files(test_user.path("Maildir"))
+    _refused_for(admin, test_user, _user_symlink(test_user, "srclink", md))
 
 
 def test_a_root_file_in_the_users_home_is_refused(admin, test_user):
     src = test_user.path("restored.mbox")
     src.write_bytes(ONE_MBOX)
     os.chmod(src, 0o600)  # root's, not the user's
-    code, out = run_admin(admin, ["redeliver", "-d", test_user.name, "--mailbox", "Maildir/",
-                                  src])
-    assert code == EX_NOINPUT and summary(out) == (0, 0, 1), out
-    assert f"failed: {src}: cannot open: Permission denied".encode() in out, out
+    _refused_for(admin, test_user, src)
 
 
 def test_the_users_own_sources_are_redelivered(admin, test_user, packed, corpus_messages):
@@ -489,9 +487,7 @@ def test_the_users_own_sources_are_redelivered(admin, test_user, packed, corpus_
         test_user.chown(dirpath)
         for name in files:
             test_user.chown(os.path.join(dirpath, name))
-    link = test_user.path("link.mbox")
-    link.symlink_to(mbox)
-    test_user.chown(link)
+    link = _user_symlink(test_user, "link.mbox", mbox)
     n = 1 + len(corpus_messages)  # the Maildir's 4 are in the .gz too: skipped
     args = ["redeliver", "-d", test_user.name, "--mailbox", "Maildir/", mbox, gz, md]
     code, out = run_admin(admin, args)
