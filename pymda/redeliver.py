@@ -1,8 +1,8 @@
 """Batch redelivery: SOURCEs -> the delivery engine, once per message, once ever.
 
-Contract: ``redeliver(names, opts, ...)`` opens and checks every source
-(sources.open_source), finds the user, switches to it (root with ``-d``),
-plans the targets ONCE (resolve.plan) and sends every message through
+Contract: ``redeliver(names, opts, ...)`` finds the user, switches to it
+(root with ``-d``), plans the targets ONCE (resolve.plan), opens and checks
+every source (sources.open_source) and sends every message through
 exactly the engine ``pymda`` uses, in this process: ``message.read`` ->
 ``deliver.run(..., check_loops=False)`` (SPEC 4: a saved message that was
 delivered to this user before is not a loop).  It returns a ``Summary``
@@ -10,6 +10,18 @@ delivered to this user before is not a loop).  It returns a ``Summary``
 Message-ID and reason, messages per second, exit code).  It never imports
 click: the command line (admin.py) passes a ``progress`` object
 (``start(total)``, ``update(n)``, ``finish()``).
+
+PRIVILEGE (docs/redeliver.md): a SOURCE is opened and read with the
+rights of the user the mail is for -- after the switch, so every component
+of its path (a symlink, the directories above it, a Maildir's ``new/`` and
+``cur/`` and their files) is resolved as that user, with the user's uid and
+primary group and no supplementary groups, as a delivery runs.  What the
+user could not read is refused as a bad SOURCE (``failed: NAME: cannot
+open: Permission denied``), nothing delivered from it: root must not hand
+a user ``/etc/shadow`` because ``~/old.mbox`` points there.  Without
+``-d`` (or with ``-d root``) nothing is switched: root reads what root can.
+Standard input (``-``) was opened by the admin's shell: whatever it holds
+is delivered (the way to give a user a file only root can read).
 
 A SOURCE that is one of the target mailboxes (same device and inode: a
 Maildir or mbox redelivered into itself) is refused like a bad source:
@@ -397,21 +409,10 @@ class _Stop:
 def redeliver(names, opts, cfg, log, progress=None, stdin=None, on_plan=None):
     """Run one batch; returns a Summary.  Raises DeliveryError only for
     problems that stop the whole batch (unknown user, record locked...)."""
-    from pymda import sources
-
     summary = Summary()
     started = time.monotonic()
     opened = []
     try:
-        # Sources first, as the invoking user (root may read what the
-        # user cannot): checked whole, so a bad one delivers nothing.
-        for name in names:
-            try:
-                opened.append(sources.open_source(name, cfg.mbox_quoting, stdin=stdin))
-            except sources.SourceError as exc:
-                summary.failures.append(Failure(source=name, reason=str(exc).removeprefix(f"{name}: ")))
-                summary.failed += 1
-                summary.bad_sources += 1
         identity = find_identity(cfg, opts)
         from pymda import users
 
@@ -427,6 +428,9 @@ def redeliver(names, opts, cfg, log, progress=None, stdin=None, on_plan=None):
         summary.plan = targets
         if on_plan is not None:
             on_plan(targets)
+        # Sources AFTER the switch: opened with the user's rights (see
+        # PRIVILEGE), checked whole, so a bad one delivers nothing.
+        opened = _open_sources(names, cfg, identity, summary, stdin)
         opened = _drop_targets_as_sources(opened, targets, summary)
         total = sum(s.count for s in opened)
         record_path = record_location(cfg, identity)
@@ -459,6 +463,34 @@ def redeliver(names, opts, cfg, log, progress=None, stdin=None, on_plan=None):
             s.close()
         summary.seconds = time.monotonic() - started
     return summary
+
+
+def _open_sources(names, cfg, identity, summary, stdin):
+    """Every SOURCE opened and checked, as the process is now: the user.
+
+    The switch is the caller's; this refuses to run as root for another
+    user, so a restructuring that moves the switch after this call fails
+    loudly instead of reading sources with root's rights again.
+    """
+    from pymda import sources
+
+    if os.geteuid() == 0 and identity.uid != 0:
+        raise TempFail(f"internal error: sources for {identity.name} opened as root", "4.3.0")
+    opened = []
+    try:
+        for name in names:
+            try:
+                opened.append(sources.open_source(name, cfg.mbox_quoting, stdin=stdin))
+            except sources.SourceError as exc:
+                reason = str(exc).removeprefix(f"{name}: ")
+                summary.failures.append(Failure(source=name, reason=reason))
+                summary.failed += 1
+                summary.bad_sources += 1
+    except BaseException:
+        for source in opened:
+            source.close()
+        raise
+    return opened
 
 
 def _drop_targets_as_sources(opened, targets, summary):

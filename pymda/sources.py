@@ -22,6 +22,11 @@ Contract:
   ``From `` line, ``""`` for MAILER-DAEMON, None when there is none).
   Memory does not grow with the size of the source: only message
   boundaries (two integers and the From_ sender per message) are kept.
+- ``MboxSplitter`` is the mbox splitting alone, without I/O:
+  ``feed(bytes)`` -> the ``Span``s (start, end, sender) complete so far,
+  ``finish()`` -> the rest, ``SplitError`` for what is not an mbox.  It
+  costs one pass over the bytes whatever the headers claim (see its
+  docstring); ``MboxSource`` feeds it the decompressed stream.
 - ``Source.stat()`` is the fstat of what was opened (None for ``-``), so
   a caller can tell a source that is also its target; ``Source.close()``
   releases the file descriptors.
@@ -61,7 +66,10 @@ mbox SPLITTING (decided here, see also LIMITATIONS):
 SECURITY: sources are opened read-only (``O_NOATIME`` where the kernel
 allows it, i.e. as the owner or root, so a redelivery does not even change
 access times; ``O_NOFOLLOW`` is NOT used: an admin may name a symlink).
-Nothing here ever writes to a source.
+Nothing here ever writes to a source.  Everything is opened with the
+rights of the calling process: redeliver calls ``open_source`` after it
+has switched to the user the mail is for, so every path component of a
+source is resolved with that user's rights (docs/redeliver.md).
 
 LIMITATIONS:
 - A Maildir source is its own ``cur/`` and ``new/`` only: Maildir++
@@ -69,10 +77,8 @@ LIMITATIONS:
   ``tmp/`` is never read (files there are, by definition, incomplete).
 - mboxo cannot tell a quoted ``From `` line from an original ``>From ``
   one (see above); no reader can.
-- A message's file in a Maildir source is opened when its turn comes, so
-  when the process has switched to the user (root with ``-d``), the user
-  must be able to read it.  mbox sources and standard input are opened
-  before the switch.
+- A message's file in a Maildir source is opened when its turn comes,
+  relative to the directory opened by ``open_source``.
 - Compressed sources are decompressed twice (once to check and find the
   message boundaries, once to read them): a CPU cost, no extra disk.
 """
@@ -87,6 +93,8 @@ from pymda.record import Record
 _HEAD = 65536
 # Longest piece of a line read at once (longer lines come in pieces).
 _PIECE = 65536
+# How much of a source is read (decompressed) at once to split it.
+_CHUNK = 1 << 18
 # Read a message region in one piece below this size (then un-quote with
 # one C-level pass); stream it line by line above it.
 _WHOLE = 1 << 20
@@ -177,6 +185,265 @@ def classify_text(head):
     if _is_header_line(first):
         return "message"
     return None
+
+
+# --- the mbox splitter (I/O-free) ---------------------------------------------------
+
+
+class SplitError(Exception):
+    """Not an mbox; str() says why (without the source's name)."""
+
+
+class Span(Record):
+    """One message of an mbox: bytes ``start``..``end`` of the (decompressed)
+    stream, From_ line excluded; ``sender`` from that From_ line."""
+
+    __slots__ = ("start", "end", "sender")
+
+
+class _FromLine:
+    """A line that starts with ``From ``: a possible message start."""
+
+    __slots__ = ("pos", "end", "blank", "dated", "is_from", "sender", "cl", "body")
+
+    def __init__(self, pos, head, blank, dated):
+        self.pos = pos  # offset of the line
+        self.end = None  # offset after it (None while a long line is skipped)
+        self.blank = blank  # length of the empty line just before it, or 0
+        self.dated = dated is not None
+        self.is_from = is_from_line(head)
+        self.sender = parse_from_sender(head)
+        self.cl = None  # Content-Length of the header after it, when valid
+        self.body = None  # where that header ended: None open, -1 no body
+
+
+class MboxSplitter:
+    """Sans-I/O mbox splitter: ``feed(bytes)`` -> list of the ``Span``s
+    complete so far, ``finish()`` -> the rest; ``SplitError`` when the
+    stream is not an mbox.  The rules are the module's (mbox SPLITTING).
+
+    LINEAR whatever the headers say: the bytes are looked at once, in
+    order, and never again.  Only lines starting ``From `` (each with the
+    Content-Length of the header that follows it) are remembered, from
+    the message being split on; a message whose Content-Length is not
+    settled yet waits, and is settled from that list alone (is there a
+    From_ line, or an empty line and one, at body + length?), never by
+    reading back.  So a source where every message claims
+    ``Content-Length: 99999999`` costs one pass, plain or compressed (it
+    used to rescan to the end for every message: quadratic).
+
+    Memory: the current line's first ``_PIECE`` bytes, and the From_ lines
+    of the messages not settled yet (all of them, in the worst case above:
+    a few dozen bytes each, as the boundaries the caller keeps anyway).
+    Body lines are found with ``bytes.find`` (a ``\\nFrom `` search), not
+    line by line; header lines are examined one by one.
+    """
+
+    def __init__(self):
+        import re
+
+        # A From_ line with an asctime date (mutt's is_from() test).
+        self._dated = re.compile(
+            rb"From \S+ +(?:\S+ +)?[A-Z][a-z]{2} [A-Z][a-z]{2} +\d{1,2} \d{1,2}:\d\d"
+        ).match
+        self._buf = b""
+        self._base = 0  # stream offset of _buf[0]
+        self._i = 0  # next index of _buf to look at
+        self._mode = "first"  # "first" | "header" | "body"
+        self._skip = None  # rest of a long line to skip: its _FromLine or True
+        self._group = []  # From_ lines whose header is still open
+        self._cl = (-1, None)  # (offset, value) of the group's last Content-Length
+        self._lines = []  # From_ lines from the current message's on
+        self._starts = []  # their offsets (for bisect)
+        self._cur = 0  # index in _lines of the message being split
+        self._scan = 1  # next index to test as a separator
+        self._seen = 0  # every From_ line before this offset is in _lines
+        self._eof = -1  # stream length, known at finish()
+        self._tail_blank = 0  # length of an empty last line
+
+    # -- public ---------------------------------------------------------------
+
+    def feed(self, data):
+        """Take the next bytes of the stream; Spans now complete."""
+        self._buf += data
+        self._process(final=False)
+        return self._resolve(final=False)
+
+    def finish(self):
+        """End of the stream: the remaining Spans."""
+        self._process(final=True)
+        buf = self._buf
+        self._eof = self._base + len(buf)
+        self._tail_blank = 1 if buf.endswith(b"\n\n") else 2 if buf.endswith(b"\n\r\n") else 0
+        if self._group:
+            self._close_header(-1)
+        if self._skip is not None:
+            if self._skip is not True:
+                self._skip.end = self._eof
+            self._skip = None
+        if self._mode == "first":
+            raise SplitError("not an mbox: the first line is not a 'From ' line")
+        self._seen = self._eof + 3
+        return self._resolve(final=True)
+
+    # -- finding the From_ lines ---------------------------------------------------
+
+    def _process(self, final):
+        buf = self._buf
+        n = len(buf)
+        i = self._i
+        while i < n:
+            if self._skip is not None:
+                e = buf.find(b"\n", i)
+                if e < 0:
+                    i = n
+                    break
+                if self._skip is not True:
+                    self._skip.end = self._base + e + 1
+                self._skip = None
+                i = e + 1
+                continue
+            if self._mode == "body":
+                k = buf.find(b"\nFrom ", i - 1)
+                if k < 0:
+                    i = n if final else max(i, n - 4)
+                    break
+                i = k + 1
+            # A line starts at i: its first piece.
+            e = buf.find(b"\n", i, i + _PIECE)
+            if e >= 0:
+                head, nxt = buf[i : e + 1], e + 1
+            elif n - i >= _PIECE:
+                head, nxt = buf[i : i + _PIECE], None
+            elif final:
+                head, nxt = buf[i:], n
+            else:
+                break  # wait for the end of the line
+            self._line(buf, i, head)
+            if nxt is None:
+                self._skip = self._skip or True
+                i += _PIECE
+            else:
+                i = nxt
+        self._i = i
+        self._seen = self._base + i
+        cut = max(0, i - 3)  # keep 3 bytes: is the line before a From_ line empty?
+        if cut:
+            self._buf = buf[cut:]
+            self._base += cut
+            self._i = i - cut
+
+    def _line(self, buf, i, head):
+        """Look at the line at ``buf[i]`` (``head``: its first piece)."""
+        pos = self._base + i
+        mode = self._mode
+        if mode == "first":
+            if not is_from_line(head):
+                raise SplitError("not an mbox: the first line is not a 'From ' line")
+            if not head.endswith(b"\n"):
+                raise SplitError(
+                    f"not an mbox: the first line is longer than {_PIECE} bytes or unended"
+                )
+            self._from_line(pos, head, 0)
+        elif mode == "body":  # head starts with "From "
+            blank = 1 if buf[i - 2 : i] == b"\n\n" else 2 if buf[i - 3 : i] == b"\n\r\n" else 0
+            self._from_line(pos, head, blank)
+        elif head in (b"\n", b"\r\n"):  # in a header, from here on
+            self._close_header(pos + len(head))
+            self._mode = "body"
+        elif head.startswith(b"From "):
+            self._from_line(pos, head, 0)
+        elif head[:15].lower() == b"content-length:":
+            value = head[15:].strip()
+            self._cl = (pos, int(value) if value.isdigit() and len(value) <= 19 else None)
+
+    def _from_line(self, pos, head, blank):
+        line = _FromLine(pos, head, blank, self._dated(head))
+        if head.endswith(b"\n"):
+            line.end = pos + len(head)
+        else:
+            self._skip = line  # (or the end of the stream: finish())
+        if self._mode != "header" or line.dated:
+            # A new header starts after it (a dated From_ line inside a
+            # header ends that header: it is a separator).
+            if self._group:
+                self._close_header(-1)
+            self._mode = "header"
+        self._group.append(line)
+        self._lines.append(line)
+        self._starts.append(pos)
+
+    def _close_header(self, body):
+        """The open header ends: its body starts at ``body`` (-1: none)."""
+        cl_pos, cl = self._cl
+        for line in self._group:
+            line.body = body
+            if body >= 0 and cl_pos > line.pos:
+                line.cl = cl  # the last Content-Length after it wins
+        self._group = []
+        self._cl = (-1, None)
+
+    # -- settling message boundaries ---------------------------------------------------
+
+    def _resolve(self, final):
+        out = []
+        lines = self._lines
+        while self._cur < len(lines):
+            line = lines[self._cur]
+            if line.end is None or line.body is None:
+                break  # its header (or its own line) is not complete yet
+            if line.cl is not None:
+                after = self._after_content_length(line.body + line.cl, final)
+                if after is None:
+                    break  # not settled yet
+                if after is not False:
+                    out.append(Span(start=line.end, end=line.body + line.cl,
+                                    sender=line.sender))
+                    self._cur = after if after >= 0 else len(lines)
+                    self._scan = self._cur + 1
+                    continue
+            # Split by From_ lines: the next one after an empty line, or dated.
+            j = max(self._scan, self._cur + 1)
+            while j < len(lines) and not (lines[j].blank or lines[j].dated):
+                j += 1
+            self._scan = j
+            if j < len(lines):
+                sep = lines[j]
+                out.append(Span(start=line.end, end=sep.pos - sep.blank, sender=line.sender))
+                self._cur, self._scan = j, j + 1
+                continue
+            if not final:
+                break
+            end, tail = self._eof, self._tail_blank
+            if tail and end - tail > line.end:
+                end -= tail
+            out.append(Span(start=line.end, end=end, sender=line.sender))
+            self._cur = len(lines)
+        if self._cur > 1024 and self._cur * 2 > len(lines):
+            del lines[: self._cur], self._starts[: self._cur]
+            self._scan -= self._cur
+            self._cur = 0
+        return out
+
+    def _after_content_length(self, end, final):
+        """Is a body ending at ``end`` consistent?  The index of the From_
+        line that follows it, -1 for the end of the stream, False when
+        inconsistent, None when not known yet."""
+        from bisect import bisect_left
+
+        j = bisect_left(self._starts, end, self._cur + 1)
+        if j < len(self._lines):
+            line = self._lines[j]
+            if line.is_from and (line.pos == end or (line.blank and line.pos - line.blank == end)):
+                return j
+        if final:
+            tail = self._tail_blank
+            if end == self._eof or (tail and end == self._eof - tail):
+                return -1
+            return False
+        if self._seen > end + 2:
+            return False  # every From_ line that could follow is known
+        return None
 
 
 # --- the decompressing stream ---------------------------------------------------
@@ -310,143 +577,33 @@ class MboxSource(Source):
     def _fail(self, why):
         raise SourceError(f"{self.name}: {why}")
 
+    def _add(self, spans):
+        for span in spans:
+            self.starts.append(span.start)
+            self.ends.append(span.end)
+            self.senders.append(span.sender)
+
     def _scan(self):
         errors = _decode_errors()
         what = f"{self.compression} data" if self.compression else "file"
         try:
             f = _stream(self.fd, self.compression)
             try:
-                self._scan_stream(f)
+                splitter = MboxSplitter()
+                while True:
+                    chunk = f.read(_CHUNK)
+                    if not chunk:
+                        break
+                    self._add(splitter.feed(chunk))
+                self._add(splitter.finish())
             finally:
                 f.close()
-        except SourceError:
-            raise
+        except SplitError as exc:
+            self._fail(str(exc))
         except errors as exc:
             self._fail(f"truncated or corrupt {what} ({exc})")
         except OSError as exc:
             self._fail(f"cannot read {what}: {exc.strerror or exc}")
-
-    def _scan_stream(self, f):
-        import re
-
-        # A From_ line with an asctime date (mutt's is_from() test): a
-        # separator even without an empty line before it -- procmail adds
-        # only a newline after a message that lacked one.
-        dated = re.compile(
-            rb"From \S+ +(?:\S+ +)?[A-Z][a-z]{2} [A-Z][a-z]{2} +\d{1,2} \d{1,2}:\d\d"
-        ).match
-        # Lines are read in pieces of at most _PIECE bytes: a hostile
-        # source (a gzip of gigabytes without a newline) must not make
-        # one line cost its size in memory.  A piece that continues a
-        # line is content, never a separator, an empty line or a header.
-        def readline():
-            return f.readline(_PIECE)
-
-        first = readline()
-        if not is_from_line(first):
-            self._fail("not an mbox: the first line is not a 'From ' line")
-        if not first.endswith(b"\n"):
-            self._fail(f"not an mbox: the first line is longer than {_PIECE} bytes")
-        pos = len(first)
-        starts, ends, senders = self.starts, self.ends, self.senders
-        start = pos
-        sender = parse_from_sender(first)
-        in_header = True
-        cl = None  # Content-Length value of the current message
-        cl_end = -1  # where its body ends if the value is consistent
-        cl_blank = False  # an empty line sits exactly at cl_end
-        candidates = []  # separators seen inside a Content-Length body
-        prev_blank = False
-        blank_len = 0
-        cont = False  # the last piece did not end its line
-        while True:
-            line = readline()
-            if cont and line:
-                cont = not line.endswith(b"\n")
-                pos += len(line)
-                prev_blank = False
-                continue
-            cont = not line.endswith(b"\n")
-            if cl_end >= 0 and (pos == cl_end or cl_blank):
-                # Is the Content-Length consistent here?
-                if cl_blank:
-                    ok = not line or is_from_line(line)
-                    end_here = cl_end
-                elif not line or is_from_line(line):
-                    ok, end_here = True, cl_end
-                elif line in (b"\n", b"\r\n"):
-                    cl_blank = True
-                    pos += len(line)
-                    prev_blank, blank_len = True, len(line)
-                    continue
-                else:
-                    ok = False
-                if ok:
-                    starts.append(start)
-                    ends.append(end_here)
-                    senders.append(sender)
-                    if not line:
-                        return
-                    # ``line`` is the next From_ line.
-                    sender = parse_from_sender(line)
-                    pos += len(line)
-                    start = pos
-                    in_header, cl, cl_end, cl_blank = True, None, -1, False
-                    candidates = []
-                    prev_blank = False
-                    continue
-                cl_end, cl_blank = -1, False
-                if candidates:
-                    # Inconsistent: back to the first separator we skipped.
-                    sep, blank_len = candidates[0]
-                    candidates = []
-                    f.seek(sep)
-                    pos = sep
-                    cont = False
-                    prev_blank = blank_len > 0
-                    continue
-            elif cl_end >= 0 and (pos > cl_end or not line):
-                # Stepped over the end, or the file is shorter: inconsistent.
-                cl_end = -1
-                if candidates:
-                    sep, blank_len = candidates[0]
-                    candidates = []
-                    f.seek(sep)
-                    pos = sep
-                    cont = False
-                    prev_blank = blank_len > 0
-                    continue
-            if not line:
-                end = pos - blank_len if prev_blank and pos - blank_len > start else pos
-                starts.append(start)
-                ends.append(end)
-                senders.append(sender)
-                return
-            blank = line in (b"\n", b"\r\n")
-            if in_header:
-                if blank:
-                    in_header = False
-                    if cl is not None:
-                        cl_end = pos + len(line) + cl
-                elif line[:15].lower() == b"content-length:":
-                    value = line[15:].strip()
-                    cl = int(value) if value.isdigit() and len(value) <= 19 else None
-            if line.startswith(b"From ") and (prev_blank or dated(line)):
-                if cl_end > pos:
-                    candidates.append((pos, blank_len if prev_blank else 0))
-                else:
-                    starts.append(start)
-                    ends.append(pos - blank_len if prev_blank else pos)
-                    senders.append(sender)
-                    sender = parse_from_sender(line)
-                    pos += len(line)
-                    start = pos
-                    in_header, cl, cl_end, cl_blank = True, None, -1, False
-                    prev_blank = False
-                    continue
-            prev_blank = blank
-            blank_len = len(line)
-            pos += len(line)
 
     def items(self):
         f = _stream(self.fd, self.compression)

@@ -289,7 +289,8 @@ def test_bad_source_among_good_ones(admin, tmp_path, packed, corpus_messages):
 
 
 def test_as_root_for_a_user(admin, tmp_path, packed, corpus_messages, test_user):
-    src = packed["bzip2"][0]
+    # in the user's home: sources are opened with the user's rights
+    src = test_user.write("old.mbox.bz2", read_bytes(packed["bzip2"][0]))
     args = ["redeliver", "-d", test_user.name, "--mailbox", "Maildir/", "-m", "Restored", src]
     code, out = run_admin(admin, args)
     assert code == EX_OK, out
@@ -371,7 +372,7 @@ def test_once_whatever_the_mailbox_is_called(admin, tmp_path, packed, corpus_mes
                                              test_user):
     """The record names a mailbox by its real path: other spellings of the
     same --mailbox once delivered every message again."""
-    src = packed["xz"][0]
+    src = test_user.write("old.mbox.xz", read_bytes(packed["xz"][0]))
     n = len(corpus_messages)
     home = str(test_user.home)
     spellings = ["Maildir/", "./Maildir/", "Maildir//", f"{home}/Maildir/",
@@ -404,3 +405,116 @@ def test_a_locked_mailbox_stops_the_batch(admin, tmp_path):
     (tmp_path / "t.mbox.lock").unlink()
     code, out = run_admin(admin, args)
     assert code == EX_OK and summary(out) == (20, 0, 0), out
+
+
+# --- whose rights open a SOURCE (issue 8, items 1 and 2) ---------------------------------
+
+
+ONE_MBOX = (b"From old@example.org  Thu Jan  1 00:00:00 1970\n"
+            b"Subject: mine\n\nthe user's own mail\n")
+
+
+@pytest.fixture
+def root_only(tmp_path):
+    """A directory only root may enter (pytest's tmp_path is 0700 root)."""
+    assert os.stat(tmp_path).st_mode & 0o077 == 0, "tmp_path is not root-only"
+    d = tmp_path / "root-only"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def _nothing_delivered(user):
+    shadow = read_bytes("/etc/shadow").split(b"\n", 1)[0]
+    home = str(user.home)
+    for dirpath, _, files in os.walk(home):
+        for name in files:
+            if os.path.islink(os.path.join(dirpath, name)):
+                continue  # the source itself
+            data = read_bytes(os.path.join(dirpath, name))
+            assert shadow not in data, f"{dirpath}/{name} holds /etc/shadow's bytes"
+
+
+def _user_symlink(user, rel, target):
+    link = user.path(rel)
+    link.symlink_to(target)
+    user.chown(link)
+    return link
+
+
+def _refused_for(admin, user, source):
+    """redeliver -d USER SOURCE: refused by name, nothing delivered."""
+    code, out = run_admin(admin, ["redeliver", "-d", user.name, "--mailbox", "Maildir/",
+                                  source])
+    assert code == EX_NOINPUT, out
+    assert summary(out) == (0, 0, 1), out
+    assert f"failed: {source}: cannot open: Permission denied".encode() in out, out
+    assert not packs.maildir_files(user.path("Maildir"))
+
+
+def test_a_symlink_to_etc_shadow_is_refused_for_the_user(admin, test_user):
+    """``~/old.mbox -> /etc/shadow``: root opened it and delivered the
+    shadow file into the user's Maildir (exit 0)."""
+    _refused_for(admin, test_user, _user_symlink(test_user, "old.mbox", "/etc/shadow"))
+    _nothing_delivered(test_user)
+
+
+def test_a_maildir_behind_a_root_only_directory_is_refused(admin, test_user, root_only,
+                                                         corpus_messages):
+    """``~/srclink -> /root-only/dir/md``: the directory was opened as root
+    and its (world-readable) files with openat after the switch."""
+    md = root_only / "dir" / "md"
+    packs.maildir_with_flags(corpus_messages[:3], md)
+    for dirpath, dirs, files in os.walk(root_only / "dir"):
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    _refused_for(admin, test_user, _user_symlink(test_user, "srclink", md))
+
+
+def test_a_root_file_in_the_users_home_is_refused(admin, test_user):
+    src = test_user.path("restored.mbox")
+    src.write_bytes(ONE_MBOX)
+    os.chmod(src, 0o600)  # root's, not the user's
+    _refused_for(admin, test_user, src)
+
+
+def test_the_users_own_sources_are_redelivered(admin, test_user, packed, corpus_messages):
+    mbox = test_user.write("old.mbox", ONE_MBOX)
+    gz = test_user.write("old.mbox.gz", read_bytes(packed["gzip"][0]))
+    md = test_user.path("saved")
+    packs.maildir_with_flags(corpus_messages[:4], md)
+    for dirpath, _, files in os.walk(md):
+        test_user.chown(dirpath)
+        for name in files:
+            test_user.chown(os.path.join(dirpath, name))
+    link = _user_symlink(test_user, "link.mbox", mbox)
+    n = 1 + len(corpus_messages)  # the Maildir's 4 are in the .gz too: skipped
+    args = ["redeliver", "-d", test_user.name, "--mailbox", "Maildir/", mbox, gz, md]
+    code, out = run_admin(admin, args)
+    assert code == EX_OK and summary(out) == (n, 4, 0), out
+    assert len(packs.maildir_files(test_user.path("Maildir"))) == n
+    code, out = run_admin(admin, ["redeliver", "-d", test_user.name, "--mailbox", "Maildir/",
+                                  link])
+    assert code == EX_OK and summary(out) == (0, 1, 0), out
+
+
+def test_standard_input_is_the_admins_choice(admin, test_user, root_only):
+    """``-`` is opened by the admin's shell: the way to give a user a file
+    only root can read."""
+    src = root_only / "backup.mbox"
+    src.write_bytes(ONE_MBOX)
+    code, out = run_admin(admin, ["redeliver", "-d", test_user.name, "--mailbox", "Maildir/",
+                                  "-"], src.read_bytes())
+    assert code == EX_OK and summary(out) == (1, 0, 0), out
+    assert len(packs.maildir_files(test_user.path("Maildir"))) == 1
+
+
+def test_root_without_d_reads_root_only_sources(admin, tmp_path, root_only):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    src = root_only / "backup.mbox"
+    src.write_bytes(ONE_MBOX)
+    os.chmod(src, 0o600)
+    code, out = _redeliver_into(admin, tmp_path, [src], f"{tmp_path}/M/")
+    assert code == EX_OK and summary(out) == (1, 0, 0), out
+    assert len(packs.maildir_files(tmp_path / "M")) == 1
