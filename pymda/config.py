@@ -179,6 +179,13 @@ KEYS = {
     # client before 421 and close (0 = never); concurrent connections
     "lmtp_idle_timeout": (300, _seconds),
     "lmtp_max_connections": (100, _count),
+    # issue 8 item 11 (lmtp.py, docs/lmtp.md "Slow clients"): a command line
+    # must be complete within lmtp_command_timeout seconds, DATA within
+    # lmtp_command_timeout + bytes / lmtp_min_data_rate (0: no deadline);
+    # concurrent connections from one client address on inet listeners
+    "lmtp_command_timeout": (300, _seconds),
+    "lmtp_min_data_rate": (500, parse_size),
+    "lmtp_max_connections_per_address": (50, _count),
     "policy_nouser": ("DUNNO", _str),
     # issue 3: per-user record of completed targets (state.py, README ".forward")
     "state_file": ("$home/.pymda-state.sqlite", _str),

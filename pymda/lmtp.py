@@ -55,8 +55,17 @@ LIMITS (hostile input never crashes the server):
 - MAX_ERRORS error replies on one connection: 421, closed;
 - ``idle_timeout`` seconds without a byte from the client (or without
   it reading our replies): 421, closed;
+- DEADLINES (slow clients, issue 8 item 11): a command line must be
+  complete within ``command_timeout`` seconds of the server starting to
+  wait for it; the DATA transfer (up to CRLF.CRLF) within
+  ``command_timeout + received / min_data_rate`` seconds of the 354
+  (``received``: bytes so far, so a big message sent at least at
+  ``min_data_rate`` bytes/s never hits it, and one byte a second gains a
+  client nothing).  Past it: 421 4.4.2, closed.  0 turns a deadline off;
 - ``max_connections`` concurrent connections: the next ones get 421 at
-  once (postfix retries).
+  once (postfix retries); on inet listeners, ``max_per_address``
+  concurrent connections from one client address (a few slow clients on
+  one host cannot take every slot): the next from it gets 421 4.7.0.
 
 SHUTDOWN: ``stop()`` closes the listeners; a connection waiting for a
 command outside a transaction gets ``421 4.3.2`` and is closed; one in a
@@ -113,6 +122,7 @@ TOO_MANY_ERRORS = "421 4.7.0 {host} Error: too many errors"
 TIMEOUT = "421 4.4.2 {host} Error: timeout exceeded"
 SHUTTING_DOWN = "421 4.3.2 {host} Service shutting down"
 TOO_MANY_CONNECTIONS = "421 4.3.2 {host} Error: too many connections"
+TOO_MANY_FROM_ADDRESS = "421 4.7.0 {host} Error: too many connections from your address"
 
 _NO_ARGS = ("RSET", "QUIT", "DATA")
 _UNIMPLEMENTED = ("VRFY", "EXPN", "HELP", "ETRN", "TURN", "BDAT", "STARTTLS", "AUTH")
@@ -273,6 +283,8 @@ class _Connection:
         self.out = []
         self.errors = 0
         self.session = Session(_peer(writer))
+        self.deadline = None  # monotonic time the current line or DATA must end by
+        self.address = _client_address(writer)  # inet peer's IP, else None
 
     # -- I/O -----------------------------------------------------------------
 
@@ -284,8 +296,12 @@ class _Connection:
         interruptible = self.session.transaction is None
         if interruptible:
             waits.add(server.stopping)
+        timeout = server.idle_timeout
+        if self.deadline is not None:
+            left = max(self.deadline - asyncio.get_running_loop().time(), 0)
+            timeout = left if timeout is None else min(timeout, left)
         try:
-            done, _ = await asyncio.wait(waits, timeout=server.idle_timeout,
+            done, _ = await asyncio.wait(waits, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             read.cancel()
@@ -323,9 +339,15 @@ class _Connection:
             pass
         raise _Closed(template)
 
+    def set_deadline(self, seconds):
+        self.deadline = None
+        if seconds:
+            self.deadline = asyncio.get_running_loop().time() + seconds
+
     async def read_command(self):
         """The next command line (str), CRLF/LF stripped."""
         skipping = False
+        self.set_deadline(self.server.command_timeout)
         while True:
             end = self.buf.find(b"\n")
             if end >= 0:
@@ -510,6 +532,8 @@ class _Connection:
         failure (too big, spool error) or None.  Every byte is read either
         way, so the conversation stays in step."""
         limit = self.server.max_size
+        server = self.server
+        started = asyncio.get_running_loop().time()
         at_start = True  # the next byte starts a line
         prev_cr = True  # the line before ended with CRLF (the DATA line did)
         last = b"\n"  # the byte before self.buf[0]
@@ -564,6 +588,9 @@ class _Connection:
                 self.buf = buf[end + 3:]
                 break
             self.buf = buf[i:]
+            self.deadline = None
+            if server.command_timeout and server.min_data_rate:
+                self.deadline = started + server.command_timeout + size / server.min_data_rate
             await self.fill()
         txn.data_size = size
         if problem is None:
@@ -622,6 +649,18 @@ def _spool_reply(exc):
     return SPOOL_ERROR
 
 
+def _client_address(writer):
+    """The IP address of an inet peer (the per-address cap's key), else None."""
+    try:
+        sock = writer.get_extra_info("socket")
+        peer = writer.get_extra_info("peername")
+    except Exception:  # noqa: BLE001
+        return None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return peer[0] if isinstance(peer, tuple) and peer else None
+
+
 def _peer(writer):
     try:
         peer = writer.get_extra_info("peername")
@@ -636,12 +675,17 @@ class LMTPServer:
     """Accepts connections and runs one _Connection per client."""
 
     def __init__(self, handler, hostname=None, max_size=0, idle_timeout=300,
-                 max_connections=100, spool_dir=None, log=None):
+                 max_connections=100, spool_dir=None, log=None, command_timeout=300,
+                 min_data_rate=500, max_per_address=50):
         self.handler = handler
         self.hostname = hostname or socket.gethostname()
         self.max_size = max_size
         self.idle_timeout = idle_timeout or None
+        self.command_timeout = command_timeout or None
+        self.min_data_rate = min_data_rate
         self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.per_address = {}  # inet client address -> open connections
         self.spool_dir = spool_dir
         self.log = log
         self.servers = []
@@ -693,11 +737,19 @@ class LMTPServer:
     async def _client(self, reader, writer):
         task = asyncio.current_task()
         self.tasks.add(task)
+        address = None
         try:
             conn = _Connection(self, reader, writer)
             self.connections.add(conn)
+            address = conn.address
+            if address is not None:
+                self.per_address[address] = self.per_address.get(address, 0) + 1
             if self.max_connections and len(self.tasks) > self.max_connections:
                 await conn.say_and_close(TOO_MANY_CONNECTIONS)
+            if address is not None and self.max_per_address and \
+                    self.per_address[address] > self.max_per_address:
+                self.log_error(f"too many connections from {address}")
+                await conn.say_and_close(TOO_MANY_FROM_ADDRESS)
             if self.stopping.done():
                 await conn.say_and_close(SHUTTING_DOWN)
             await conn.run()
@@ -708,6 +760,10 @@ class LMTPServer:
         finally:
             self.tasks.discard(task)
             self.connections = {c for c in self.connections if c.writer is not writer}
+            if address is not None:
+                left = self.per_address.pop(address) - 1
+                if left:
+                    self.per_address[address] = left
             writer.close()
             try:
                 await writer.wait_closed()

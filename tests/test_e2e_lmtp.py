@@ -590,6 +590,41 @@ def test_bad_config_key_names_file_and_key(tmp_path):
     assert f"{cfg}: lmtp_idle_timeout must be" in proc.stdout.decode()
 
 
+def test_slow_clients_config_keys(tmp_path, daemons):
+    """lmtp_command_timeout cuts a dribbling client with 421;
+    lmtp_max_connections_per_address refuses the next one from its address."""
+    d = daemons(write_config(tmp_path, "lmtp_command_timeout = 2\n"
+                                       "lmtp_max_connections_per_address = 2\n"))
+    with d.connect() as slow, d.connect():
+        with Client(("127.0.0.1", d.port)) as third:
+            assert third.line().startswith("421 4.7.0 ")
+        started = time.monotonic()
+        slow.sock.settimeout(30)
+        for byte in b"NOOP":
+            slow.send(bytes([byte]))
+            time.sleep(0.2)
+        assert slow.line().startswith("421 4.4.2 ")
+        assert 1 < time.monotonic() - started < 15
+    with Client(("127.0.0.1", d.port), source="127.0.0.2") as other:
+        assert other.line().startswith(GREETING_START)
+    assert d.stop() == EX_OK
+
+
+@pytest.mark.parametrize("text, key", [
+    ("lmtp_command_timeout = inf\n", "lmtp_command_timeout"),
+    ("lmtp_idle_timeout = nan\n", "lmtp_idle_timeout"),
+    ("lmtp_max_connections_per_address = -3\n", "lmtp_max_connections_per_address"),
+])
+def test_absurd_lmtp_numbers_are_config_errors(tmp_path, text, key):
+    cfg = write_config(tmp_path, text)
+    proc = subprocess.run([str(lmtpd_bin()), "-c", str(cfg), "--listen", "inet:127.0.0.1:1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30,
+                          env={"PATH": "/usr/bin:/bin",
+                               "PYMDA_CACHE_DIR": str(tmp_path / "config-cache")})
+    assert proc.returncode == EX_TEMPFAIL
+    assert f"{cfg}: {key} must be" in proc.stdout.decode()
+
+
 def test_python_m_and_the_delivery_path_stay_apart():
     """pymda (one-shot) never imports the LMTP modules; they import fine."""
     code = ("import sys; import pymda.cli, pymda.deliver; "

@@ -47,6 +47,7 @@ SHUTTING_DOWN = f"421 4.3.2 {HOST} Service shutting down"
 TIMEOUT = f"421 4.4.2 {HOST} Error: timeout exceeded"
 TOO_MANY_ERRORS = f"421 4.7.0 {HOST} Error: too many errors"
 TOO_MANY_CONNECTIONS = f"421 4.3.2 {HOST} Error: too many connections"
+TOO_MANY_FROM_ADDRESS = f"421 4.7.0 {HOST} Error: too many connections from your address"
 
 
 def test_reply_constants_are_the_modules():
@@ -56,7 +57,8 @@ def test_reply_constants_are_the_modules():
                  "NESTED_MAIL", "NO_RECIPIENTS", "TOO_BIG", "LINE_TOO_LONG", "BAD_CHARACTERS",
                  "UNKNOWN_COMMAND", "USE_LHLO", "NOT_IMPLEMENTED", "INTERNAL_ERROR"):
         assert getattr(lmtp, name) == globals()[name], name
-    for name in ("SHUTTING_DOWN", "TIMEOUT", "TOO_MANY_ERRORS", "TOO_MANY_CONNECTIONS"):
+    for name in ("SHUTTING_DOWN", "TIMEOUT", "TOO_MANY_ERRORS", "TOO_MANY_CONNECTIONS",
+                 "TOO_MANY_FROM_ADDRESS"):
         assert getattr(lmtp, name).format(host=HOST) == globals()[name], name
 
 
@@ -105,11 +107,16 @@ class FakeHandler:
 
 
 class Harness:
-    def __init__(self, tmp_path, **options):
+    def __init__(self, tmp_path, inet=False, **options):
         self.handler = FakeHandler()
-        self.path = str(tmp_path / "lmtp.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(self.path)
+        if inet:  # loopback TCP: clients can come from 127.0.0.x addresses
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            self.path = sock.getsockname()
+        else:
+            self.path = str(tmp_path / "lmtp.sock")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(self.path)
         sock.listen(64)
         options.setdefault("max_size", MAX_SIZE)
         options.setdefault("idle_timeout", 30)
@@ -128,8 +135,8 @@ class Harness:
         self.thread.start()
         assert started.wait(10)
 
-    def connect(self, greet=True):
-        client = Client(self.path)
+    def connect(self, greet=True, source=None):
+        client = Client(self.path, source=source)
         if greet:
             assert client.reply() == [GREETING]
         return client
@@ -614,3 +621,153 @@ def test_valid_reply():
         assert not lmtp.valid_reply(bad), bad
     assert lmtp.format_reply("250 " + "x" * 1000).endswith(b"\r\n")
     assert len(lmtp.format_reply("250 " + "x" * 1000)) == 512
+
+
+# --- slow clients (issue 8 item 11): deadlines and the per-address cap -----------------
+
+
+def dribble(client, data, pause, stop_after=None):
+    """Send ``data`` one byte at a time; returns the seconds it took until
+    the server's 421 (read without blocking between bytes) or None."""
+    started = time.monotonic()
+    client.sock.settimeout(pause)
+    for byte in data:
+        try:
+            client.sock.sendall(bytes([byte]))
+        except OSError:
+            break
+        try:
+            chunk = client.sock.recv(65536)
+        except socket.timeout:
+            chunk = None
+        except OSError:
+            chunk = b""
+        if chunk:
+            client.buf += chunk
+            if b"421 " in client.buf:
+                return time.monotonic() - started
+        elif chunk == b"":
+            break
+        if stop_after and time.monotonic() - started > stop_after:
+            return None
+    client.sock.settimeout(20)
+    return time.monotonic() - started if b"421 " in client.buf else None
+
+
+def test_a_command_line_dribbled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
+    h = Harness(tmp_path, idle_timeout=30, command_timeout=2)
+    try:
+        with h.connect() as c:
+            assert c.cmd("LHLO x") == LHLO_REPLY
+            took = dribble(c, b"MAIL FROM:<" + b"s" * 60 + b"@example.org>\r\n", 0.25,
+                           stop_after=20)
+            assert took is not None, "never cut"
+            assert 1.5 < took < 10, took
+            assert c.line() == TIMEOUT
+            assert c.closed()
+    finally:
+        h.close()
+
+
+def test_data_dribbled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
+    h = Harness(tmp_path, idle_timeout=30, command_timeout=1, min_data_rate=1000)
+    try:
+        with h.connect() as c:
+            c.cmd("LHLO x")
+            c.cmd("MAIL FROM:<s@x>")
+            c.cmd("RCPT TO:<a@x>")
+            assert c.cmd("DATA") == START_DATA
+            took = dribble(c, b"Subject: slow\r\n\r\n" + b"x" * 200, 0.1, stop_after=20)
+            assert took is not None, "never cut"
+            assert took < 10, took
+            assert c.line() == TIMEOUT
+            assert c.closed()
+        assert h.handler.messages == []
+    finally:
+        h.close()
+
+
+def test_a_big_message_at_a_fair_rate_is_not_cut(tmp_path):
+    """The DATA deadline grows with the bytes received."""
+    h = Harness(tmp_path, idle_timeout=30, command_timeout=1, min_data_rate=20_000)
+    try:
+        with h.connect() as c:
+            c.cmd("LHLO x")
+            c.cmd("MAIL FROM:<s@x>")
+            c.cmd("RCPT TO:<a@x>")
+            assert c.cmd("DATA") == START_DATA
+            c.send(b"Subject: fair\r\n\r\n")
+            line = b"y" * 998 + b"\r\n"
+            for _ in range(18):  # 90 KB in ~1.8 s: 1 + 90000 / 20000 = 5.5 s allowed
+                c.send(line * 5)
+                time.sleep(0.1)
+            c.send(b".\r\n")
+            assert c.line() == DELIVERED.format("a@x")
+        assert len(h.handler.messages[0][2]) > 90_000
+    finally:
+        h.close()
+
+
+def test_pipelined_commands_and_idle_clients_are_unaffected(tmp_path):
+    h = Harness(tmp_path, idle_timeout=30, command_timeout=2)
+    try:
+        with h.connect() as c:
+            assert c.cmd("LHLO x") == LHLO_REPLY
+            time.sleep(1)
+            rcpts, replies = transaction(c, "s@x", ["a@x"], b"Subject: t\r\n\r\nhi\r\n")
+            assert replies == [DELIVERED.format("a@x")]
+    finally:
+        h.close()
+
+
+def test_the_per_address_cap_refuses_the_next_connection(tmp_path):
+    h = Harness(tmp_path, inet=True, max_connections=50, max_per_address=3)
+    try:
+        held = [h.connect(source="127.0.0.2") for _ in range(3)]
+        with h.connect(greet=False, source="127.0.0.2") as fourth:
+            assert fourth.line() == TOO_MANY_FROM_ADDRESS
+            assert fourth.closed()
+        with h.connect(source="127.0.0.3") as other:  # another address: fine
+            assert other.cmd("NOOP") == OK
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while h.call(lambda: h.server.per_address.get("127.0.0.2")) != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with h.connect(source="127.0.0.2") as again:
+            assert again.cmd("NOOP") == OK
+        for c in held:
+            c.close()
+    finally:
+        h.close()
+
+
+def test_twenty_dribblers_do_not_lock_out_a_normal_client(tmp_path):
+    h = Harness(tmp_path, inet=True, idle_timeout=30, command_timeout=3,
+                max_connections=20, max_per_address=10)
+    dribblers = []
+    try:
+        for _ in range(20):
+            c = h.connect(greet=False, source="127.0.0.2")
+            c.send(b"LH")  # and then nothing more: a slow client
+            dribblers.append(c)
+        first = [c.line() for c in dribblers]
+        assert first.count(GREETING) == 10
+        assert first.count(TOO_MANY_FROM_ADDRESS) == 10
+        deadline = time.monotonic() + 10
+        while h.call(lambda: len(h.server.tasks)) > 10:  # the refused ones are gone
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with h.connect() as normal:  # from 127.0.0.1
+            assert normal.cmd("LHLO x") == LHLO_REPLY
+            rcpts, replies = transaction(normal, "s@x", ["a@x"], b"Subject: t\r\n\r\nhi\r\n")
+            assert replies == [DELIVERED.format("a@x")]
+        started = time.monotonic()
+        for c, greeting in zip(dribblers, first):
+            if greeting == GREETING:
+                assert c.line() == TIMEOUT  # cut at the deadline, not at idle (30 s)
+        assert time.monotonic() - started < 15
+    finally:
+        for c in dribblers:
+            c.close()
+        h.close()
