@@ -531,69 +531,33 @@ class _Connection:
         """Read the message up to CRLF.CRLF into ``spool``; a reply line on
         failure (too big, spool error) or None.  Every byte is read either
         way, so the conversation stays in step."""
-        limit = self.server.max_size
         server = self.server
+        decoder = DataDecoder(server.max_size)
         started = asyncio.get_running_loop().time()
-        at_start = True  # the next byte starts a line
-        prev_cr = True  # the line before ended with CRLF (the DATA line did)
-        last = b"\n"  # the byte before self.buf[0]
         pending = []
         pending_size = 0
-        size = 0
         while True:
-            buf = self.buf
-            i = 0
-            n = len(buf)
-            end = -1
-            while i < n:
-                if at_start:
-                    if buf[i:i + 3] == _END and prev_cr:
-                        end = i
-                        break
-                    if n - i < 3 and _END.startswith(buf[i:]):
-                        break  # "." or ".\r": wait for the rest of the line
-                    at_start = False
-                    if buf[i:i + 1] == b"." and buf[i:i + 3] != _END and buf[i:i + 2] != b".\n":
-                        i += 1  # dot-unstuffing (RFC 5321 4.5.2)
-                        last = b"."
-                        continue
-                nl = buf.find(b"\n.", i)
-                if nl < 0:
-                    stop = n
-                    if buf[n - 1:n] == b"\n":
-                        at_start = True
-                        prev_cr = (buf[n - 2:n - 1] if n - 2 >= i else last) == b"\r"
-                    piece = buf[i:stop]
-                else:
-                    stop = nl + 1
-                    at_start = True
-                    prev_cr = (buf[nl - 1:nl] if nl - 1 >= i else last) == b"\r"
-                    piece = buf[i:stop]
-                if piece:
-                    last = piece[-1:]
-                    size += len(piece) - piece.count(b"\r\n")
-                    if problem is None:
-                        if limit and size > limit:
-                            problem = TOO_BIG
-                            pending = []
-                        else:
-                            pending.append(piece)
-                            pending_size += len(piece)
-                i = stop
-            if problem is None and pending and (end >= 0 or pending_size >= SPOOL_BUFFER):
-                problem = self.write_spool(spool, pending)
-                pending = []
-                pending_size = 0
-            if end >= 0:
-                self.buf = buf[end + 3:]
+            pieces, rest = decoder.feed(self.buf)
+            self.buf = b""
+            if problem is None:
+                pending += pieces
+                pending_size += sum(map(len, pieces))
+                if pending and (decoder.done or pending_size >= SPOOL_BUFFER):
+                    problem = self.write_spool(spool, pending)
+                    pending = []
+                    pending_size = 0
+            if decoder.done:
+                self.buf = rest
                 break
-            self.buf = buf[i:]
             self.deadline = None
             if server.command_timeout and server.min_data_rate:
-                self.deadline = started + server.command_timeout + size / server.min_data_rate
+                self.deadline = (started + server.command_timeout
+                                 + decoder.received / server.min_data_rate)
             await self.fill()
-        txn.data_size = size
-        if problem is None:
+        txn.data_size = decoder.size
+        if problem is None and decoder.too_big:
+            problem = TOO_BIG
+        if problem is None and not hasattr(spool, "feed"):
             try:
                 spool.flush()
                 spool.seek(0)
@@ -604,7 +568,7 @@ class _Connection:
     def write_spool(self, spool, pieces):
         try:
             spool.write(b"".join(pieces))
-        except OSError as exc:
+        except Exception as exc:  # OSError, or the handler's intake failing
             self.server.log_error(f"spooling the message: {exc}")
             return _spool_reply(exc)
         return None
@@ -639,6 +603,78 @@ class _Connection:
                     self.server.log_error(f"data: closing: {exc!r}")
         for _ in range(sent, len(txn.recipients)):
             self.reply(INTERNAL_ERROR)
+
+
+class DataDecoder:
+    """The DATA decoder, I/O-free: bytes after the 354 -> the message.
+
+    ``feed(data)`` -> (pieces, rest): the message bytes found in ``data``
+    (dot-unstuffed, line ends untouched) and, once the end marker was
+    seen (``done``), the bytes after it (pipelined commands).  A "." or
+    ".\r" at a line start that may begin the end marker is held until the
+    next feed.  The rules (RFC 5321 4.5.2; docs/lmtp.md "DATA"):
+    - the end is CRLF "." CRLF only: a "." line after a bare LF, or ended
+      by a bare LF, is data (no SMTP smuggling);
+    - a line (ended by CRLF or a bare LF) starting with "." loses that dot;
+    - a bare CR is data.
+    ``size`` counts message bytes with CRLF as one (the stored size);
+    over ``limit`` (0: none) ``too_big`` is set and nothing more is given
+    out, but the input is still consumed up to the end marker.
+    ``received`` counts every byte fed (the DATA deadline's measure).
+    """
+
+    def __init__(self, limit=0):
+        self.limit = limit
+        self.size = 0
+        self.received = 0
+        self.too_big = False
+        self.done = False
+        self._held = b""
+        self._at_start = True  # the next byte starts a line
+        self._prev_cr = True  # the line before ended with CRLF (the DATA line did)
+        self._last = b"\n"  # the byte before the buffer's first
+
+    def feed(self, data):
+        self.received += len(data)
+        buf = self._held + data if self._held else data
+        self._held = b""
+        pieces = []
+        i, n = 0, len(buf)
+        while i < n:
+            if self._at_start:
+                if self._prev_cr and buf[i:i + 3] == _END:
+                    self.done = True
+                    return pieces, buf[i + 3:]
+                if n - i < 3 and _END.startswith(buf[i:]):
+                    self._held = buf[i:]  # "." or ".\r": wait for the rest
+                    return pieces, b""
+                self._at_start = False
+                if buf[i:i + 1] == b"." and buf[i:i + 2] != b".\n" and buf[i:i + 3] != _END:
+                    i += 1  # dot-unstuffing
+                    self._last = b"."
+                    continue
+            nl = buf.find(b"\n.", i)
+            stop = n if nl < 0 else nl + 1
+            if buf[stop - 1:stop] == b"\n":
+                self._at_start = True
+                before = buf[stop - 2:stop - 1] if stop - 2 >= i else self._last
+                self._prev_cr = before == b"\r"
+            self._take(buf[i:stop], pieces)
+            i = stop
+        return pieces, b""
+
+    def _take(self, piece, pieces):
+        if not piece:
+            return
+        split_crlf = piece[:1] == b"\n" and self._last == b"\r"  # CR came in the last feed
+        self._last = piece[-1:]
+        self.size += len(piece) - piece.count(b"\r\n") - split_crlf
+        if self.too_big:
+            return
+        if self.limit and self.size > self.limit:
+            self.too_big = True
+            return
+        pieces.append(piece)
 
 
 def _spool_reply(exc):

@@ -8,6 +8,7 @@ the real program are tested in test_e2e_lmtp.py.
 
 import asyncio
 import os
+import random
 import socket
 import threading
 import time
@@ -771,3 +772,92 @@ def test_twenty_dribblers_do_not_lock_out_a_normal_client(tmp_path):
         for c in dribblers:
             c.close()
         h.close()
+
+
+# --- the DATA decoder, I/O-free (issue 9 item 5) ---------------------------------------
+
+
+def decode(pieces, limit=0):
+    decoder = lmtp.DataDecoder(limit)
+    out = []
+    rest = b""
+    for piece in pieces:
+        assert not decoder.done
+        got, rest = decoder.feed(piece)
+        out += got
+    return decoder, b"".join(out), rest
+
+
+def reference_decode(data):
+    """docs/lmtp.md's DATA rules on a whole buffer: (message, rest) or None
+    when the end marker never came."""
+    out = []
+    prev_crlf = True
+    pos = 0
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return None
+        line = data[pos:nl + 1]
+        pos = nl + 1
+        if line == b".\r\n" and prev_crlf:
+            return b"".join(out), data[pos:]
+        if line.startswith(b".") and line not in (b".\n", b".\r\n"):
+            line = line[1:]
+        out.append(line)
+        prev_crlf = line.endswith(b"\r\n")
+
+
+@pytest.mark.parametrize("data, message, rest", [
+    (b".\r\n", b"", b""),
+    (b"a\r\n.\r\nNOOP\r\n", b"a\r\n", b"NOOP\r\n"),
+    (b"..a\r\n...b\r\n.c\r\n. \r\n.\r\n", b".a\r\n..b\r\nc\r\n \r\n", b""),
+    # a "." line after a bare LF, or ended by one, is data
+    (b"x\n.\r\ny\r\n.\n.\r\nz\r\n.\r\n", b"x\n.\r\ny\r\n.\n.\r\nz\r\n", b""),
+    (b"a\rb\r\n\r.\r\n.\r\n", b"a\rb\r\n\r.\r\n", b""),  # bare CR is data
+    (b"..\n\r\n.\r\n", b".\n\r\n", b""),  # a stuffed dot before a bare LF goes
+])
+def test_decoder_rules(data, message, rest):
+    decoder, got, left = decode([data])
+    assert decoder.done and got == message and left == rest
+    assert reference_decode(data) == (message, rest)
+
+
+def test_decoder_at_every_split_matches_the_reference():
+    rng = random.Random(2033)
+    alphabet = [b".", b"\r", b"\n", b"\r\n", b"a", b".\r\n", b"\r\n.\r\n"]
+    checked = 0
+    for _ in range(400):
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) + b"\r\n.\r\nX"
+        expected = reference_decode(data)
+        cuts = sorted(rng.randint(1, len(data)) for _ in range(rng.randint(0, 8)))
+        pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+        decoder = lmtp.DataDecoder()
+        out, rest = [], b""
+        for k, piece in enumerate(pieces):
+            got, rest = decoder.feed(piece)
+            out += got
+            if decoder.done:
+                rest += b"".join(pieces[k + 1:])
+                break
+        assert decoder.done
+        assert (b"".join(out), rest) == expected, (data, pieces)
+        assert decoder.size == len(expected[0]) - expected[0].count(b"\r\n")
+        checked += 1
+    assert checked == 400
+
+
+def test_decoder_one_byte_at_a_time():
+    data = b"S: x\r\n\r\n..a\r\nb\r\n.\r\nQUIT\r\n"
+    decoder, got, _ = decode([data[i:i + 1] for i in range(data.index(b".\r\nQUIT") + 3)])
+    assert decoder.done and got == b"S: x\r\n\r\n.a\r\nb\r\n"
+
+
+def test_decoder_limit_counts_crlf_as_one_and_keeps_consuming():
+    decoder, got, rest = decode([b"abc\r\n", b"defg\r\n", b"hij\r\n.\r\nNOOP\r\n"], limit=9)
+    assert decoder.too_big and got == b"abc\r\ndefg\r\n"  # nothing given out past it
+    assert decoder.done and rest == b"NOOP\r\n"
+    assert decoder.size == 4 + 5 + 4
+    assert decoder.received == 5 + 6 + 14  # every byte fed
+    exact, got, _ = decode([b"abc\r\ndefg\r\n.\r\n"], limit=9)
+    assert not exact.too_big and got == b"abc\r\ndefg\r\n"
