@@ -14,7 +14,13 @@ parses commands, spools DATA and calls the handler, an object with:
       (``transaction.recipients``, in order), each yielded as soon as that
       recipient is done; the server sends it at once (RFC 2033 4.2).
       ``spool`` is a seekable binary file at offset 0 holding the message
-      dot-unstuffed, with its line ends as received (see DATA below).
+      dot-unstuffed, with its line ends as received (see DATA below) -
+      or, when the handler has one, what its ``open_spool`` returned.
+  ``open_spool(session, transaction)`` (optional) -> a sink with
+      ``write(bytes)`` and ``close()``: the server writes the decoded
+      message into it as it arrives (pymda's engine intake, so the
+      message is spooled once) and closes it after data() is done or
+      the transfer failed.
 
 Nothing a client sends can make the server raise: a handler that raises
 or yields a malformed or missing reply costs that recipient a
@@ -37,8 +43,9 @@ RFC 2034/3463 ENHANCEDSTATUSCODES, RFC 6152 8BITMIME):
 - Replies to pipelined commands are sent together when no further
   complete command is waiting (RFC 2920 3.1).
 
-DATA: streamed to an unlinked temporary file in ``spool_dir`` (or
-$TMPDIR) as it arrives; memory does not grow with the message.  A line
+DATA: decoded by DataDecoder (I/O-free) and streamed to the handler's
+sink or an unlinked temporary file in ``spool_dir`` (or $TMPDIR) as it
+arrives; memory does not grow with the message.  A line
 starting with "." loses that dot (RFC 5321 4.5.2).  The end is
 ``CRLF . CRLF`` only, as dovecot's strict default (a ``.`` line after
 a bare LF, or ended by a bare LF, is data: the SMTP smuggling trick
@@ -493,7 +500,7 @@ class _Connection:
             return
         self.reply(START_DATA)
         await self.flush()
-        spool, problem = self.open_spool()
+        spool, problem = self.open_spool(txn)
         try:
             problem = await self.receive(txn, spool, problem)
             if problem is not None:
@@ -520,10 +527,15 @@ class _Connection:
 
     # -- DATA ---------------------------------------------------------------------
 
-    def open_spool(self):
+    def open_spool(self, txn):
+        """(sink, None) or (None, reply): the handler's intake when it has
+        one (``open_spool``), else an unlinked temporary file."""
+        opener = getattr(self.server.handler, "open_spool", None)
         try:
+            if opener is not None:
+                return opener(self.session, txn), None
             return tempfile.TemporaryFile(dir=self.server.spool_dir), None
-        except OSError as exc:
+        except Exception as exc:  # OSError, or the handler's bug: 45x, no crash
             self.server.log_error(f"cannot create a spool file: {exc}")
             return None, _spool_reply(exc)
 
@@ -557,7 +569,7 @@ class _Connection:
         txn.data_size = decoder.size
         if problem is None and decoder.too_big:
             problem = TOO_BIG
-        if problem is None and not hasattr(spool, "feed"):
+        if problem is None and hasattr(spool, "seek"):  # a file: rewind it for data()
             try:
                 spool.flush()
                 spool.seek(0)

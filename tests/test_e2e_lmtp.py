@@ -453,6 +453,42 @@ def test_memory_does_not_grow_with_message_size(tmp_path, daemons, test_user):
 
 
 @needs_root
+def test_a_big_message_is_spooled_once(tmp_path, daemons, test_user):
+    """DATA goes straight into the engine's intake (issue 9 item 5): the
+    server writes a message over 1 MiB to disk once (its spool) and the
+    delivery child once (the Maildir file): about 2x its size in write()
+    bytes, where spooling twice made it 3x."""
+    d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
+
+    def written():
+        for line in Path(f"/proc/{d.proc.pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+        raise AssertionError("no wchar")
+
+    rcpt = f"{test_user.name}@localhost"
+    with d.connect() as c:  # warm up
+        assert transaction(c, SENDER, [rcpt], BODY)[1] == [DELIVERED]
+    time.sleep(0.5)  # the warm-up child is reaped (its writes count for us then)
+    size = 8 << 20
+    line = b"x" * 1022 + b"\r\n"
+    with d.connect() as c:
+        before = written()
+        c.cmd(f"MAIL FROM:<{SENDER}>")
+        assert c.cmd(f"RCPT TO:<{rcpt}>") == RCPT_OK
+        assert c.cmd("DATA") == START_DATA
+        c.send(b"Subject: big\r\n\r\n" + line * (size // len(line)) + b".\r\n")
+        c.sock.settimeout(120)
+        assert c.line() == DELIVERED
+        deadline = time.monotonic() + 20
+        while d.children() and time.monotonic() < deadline:
+            time.sleep(0.05)  # reaped: the child's writes are added to ours
+        time.sleep(0.2)
+        grown = written() - before
+    assert 1.8 * size < grown < 2.5 * size, f"{grown / size:.2f} x the message size written"
+
+
+@needs_root
 def test_concurrent_connections(tmp_path, daemons, two_users):
     """Forks and RCPT worker threads at the same time (lmtp_deliver's ForkGuard)."""
     import threading
