@@ -185,7 +185,7 @@ KEYS = {
     # concurrent connections from one client address on inet listeners
     "lmtp_command_timeout": (300, _seconds),
     "lmtp_min_data_rate": (500, parse_size),
-    "lmtp_max_connections_per_address": (50, _count),
+    "lmtp_max_per_address": (50, _count),
     "policy_nouser": ("DUNNO", _str),
     # issue 3: per-user record of completed targets (state.py, README ".forward")
     "state_file": ("$home/.pymda-state.sqlite", _str),
@@ -383,9 +383,13 @@ def read_file(path, environ=os.environ, write_cache=None):
         stamp = _stamp(st)
         cache = _cache_path(path, environ)
         try:
-            with open(cache, "rb") as f:
-                cst = os.fstat(f.fileno())
-                if cst.st_uid in (0, st.st_uid) and not cst.st_mode & 0o022:
+            # Non-blocking, regular files only: a FIFO planted as the cache
+            # must not hang us either.
+            cfd = os.open(cache, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+            with open(cfd, "rb") as f:
+                cst = os.fstat(cfd)
+                if _S_ISREG(cst.st_mode) and cst.st_uid in (0, st.st_uid) \
+                        and not cst.st_mode & 0o022:
                     cached_stamp, table = marshal.load(f)
                     if tuple(cached_stamp) == stamp:
                         return table

@@ -25,7 +25,7 @@ file and key) or a socket cannot be bound.
 
 Config keys used: message_size_limit (SIZE, 552 5.3.4),
 lmtp_idle_timeout, lmtp_command_timeout, lmtp_min_data_rate,
-lmtp_max_connections, lmtp_max_connections_per_address, lmtp_forward,
+lmtp_max_connections, lmtp_max_per_address, lmtp_forward,
 and everything delivery uses (docs/lmtp.md).  Logging: syslog, facility mail, ident pymda-lmtpd (-v:
 also stderr).
 """
@@ -100,7 +100,7 @@ async def serve(cfg, sockets, log, where="", ready=None):
         command_timeout=cfg.lmtp_command_timeout,
         min_data_rate=cfg.lmtp_min_data_rate,
         max_connections=cfg.lmtp_max_connections,
-        max_per_address=cfg.lmtp_max_connections_per_address,
+        max_per_address=cfg.lmtp_max_per_address,
         log=log,
     )
     handler.inherited_fds = server.socket_fds

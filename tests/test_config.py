@@ -465,3 +465,11 @@ def test_symlinked_config_is_followed(tmp_path, env):
     link = tmp_path / "pymda.toml"
     link.symlink_to(real)
     assert load(str(link), env).mailbox == "Maildir/"
+
+
+def test_a_fifo_as_the_cache_is_ignored(tmp_path, env):
+    path = write(tmp_path, 'mailbox = "Maildir/"\n')
+    cache = config._cache_path(path, env)
+    os.makedirs(os.path.dirname(cache))
+    os.mkfifo(cache, 0o600)
+    assert load(path, env).mailbox == "Maildir/"  # before: blocked opening the FIFO

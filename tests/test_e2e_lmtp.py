@@ -628,9 +628,9 @@ def test_bad_config_key_names_file_and_key(tmp_path):
 
 def test_slow_clients_config_keys(tmp_path, daemons):
     """lmtp_command_timeout cuts a dribbling client with 421;
-    lmtp_max_connections_per_address refuses the next one from its address."""
+    lmtp_max_per_address refuses the next one from its address."""
     d = daemons(write_config(tmp_path, "lmtp_command_timeout = 2\n"
-                                       "lmtp_max_connections_per_address = 2\n"))
+                                       "lmtp_max_per_address = 2\n"))
     with d.connect() as slow, d.connect():
         with Client(("127.0.0.1", d.port)) as third:
             assert third.line().startswith("421 4.7.0 ")
@@ -649,7 +649,7 @@ def test_slow_clients_config_keys(tmp_path, daemons):
 @pytest.mark.parametrize("text, key", [
     ("lmtp_command_timeout = inf\n", "lmtp_command_timeout"),
     ("lmtp_idle_timeout = nan\n", "lmtp_idle_timeout"),
-    ("lmtp_max_connections_per_address = -3\n", "lmtp_max_connections_per_address"),
+    ("lmtp_max_per_address = -3\n", "lmtp_max_per_address"),
 ])
 def test_absurd_lmtp_numbers_are_config_errors(tmp_path, text, key):
     cfg = write_config(tmp_path, text)
