@@ -164,6 +164,12 @@ class Harness:
             self.thread.join(10)
             self.loop.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 @pytest.fixture
 def server(tmp_path):
@@ -655,48 +661,42 @@ def dribble(client, data, pause, stop_after=None):
     return time.monotonic() - started if b"421 " in client.buf else None
 
 
+def into_data(c):
+    c.cmd("LHLO x")
+    assert c.cmd("MAIL FROM:<s@x>") == MAIL_OK
+    assert c.cmd("RCPT TO:<a@x>") == RCPT_OK
+    assert c.cmd("DATA") == START_DATA
+
+
+def cut_at_the_deadline(c, data, pause):
+    took = dribble(c, data, pause, stop_after=20)
+    assert took is not None, "never cut"
+    assert c.line() == TIMEOUT
+    assert c.closed()
+    return took
+
+
 def test_a_command_line_dribbled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
-    h = Harness(tmp_path, idle_timeout=30, command_timeout=2)
-    try:
-        with h.connect() as c:
-            assert c.cmd("LHLO x") == LHLO_REPLY
-            took = dribble(c, b"MAIL FROM:<" + b"s" * 60 + b"@example.org>\r\n", 0.25,
-                           stop_after=20)
-            assert took is not None, "never cut"
-            assert 1.5 < took < 10, took
-            assert c.line() == TIMEOUT
-            assert c.closed()
-    finally:
-        h.close()
+    with Harness(tmp_path, idle_timeout=30, command_timeout=2) as h, h.connect() as c:
+        assert c.cmd("LHLO x") == LHLO_REPLY
+        took = cut_at_the_deadline(c, b"MAIL FROM:<" + b"s" * 60 + b"@example.org>\r\n", 0.25)
+        assert 1.5 < took < 10, took
 
 
 def test_data_dribbled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
-    h = Harness(tmp_path, idle_timeout=30, command_timeout=1, min_data_rate=1000)
-    try:
+    with Harness(tmp_path, idle_timeout=30, command_timeout=1, min_data_rate=1000) as h:
         with h.connect() as c:
-            c.cmd("LHLO x")
-            c.cmd("MAIL FROM:<s@x>")
-            c.cmd("RCPT TO:<a@x>")
-            assert c.cmd("DATA") == START_DATA
-            took = dribble(c, b"Subject: slow\r\n\r\n" + b"x" * 200, 0.1, stop_after=20)
-            assert took is not None, "never cut"
+            into_data(c)
+            took = cut_at_the_deadline(c, b"Subject: slow\r\n\r\n" + b"x" * 200, 0.1)
             assert took < 10, took
-            assert c.line() == TIMEOUT
-            assert c.closed()
         assert h.handler.messages == []
-    finally:
-        h.close()
 
 
 def test_a_big_message_at_a_fair_rate_is_not_cut(tmp_path):
     """The DATA deadline grows with the bytes received."""
-    h = Harness(tmp_path, idle_timeout=30, command_timeout=1, min_data_rate=20_000)
-    try:
+    with Harness(tmp_path, idle_timeout=30, command_timeout=1, min_data_rate=20_000) as h:
         with h.connect() as c:
-            c.cmd("LHLO x")
-            c.cmd("MAIL FROM:<s@x>")
-            c.cmd("RCPT TO:<a@x>")
-            assert c.cmd("DATA") == START_DATA
+            into_data(c)
             c.send(b"Subject: fair\r\n\r\n")
             line = b"y" * 998 + b"\r\n"
             for _ in range(18):  # 90 KB in ~1.8 s: 1 + 90000 / 20000 = 5.5 s allowed
@@ -705,20 +705,22 @@ def test_a_big_message_at_a_fair_rate_is_not_cut(tmp_path):
             c.send(b".\r\n")
             assert c.line() == DELIVERED.format("a@x")
         assert len(h.handler.messages[0][2]) > 90_000
-    finally:
-        h.close()
 
 
 def test_pipelined_commands_and_idle_clients_are_unaffected(tmp_path):
-    h = Harness(tmp_path, idle_timeout=30, command_timeout=2)
-    try:
-        with h.connect() as c:
-            assert c.cmd("LHLO x") == LHLO_REPLY
-            time.sleep(1)
-            rcpts, replies = transaction(c, "s@x", ["a@x"], b"Subject: t\r\n\r\nhi\r\n")
-            assert replies == [DELIVERED.format("a@x")]
-    finally:
-        h.close()
+    with Harness(tmp_path, idle_timeout=30, command_timeout=2) as h, h.connect() as c:
+        assert c.cmd("LHLO x") == LHLO_REPLY
+        time.sleep(1)
+        rcpts, replies = transaction(c, "s@x", ["a@x"], b"Subject: t\r\n\r\nhi\r\n")
+        assert replies == [DELIVERED.format("a@x")]
+
+
+def wait_until(h, predicate, timeout=10):
+    """Until ``predicate()``, run on the server's loop, is true."""
+    deadline = time.monotonic() + timeout
+    while not h.call(predicate):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_the_per_address_cap_refuses_the_next_connection(tmp_path):
@@ -731,10 +733,7 @@ def test_the_per_address_cap_refuses_the_next_connection(tmp_path):
         with h.connect(source="127.0.0.3") as other:  # another address: fine
             assert other.cmd("NOOP") == OK
         held.pop().close()
-        deadline = time.monotonic() + 10
-        while h.call(lambda: h.server.per_address.get("127.0.0.2")) != 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(h, lambda: h.server.per_address.get("127.0.0.2") == 2)
         with h.connect(source="127.0.0.2") as again:
             assert again.cmd("NOOP") == OK
         for c in held:
@@ -755,10 +754,7 @@ def test_twenty_dribblers_do_not_lock_out_a_normal_client(tmp_path):
         first = [c.line() for c in dribblers]
         assert first.count(GREETING) == 10
         assert first.count(TOO_MANY_FROM_ADDRESS) == 10
-        deadline = time.monotonic() + 10
-        while h.call(lambda: len(h.server.tasks)) > 10:  # the refused ones are gone
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(h, lambda: len(h.server.tasks) == 10)  # the refused ones are gone
         with h.connect() as normal:  # from 127.0.0.1
             assert normal.cmd("LHLO x") == LHLO_REPLY
             rcpts, replies = transaction(normal, "s@x", ["a@x"], b"Subject: t\r\n\r\nhi\r\n")
