@@ -770,3 +770,15 @@ def test_drain_is_bounded_by_size_and_time():
     finally:
         os.close(r)
         os.close(w)
+
+
+@needs_root
+@pytest.mark.parametrize("args, env, code, status", [
+    (["-d", "ptnosuchuser0"], None, EX_NOUSER, NO_USER),
+    # the spool cannot be created after the first MiB: the rest is drained
+    (["-d", "ptnosuchuser0"], {"TMPDIR": "/nonexistent/tmp"}, EX_TEMPFAIL, TEMP),
+])
+def test_late_failures_read_all_input_too(pymda_bin, args, env, code, status):
+    result, problem = blocking_writer_run(args, size=3 << 20, env=env)
+    assert problem is None, f"the writer got {problem!r}: input not drained"
+    assert_failure(result, code, status)
