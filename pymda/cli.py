@@ -15,6 +15,8 @@ the user's mail to its sender.
 Order of work: options -> config -> read ALL input (postfix counts an
 early exit 0 as delivered) -> user -> switch to the user -> plan ->
 deliver.  As root, nothing of the user's is touched before the switch.
+An exit before the input was read (usage or config error) still reads
+and discards it, bounded (drain_input), so the writer never sees EPIPE.
 """
 
 import sys
@@ -198,8 +200,65 @@ def _say(line):
         pass
 
 
+class _Interrupted(DeliveryError):
+    """A signal: stop now (no draining of the input)."""
+
+
 def _on_signal(signum, frame):
-    raise DeliveryError(f"interrupted by signal {signum}", "4.3.0")
+    raise _Interrupted(f"interrupted by signal {signum}", "4.3.0")
+
+
+# DRAINING (SPEC 1.1, issue 8 item 9): on an early exit the unread rest of
+# standard input is read and discarded, so the writer (postfix) sees its
+# whole message taken and our status, not EPIPE.  Bounded: at most
+# DRAIN_CAP bytes (2 x message_size_limit when that is larger) and
+# DRAIN_SECONDS of waiting; not a terminal, not after a signal, not when
+# the message came from -p.
+DRAIN_CAP = 64 << 20
+DRAIN_SECONDS = 60
+
+
+def drain_input(fd=0, cap=DRAIN_CAP, seconds=DRAIN_SECONDS):
+    """Read and discard ``fd`` up to EOF, ``cap`` bytes or ``seconds``."""
+    import select
+    import time
+
+    try:
+        if os.isatty(fd):
+            return
+        deadline = time.monotonic() + seconds
+        total = 0
+        while total < cap:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return
+            data = os.read(fd, min(1 << 16, cap - total))
+            if not data:
+                return
+            total += len(data)
+    except BaseException:  # noqa: BLE001 - EOF-less pipe, EBADF, a signal: stop
+        return
+
+
+def _drain_after_failure(state):
+    opts = state.get("opts") or {}
+    if opts.get("path"):
+        return
+    cap = DRAIN_CAP
+    cfg = state.get("cfg")
+    if cfg is not None and cfg.message_size_limit:
+        cap = max(cap, 2 * cfg.message_size_limit)
+    drain_input(0, cap)
+
+
+def check_folder_text(folder):
+    """-m from argv: a name that is not valid UTF-8 is a usage error that
+    shows it readably (argv bytes arrive as surrogate escapes)."""
+    try:
+        folder.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = folder.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        raise UsageError(f"folder name is not valid UTF-8: {shown}") from None
 
 
 def deliver_main(argv, environ, state):
@@ -211,7 +270,9 @@ def deliver_main(argv, environ, state):
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, _on_signal)
 
-    opts = parse_args(argv)
+    opts = state["opts"] = parse_args(argv)
+    if opts.get("folder") is not None:
+        check_folder_text(opts["folder"])
     if opts.get("help"):
         sys.stdout.write(usage())
         return 0
@@ -224,7 +285,7 @@ def deliver_main(argv, environ, state):
         raise UsageError("--json goes with -n")
     from pymda import config
 
-    cfg = config.load(opts.get("config"), opts["overrides"], environ)
+    cfg = state["cfg"] = config.load(opts.get("config"), opts["overrides"], environ)
 
     from pymda.log import Log
 
@@ -315,12 +376,16 @@ def main(argv=None, environ=None):
     except DeliveryError as exc:
         _say(exc.line())
         code = exc.exit
+        if not isinstance(exc, _Interrupted):
+            _drain_after_failure(state)
     except BaseException as exc:  # the one broad catch: never bounce on a bug
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             code = 0
         else:
             _say(f"4.3.0 internal error: {type(exc).__name__}: {exc}")
             code = EX_TEMPFAIL
+            if not isinstance(exc, KeyboardInterrupt):
+                _drain_after_failure(state)
     try:
         sys.stdout.flush()
     except (OSError, ValueError):

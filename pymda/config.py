@@ -7,6 +7,15 @@ SPEC 5 keys, plus ``users`` (name -> dict of per-user settings), ``path``
 wrong type) raises ConfigError naming the file and key: a delivery defers
 (4.3.5, exit 75) rather than bounce on a broken config.
 
+HOSTILE INPUT (issue 8): number keys refuse NaN, infinities, negatives
+and values over their bound (MAX_SECONDS for timeouts, MAX_SIZE for
+sizes, MAX_COUNT for counts), from the file and from ``-o`` alike.  The
+file is opened non-blocking (a FIFO does not hang the open), must be a
+regular file (symlinks to one are followed: /etc setups use them) of at
+most MAX_CONFIG_SIZE bytes; TOML nested too deeply for the parser is a
+ConfigError, not a RecursionError.  A ``-o`` value that starts like a
+TOML string, array or table must parse as one.
+
 PERFORMANCE: ``import tomllib`` costs ~14 ms (it imports re, typing,
 datetime), twice what a whole dovecot-lda delivery takes.  So:
 - with no config file nothing is parsed at all;
@@ -30,6 +39,14 @@ DEFAULT_CACHE_DIR = "/var/cache/pymda"
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
+# Bounds of number keys (issue 8 item 7): beyond them a value is a typo or
+# an attack, and would overflow the C calls it reaches (OverflowError).
+MAX_SIZE = 1 << 50  # bytes: 1 PiB
+MAX_SECONDS = 7 * 86400  # timeouts and ages: a week
+MAX_COUNT = (1 << 31) - 1  # counts (messages, connections)
+MAX_NUMBER = 1 << 53  # any other number: still exact as a float
+MAX_ID = (1 << 32) - 2  # uid/gid ((uid_t)-1 means "unchanged")
+
 
 def parse_size(value):
     """Bytes from an int or a string like '10M' (K/M/G/T, powers of 1024)."""
@@ -38,7 +55,7 @@ def parse_size(value):
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size of zero or more bytes")
-        return value
+        return _size_bound(value)
     if not isinstance(value, str):
         raise ValueError("a size: a number of bytes or a string like \"10M\"")
     text = value.strip().upper()
@@ -46,9 +63,15 @@ def parse_size(value):
         text = text[:-1]
     unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
     digits = text[: len(text) - len(unit)].strip()
-    if not digits.isdigit():
+    if not digits.isdigit() or len(digits) > 20:
         raise ValueError(f"a size like 1048576 or \"10M\" (got {value!r})")
-    return int(digits) * _SIZE_UNITS[unit]
+    return _size_bound(int(digits) * _SIZE_UNITS[unit])
+
+
+def _size_bound(size):
+    if size > MAX_SIZE:
+        raise ValueError(f"a size of at most {MAX_SIZE} bytes (1P), got {size}")
+    return size
 
 
 def _bool(v):
@@ -69,20 +92,33 @@ def _strlist(v):
     return tuple(v)
 
 
-def _number(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+def _number(v, most=MAX_NUMBER):
+    """A finite number in [0, most]: NaN, infinities, negatives and absurd
+    values are config errors (inf overflows C time arguments, NaN makes
+    every deadline comparison false: a wait that never ends)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError("a non-negative number")
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"a finite number (got {v})")
+    if v < 0 or v > most:
+        raise ValueError(f"a number from 0 to {most} (got {v})")
     return v
 
 
-def _count(v):
+def _seconds(v):
+    return _number(v, MAX_SECONDS)
+
+
+def _count(v, most=MAX_COUNT):
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ValueError("a non-negative integer")
+    if v > most:
+        raise ValueError(f"an integer from 0 to {most} (got {v})")
     return v
 
 
 def _id(v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > MAX_ID:
         raise ValueError("a numeric id")
     return v
 
@@ -119,8 +155,8 @@ KEYS = {
     "mbox_folder_directory": ("$home/mail", _str),
     "mbox_quoting": ("mboxrd", _enum("mboxrd", "mboxo")),
     "mbox_locks": (("dotlock", "fcntl"), _locks),
-    "lock_timeout": (60, _number),
-    "stale_lock_time": (500, _number),
+    "lock_timeout": (60, _seconds),
+    "stale_lock_time": (500, _seconds),
     "recipient_delimiter": ("+", _str),
     "detail_folders": ("existing", _enum("existing", "create", "off")),
     "create_folders": (True, _bool),
@@ -131,7 +167,7 @@ KEYS = {
     ),
     "allow_commands": (True, _bool),
     "allow_files": (True, _bool),
-    "command_timeout": (300, _number),
+    "command_timeout": (300, _seconds),
     "default_privs": ("nobody", _str),
     "sendmail_command": (("/usr/sbin/sendmail", "-oi", "-f", "$sender"), _strlist),
     "quota_storage": (0, parse_size),
@@ -141,8 +177,15 @@ KEYS = {
     "lmtp_forward": (False, _bool),
     # pymda-lmtpd (lmtp.py, README "LMTP: pymda-lmtpd"): seconds without a byte from the
     # client before 421 and close (0 = never); concurrent connections
-    "lmtp_idle_timeout": (300, _number),
+    "lmtp_idle_timeout": (300, _seconds),
     "lmtp_max_connections": (100, _count),
+    # issue 8 item 11 (lmtp.py, docs/lmtp.md "Slow clients"): a command line
+    # must be complete within lmtp_command_timeout seconds, DATA within
+    # lmtp_command_timeout + bytes / lmtp_min_data_rate (0: no deadline);
+    # concurrent connections from one client address on inet listeners
+    "lmtp_command_timeout": (300, _seconds),
+    "lmtp_min_data_rate": (500, parse_size),
+    "lmtp_max_per_address": (50, _count),
     "policy_nouser": ("DUNNO", _str),
     # issue 3: per-user record of completed targets (state.py, README ".forward")
     "state_file": ("$home/.pymda-state.sqlite", _str),
@@ -212,7 +255,7 @@ def load(path=None, overrides=(), environ=os.environ, write_cache=None):
             raise UsageError(f"-o needs KEY=VALUE, got {item!r}")
         if key not in KEYS:
             raise ConfigError(f"-o {key}: unknown configuration key")
-        values[key] = _validate(key, parse_value(text), "-o")
+        values[key] = _validate(key, parse_value(text, f"-o {key}"), "-o")
         origins[key] = "override"
     return Config(users=users, path=path, origins=origins, **values)
 
@@ -259,8 +302,11 @@ def _validate_users(table, where):
     return users
 
 
-def parse_value(text):
-    """A -o value: a TOML value, or a bare word taken as a string."""
+def parse_value(text, where="-o"):
+    """A -o value: a TOML value, or a bare word taken as a string.
+
+    Text that starts like a TOML string, array or table must be one
+    (ConfigError naming ``where`` otherwise)."""
     t = text.strip()
     if t in ("true", "false"):
         return t == "true"
@@ -277,12 +323,24 @@ def parse_value(text):
             except ValueError:
                 pass
         return t
+    # It looks like a TOML string, array or table: it must be one.  Taking
+    # "[1," as a bare word would make it a path (an mbox named "[1,").
+    shown = repr(t if len(t) <= 60 else t[:60] + "...")
+    return _toml("v = " + t, f"{where}: value {shown} is not a TOML value")["v"]
+
+
+def _toml(text, where):
+    """tomllib.loads, its failures a ConfigError naming ``where``."""
     import tomllib
 
     try:
-        return tomllib.loads("v = " + t)["v"]
-    except tomllib.TOMLDecodeError:
-        return t
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except RecursionError:
+        # tomllib recurses once per nesting level: thousands of "[" are
+        # an attack, not a configuration.
+        raise ConfigError(f"{where}: arrays or tables nested too deeply") from None
 
 
 # --- reading, with the marshal cache -------------------------------------
@@ -294,6 +352,13 @@ def _cache_path(path, environ):
     return os.path.join(directory, name + ".marshal")
 
 
+MAX_CONFIG_SIZE = 1 << 20  # a config file is a few KiB; /dev/zero is not one
+
+
+def _S_ISREG(mode):
+    return mode & 0o170000 == 0o100000  # stat.S_ISREG without importing stat
+
+
 def _stamp(st):
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -302,41 +367,53 @@ def read_file(path, environ=os.environ, write_cache=None):
     """The raw TOML table of ``path`` (cached), or ConfigError."""
     import marshal
 
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (fstat then
+    # refuses it).  Symlinks are followed: /etc/pymda/pymda.toml -> a
+    # managed file is normal, and the file is root's to choose.
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         raise ConfigError(f"cannot open config {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
+        if not _S_ISREG(st.st_mode):
+            raise ConfigError(f"config {path}: not a regular file")
+        if st.st_size > MAX_CONFIG_SIZE:
+            raise ConfigError(f"config {path}: larger than {MAX_CONFIG_SIZE} bytes")
         stamp = _stamp(st)
         cache = _cache_path(path, environ)
         try:
-            with open(cache, "rb") as f:
-                cst = os.fstat(f.fileno())
-                if cst.st_uid in (0, st.st_uid) and not cst.st_mode & 0o022:
+            # Non-blocking, regular files only: a FIFO planted as the cache
+            # must not hang us either.
+            cfd = os.open(cache, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+            with open(cfd, "rb") as f:
+                cst = os.fstat(cfd)
+                if _S_ISREG(cst.st_mode) and cst.st_uid in (0, st.st_uid) \
+                        and not cst.st_mode & 0o022:
                     cached_stamp, table = marshal.load(f)
                     if tuple(cached_stamp) == stamp:
                         return table
         except (OSError, EOFError, ValueError, TypeError):
             pass
         chunks = []
+        size = 0
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
+            size += len(chunk)
+            if size > MAX_CONFIG_SIZE:  # it grew while we read
+                raise ConfigError(f"config {path}: larger than {MAX_CONFIG_SIZE} bytes")
             chunks.append(chunk)
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
-    import tomllib
-
     try:
-        table = tomllib.loads(b"".join(chunks).decode("utf-8"))
+        text = b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config {path}: not UTF-8") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path}: {exc}") from None
+    table = _toml(text, f"config {path}")
     if write_cache is None:
         write_cache = os.geteuid() == 0
     if write_cache:

@@ -14,7 +14,13 @@ parses commands, spools DATA and calls the handler, an object with:
       (``transaction.recipients``, in order), each yielded as soon as that
       recipient is done; the server sends it at once (RFC 2033 4.2).
       ``spool`` is a seekable binary file at offset 0 holding the message
-      dot-unstuffed, with its line ends as received (see DATA below).
+      dot-unstuffed, with its line ends as received (see DATA below) -
+      or, when the handler has one, what its ``open_spool`` returned.
+  ``open_spool(session, transaction)`` (optional) -> a sink with
+      ``write(bytes)`` and ``close()``: the server writes the decoded
+      message into it as it arrives (pymda's engine intake, so the
+      message is spooled once) and closes it after data() is done or
+      the transfer failed.
 
 Nothing a client sends can make the server raise: a handler that raises
 or yields a malformed or missing reply costs that recipient a
@@ -37,8 +43,9 @@ RFC 2034/3463 ENHANCEDSTATUSCODES, RFC 6152 8BITMIME):
 - Replies to pipelined commands are sent together when no further
   complete command is waiting (RFC 2920 3.1).
 
-DATA: streamed to an unlinked temporary file in ``spool_dir`` (or
-$TMPDIR) as it arrives; memory does not grow with the message.  A line
+DATA: decoded by DataDecoder (I/O-free) and streamed to the handler's
+sink or an unlinked temporary file in ``spool_dir`` (or $TMPDIR) as it
+arrives; memory does not grow with the message.  A line
 starting with "." loses that dot (RFC 5321 4.5.2).  The end is
 ``CRLF . CRLF`` only, as dovecot's strict default (a ``.`` line after
 a bare LF, or ended by a bare LF, is data: the SMTP smuggling trick
@@ -55,8 +62,17 @@ LIMITS (hostile input never crashes the server):
 - MAX_ERRORS error replies on one connection: 421, closed;
 - ``idle_timeout`` seconds without a byte from the client (or without
   it reading our replies): 421, closed;
+- DEADLINES (slow clients, issue 8 item 11): a command line must be
+  complete within ``command_timeout`` seconds of the server starting to
+  wait for it; the DATA transfer (up to CRLF.CRLF) within
+  ``command_timeout + received / min_data_rate`` seconds of the 354
+  (``received``: bytes so far, so a big message sent at least at
+  ``min_data_rate`` bytes/s never hits it, and one byte a second gains a
+  client nothing).  Past it: 421 4.4.2, closed.  0 turns a deadline off;
 - ``max_connections`` concurrent connections: the next ones get 421 at
-  once (postfix retries).
+  once (postfix retries); on inet listeners, ``max_per_address``
+  concurrent connections from one client address (a few slow clients on
+  one host cannot take every slot): the next from it gets 421 4.7.0.
 
 SHUTDOWN: ``stop()`` closes the listeners; a connection waiting for a
 command outside a transaction gets ``421 4.3.2`` and is closed; one in a
@@ -113,6 +129,7 @@ TOO_MANY_ERRORS = "421 4.7.0 {host} Error: too many errors"
 TIMEOUT = "421 4.4.2 {host} Error: timeout exceeded"
 SHUTTING_DOWN = "421 4.3.2 {host} Service shutting down"
 TOO_MANY_CONNECTIONS = "421 4.3.2 {host} Error: too many connections"
+TOO_MANY_FROM_ADDRESS = "421 4.7.0 {host} Error: too many connections from your address"
 
 _NO_ARGS = ("RSET", "QUIT", "DATA")
 _UNIMPLEMENTED = ("VRFY", "EXPN", "HELP", "ETRN", "TURN", "BDAT", "STARTTLS", "AUTH")
@@ -273,6 +290,8 @@ class _Connection:
         self.out = []
         self.errors = 0
         self.session = Session(_peer(writer))
+        self.deadline = None  # monotonic time the current line or DATA must end by
+        self.address = _client_address(writer)  # inet peer's IP, else None
 
     # -- I/O -----------------------------------------------------------------
 
@@ -284,8 +303,12 @@ class _Connection:
         interruptible = self.session.transaction is None
         if interruptible:
             waits.add(server.stopping)
+        timeout = server.idle_timeout
+        if self.deadline is not None:
+            left = max(self.deadline - asyncio.get_running_loop().time(), 0)
+            timeout = left if timeout is None else min(timeout, left)
         try:
-            done, _ = await asyncio.wait(waits, timeout=server.idle_timeout,
+            done, _ = await asyncio.wait(waits, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             read.cancel()
@@ -323,9 +346,15 @@ class _Connection:
             pass
         raise _Closed(template)
 
+    def set_deadline(self, seconds):
+        self.deadline = None
+        if seconds:
+            self.deadline = asyncio.get_running_loop().time() + seconds
+
     async def read_command(self):
         """The next command line (str), CRLF/LF stripped."""
         skipping = False
+        self.set_deadline(self.server.command_timeout)
         while True:
             end = self.buf.find(b"\n")
             if end >= 0:
@@ -471,7 +500,7 @@ class _Connection:
             return
         self.reply(START_DATA)
         await self.flush()
-        spool, problem = self.open_spool()
+        spool, problem = self.open_spool(txn)
         try:
             problem = await self.receive(txn, spool, problem)
             if problem is not None:
@@ -498,10 +527,15 @@ class _Connection:
 
     # -- DATA ---------------------------------------------------------------------
 
-    def open_spool(self):
+    def open_spool(self, txn):
+        """(sink, None) or (None, reply): the handler's intake when it has
+        one (``open_spool``), else an unlinked temporary file."""
+        opener = getattr(self.server.handler, "open_spool", None)
         try:
+            if opener is not None:
+                return opener(self.session, txn), None
             return tempfile.TemporaryFile(dir=self.server.spool_dir), None
-        except OSError as exc:
+        except Exception as exc:  # OSError, or the handler's bug: 45x, no crash
             self.server.log_error(f"cannot create a spool file: {exc}")
             return None, _spool_reply(exc)
 
@@ -509,64 +543,33 @@ class _Connection:
         """Read the message up to CRLF.CRLF into ``spool``; a reply line on
         failure (too big, spool error) or None.  Every byte is read either
         way, so the conversation stays in step."""
-        limit = self.server.max_size
-        at_start = True  # the next byte starts a line
-        prev_cr = True  # the line before ended with CRLF (the DATA line did)
-        last = b"\n"  # the byte before self.buf[0]
+        server = self.server
+        decoder = DataDecoder(server.max_size)
+        started = asyncio.get_running_loop().time()
         pending = []
         pending_size = 0
-        size = 0
         while True:
-            buf = self.buf
-            i = 0
-            n = len(buf)
-            end = -1
-            while i < n:
-                if at_start:
-                    if buf[i:i + 3] == _END and prev_cr:
-                        end = i
-                        break
-                    if n - i < 3 and _END.startswith(buf[i:]):
-                        break  # "." or ".\r": wait for the rest of the line
-                    at_start = False
-                    if buf[i:i + 1] == b"." and buf[i:i + 3] != _END and buf[i:i + 2] != b".\n":
-                        i += 1  # dot-unstuffing (RFC 5321 4.5.2)
-                        last = b"."
-                        continue
-                nl = buf.find(b"\n.", i)
-                if nl < 0:
-                    stop = n
-                    if buf[n - 1:n] == b"\n":
-                        at_start = True
-                        prev_cr = (buf[n - 2:n - 1] if n - 2 >= i else last) == b"\r"
-                    piece = buf[i:stop]
-                else:
-                    stop = nl + 1
-                    at_start = True
-                    prev_cr = (buf[nl - 1:nl] if nl - 1 >= i else last) == b"\r"
-                    piece = buf[i:stop]
-                if piece:
-                    last = piece[-1:]
-                    size += len(piece) - piece.count(b"\r\n")
-                    if problem is None:
-                        if limit and size > limit:
-                            problem = TOO_BIG
-                            pending = []
-                        else:
-                            pending.append(piece)
-                            pending_size += len(piece)
-                i = stop
-            if problem is None and pending and (end >= 0 or pending_size >= SPOOL_BUFFER):
-                problem = self.write_spool(spool, pending)
-                pending = []
-                pending_size = 0
-            if end >= 0:
-                self.buf = buf[end + 3:]
+            pieces, rest = decoder.feed(self.buf)
+            self.buf = b""
+            if problem is None:
+                pending += pieces
+                pending_size += sum(map(len, pieces))
+                if pending and (decoder.done or pending_size >= SPOOL_BUFFER):
+                    problem = self.write_spool(spool, pending)
+                    pending = []
+                    pending_size = 0
+            if decoder.done:
+                self.buf = rest
                 break
-            self.buf = buf[i:]
+            self.deadline = None
+            if server.command_timeout and server.min_data_rate:
+                self.deadline = (started + server.command_timeout
+                                 + decoder.received / server.min_data_rate)
             await self.fill()
-        txn.data_size = size
-        if problem is None:
+        txn.data_size = decoder.size
+        if problem is None and decoder.too_big:
+            problem = TOO_BIG
+        if problem is None and hasattr(spool, "seek"):  # a file: rewind it for data()
             try:
                 spool.flush()
                 spool.seek(0)
@@ -577,7 +580,7 @@ class _Connection:
     def write_spool(self, spool, pieces):
         try:
             spool.write(b"".join(pieces))
-        except OSError as exc:
+        except Exception as exc:  # OSError, or the handler's intake failing
             self.server.log_error(f"spooling the message: {exc}")
             return _spool_reply(exc)
         return None
@@ -614,12 +617,96 @@ class _Connection:
             self.reply(INTERNAL_ERROR)
 
 
+class DataDecoder:
+    """The DATA decoder, I/O-free: bytes after the 354 -> the message.
+
+    ``feed(data)`` -> (pieces, rest): the message bytes found in ``data``
+    (dot-unstuffed, line ends untouched) and, once the end marker was
+    seen (``done``), the bytes after it (pipelined commands).  A "." or
+    ".\r" at a line start that may begin the end marker is held until the
+    next feed.  The rules (RFC 5321 4.5.2; docs/lmtp.md "DATA"):
+    - the end is CRLF "." CRLF only: a "." line after a bare LF, or ended
+      by a bare LF, is data (no SMTP smuggling);
+    - a line (ended by CRLF or a bare LF) starting with "." loses that dot;
+    - a bare CR is data.
+    ``size`` counts message bytes with CRLF as one (the stored size);
+    over ``limit`` (0: none) ``too_big`` is set and nothing more is given
+    out, but the input is still consumed up to the end marker.
+    ``received`` counts every byte fed (the DATA deadline's measure).
+    """
+
+    def __init__(self, limit=0):
+        self.limit = limit
+        self.size = 0
+        self.received = 0
+        self.too_big = False
+        self.done = False
+        self._held = b""
+        self._at_start = True  # the next byte starts a line
+        self._prev_cr = True  # the line before ended with CRLF (the DATA line did)
+        self._last = b"\n"  # the byte before the buffer's first
+
+    def feed(self, data):
+        self.received += len(data)
+        buf = self._held + data if self._held else data
+        self._held = b""
+        pieces = []
+        i, n = 0, len(buf)
+        while i < n:
+            if self._at_start:
+                if self._prev_cr and buf[i:i + 3] == _END:
+                    self.done = True
+                    return pieces, buf[i + 3:]
+                if n - i < 3 and _END.startswith(buf[i:]):
+                    self._held = buf[i:]  # "." or ".\r": wait for the rest
+                    return pieces, b""
+                self._at_start = False
+                if buf[i:i + 1] == b"." and buf[i:i + 2] != b".\n" and buf[i:i + 3] != _END:
+                    i += 1  # dot-unstuffing
+                    self._last = b"."
+                    continue
+            nl = buf.find(b"\n.", i)
+            stop = n if nl < 0 else nl + 1
+            if buf[stop - 1:stop] == b"\n":
+                self._at_start = True
+                before = buf[stop - 2:stop - 1] if stop - 2 >= i else self._last
+                self._prev_cr = before == b"\r"
+            self._take(buf[i:stop], pieces)
+            i = stop
+        return pieces, b""
+
+    def _take(self, piece, pieces):
+        if not piece:
+            return
+        split_crlf = piece[:1] == b"\n" and self._last == b"\r"  # CR came in the last feed
+        self._last = piece[-1:]
+        self.size += len(piece) - piece.count(b"\r\n") - split_crlf
+        if self.too_big:
+            return
+        if self.limit and self.size > self.limit:
+            self.too_big = True
+            return
+        pieces.append(piece)
+
+
 def _spool_reply(exc):
     import errno
 
     if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return SPOOL_FULL
     return SPOOL_ERROR
+
+
+def _client_address(writer):
+    """The IP address of an inet peer (the per-address cap's key), else None."""
+    try:
+        sock = writer.get_extra_info("socket")
+        peer = writer.get_extra_info("peername")
+    except Exception:  # noqa: BLE001
+        return None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return peer[0] if isinstance(peer, tuple) and peer else None
 
 
 def _peer(writer):
@@ -636,12 +723,17 @@ class LMTPServer:
     """Accepts connections and runs one _Connection per client."""
 
     def __init__(self, handler, hostname=None, max_size=0, idle_timeout=300,
-                 max_connections=100, spool_dir=None, log=None):
+                 max_connections=100, spool_dir=None, log=None, command_timeout=300,
+                 min_data_rate=500, max_per_address=50):
         self.handler = handler
         self.hostname = hostname or socket.gethostname()
         self.max_size = max_size
         self.idle_timeout = idle_timeout or None
+        self.command_timeout = command_timeout or None
+        self.min_data_rate = min_data_rate
         self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.per_address = {}  # inet client address -> open connections
         self.spool_dir = spool_dir
         self.log = log
         self.servers = []
@@ -693,11 +785,19 @@ class LMTPServer:
     async def _client(self, reader, writer):
         task = asyncio.current_task()
         self.tasks.add(task)
+        address = None
         try:
             conn = _Connection(self, reader, writer)
             self.connections.add(conn)
+            address = conn.address
+            if address is not None:
+                self.per_address[address] = self.per_address.get(address, 0) + 1
             if self.max_connections and len(self.tasks) > self.max_connections:
                 await conn.say_and_close(TOO_MANY_CONNECTIONS)
+            if address is not None and self.max_per_address and \
+                    self.per_address[address] > self.max_per_address:
+                self.log_error(f"too many connections from {address}")
+                await conn.say_and_close(TOO_MANY_FROM_ADDRESS)
             if self.stopping.done():
                 await conn.say_and_close(SHUTTING_DOWN)
             await conn.run()
@@ -708,6 +808,10 @@ class LMTPServer:
         finally:
             self.tasks.discard(task)
             self.connections = {c for c in self.connections if c.writer is not writer}
+            if address is not None:
+                left = self.per_address.pop(address) - 1
+                if left:
+                    self.per_address[address] = left
             writer.close()
             try:
                 await writer.wait_closed()

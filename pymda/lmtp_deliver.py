@@ -10,8 +10,11 @@ calls (see lmtp.py):
   with ``quota_full_tempfail``) when ``size`` more bytes would pass the
   user's quota (policy.decide, read-only, the same rule as delivery);
   else ``250 2.1.5``.
-- ``data(session, transaction, spool)``: reads the spooled message once
-  (message.read: the intake of SPEC 1.1, CRLF -> LF, size limit) and
+- ``open_spool(session, transaction)``: a message.Intake the server
+  feeds DATA into as it arrives (the intake of SPEC 1.1, CRLF -> LF,
+  size limit), so the message is spooled once, straight into the
+  engine's spool;
+- ``data(session, transaction, spool)``: finishes that intake and
   delivers it to each recipient in turn through the same engine as
   ``pymda`` (resolve.plan, deliver.run, ``forward = lmtp_forward``),
   yielding each recipient's reply (DeliveryResult.lmtp_reply) only after
@@ -44,8 +47,7 @@ resets the signal handlers and the event loop's wakeup fd, and leaves
 with _exit(), never running the parent's cleanup.
 
 LIMITATIONS: recipients of one message are delivered one after another
-(the replies must come in order anyway); a message over 1 MiB is copied
-once more, from the protocol's spool into the engine's (message.read).
+(the replies must come in order anyway).
 """
 
 import asyncio
@@ -170,12 +172,22 @@ class DeliveryHandler:
 
     # -- DATA ------------------------------------------------------------------
 
+    def open_spool(self, session, transaction):
+        """The engine's intake, fed by the server as DATA arrives: the
+        message is spooled once (issue 9 item 5)."""
+        from pymda import message as message_mod
+
+        return message_mod.Intake(self.cfg.message_size_limit, envelope_line=False)
+
     async def data(self, session, transaction, spool):
         from pymda import message as message_mod
 
         try:
-            message = await self._in_thread(message_mod.read, spool,
-                                            self.cfg.message_size_limit, False)
+            if hasattr(spool, "finish"):  # our open_spool's Intake
+                message = spool.finish()
+            else:
+                message = await self._in_thread(message_mod.read, spool,
+                                                self.cfg.message_size_limit, False)
         except DeliveryError as exc:
             self.log.info(f"from=<{transaction.sender}>: message refused: {exc.line()}")
             for _ in transaction.recipients:

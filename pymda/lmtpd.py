@@ -24,8 +24,9 @@ all; 75 when the configuration cannot be read (the message names the
 file and key) or a socket cannot be bound.
 
 Config keys used: message_size_limit (SIZE, 552 5.3.4),
-lmtp_idle_timeout, lmtp_max_connections, lmtp_forward, and everything
-delivery uses.  Logging: syslog, facility mail, ident pymda-lmtpd (-v:
+lmtp_idle_timeout, lmtp_command_timeout, lmtp_min_data_rate,
+lmtp_max_connections, lmtp_max_per_address, lmtp_forward,
+and everything delivery uses (docs/lmtp.md).  Logging: syslog, facility mail, ident pymda-lmtpd (-v:
 also stderr).
 """
 
@@ -96,7 +97,10 @@ async def serve(cfg, sockets, log, where="", ready=None):
         handler,
         max_size=cfg.message_size_limit,
         idle_timeout=cfg.lmtp_idle_timeout,
+        command_timeout=cfg.lmtp_command_timeout,
+        min_data_rate=cfg.lmtp_min_data_rate,
         max_connections=cfg.lmtp_max_connections,
+        max_per_address=cfg.lmtp_max_per_address,
         log=log,
     )
     handler.inherited_fds = server.socket_fds

@@ -174,98 +174,153 @@ def read(source, limit=0, envelope_line=True):
     sends one, and dropping a line of a message is never right).
     """
     read_raw = _reader(source)
-    parts = []  # in-memory pieces while small
-    fd = None  # spool file once large
-    kept = 0  # bytes kept (memory or spool)
-    lines = 0
-    first = True
-    from_sender = None
-    carry_cr = False
-    tail = b"\n"  # last bytes kept: a quoting probe across reads
-    needs_quoting = False
-    head = bytearray()
-    too_big = False
-    while True:
-        chunk = _read_some(read_raw)
-        if not chunk:
-            break
-        if first:
-            # The From_ line may arrive split over reads: gather it whole.
-            while b"\n" not in chunk and len(chunk) < 65536:
-                more = _read_some(read_raw)
-                if not more:
-                    break
-                chunk += more
-            first = False
-            if envelope_line and chunk.startswith(b"From "):
-                end = chunk.find(b"\n")
-                from_sender = parse_from_line(chunk[: end if end >= 0 else None].rstrip(b"\r"))
-                # An absurdly long envelope line is still all envelope:
-                # skip the rest of it, however long, without keeping it.
-                while end < 0:
-                    chunk = _read_some(read_raw)
-                    if not chunk:
-                        break
-                    end = chunk.find(b"\n")
-                chunk = b"" if end < 0 else chunk[end + 1 :]
-        if carry_cr:
+    intake = Intake(limit, envelope_line)
+    try:
+        while True:
+            chunk = _read_some(read_raw)
+            if not chunk:
+                return intake.finish()
+            intake.feed(chunk)
+    finally:
+        intake.close()
+
+
+class Intake:
+    """The I/O-free intake: ``feed(bytes)`` any number of times, then
+    ``finish()`` -> Message (the errors of ``read``).  ``close()`` drops a
+    spool file not handed over (always safe to call).
+
+    pymda-lmtpd feeds DATA into one straight from the socket, so the
+    message is spooled once, by the engine's own rules (SPEC 1.1).
+    Pieces may split anything (a CRLF, the From_ line): the result is the
+    same as for one piece.  ``write`` is ``feed`` (a file-like sink).
+    """
+
+    def __init__(self, limit=0, envelope_line=True):
+        self.limit = limit
+        self.envelope_line = envelope_line
+        self.first = b""  # the start, until the first line is complete
+        self.state = "first"  # "first", "envelope" (skipping it), "body"
+        self.parts = []  # in-memory pieces while small
+        self.fd = None  # spool file once large
+        self.kept = 0  # bytes kept (memory or spool)
+        self.lines = 0
+        self.from_sender = None
+        self.carry_cr = False
+        self.tail = b"\n"  # last bytes kept: a quoting probe across pieces
+        self.needs_quoting = False
+        self.head = bytearray()
+        self.too_big = False
+
+    def feed(self, chunk):
+        if self.state == "first":
+            # The From_ line may arrive split: gather it whole (up to 64 KiB).
+            chunk = self.first + chunk
+            if b"\n" not in chunk and len(chunk) < 65536:
+                self.first = chunk
+                return
+            self.first = b""
+            chunk = self._envelope(chunk)
+        if self.state == "envelope":
+            # An absurdly long envelope line is still all envelope: skip
+            # the rest of it, however long, without keeping it.
+            end = chunk.find(b"\n")
+            if end < 0:
+                return
+            self.state = "body"
+            chunk = chunk[end + 1 :]
+        self._body(chunk)
+
+    write = feed
+
+    def _envelope(self, chunk):
+        self.state = "body"
+        if not (self.envelope_line and chunk.startswith(b"From ")):
+            return chunk
+        end = chunk.find(b"\n")
+        self.from_sender = parse_from_line(chunk[: end if end >= 0 else None].rstrip(b"\r"))
+        if end < 0:
+            self.state = "envelope"
+            return b""
+        return chunk[end + 1 :]
+
+    def _body(self, chunk):
+        if self.carry_cr:
             chunk = b"\r" + chunk
-            carry_cr = False
+            self.carry_cr = False
         if chunk.endswith(b"\r"):
             chunk = chunk[:-1]
-            carry_cr = True
-        if not chunk or too_big:
-            continue
+            self.carry_cr = True
+        if not chunk or self.too_big:
+            return
         if b"\r\n" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n")
-        if limit and kept + len(chunk) > limit:
-            too_big = True
-            continue
-        lines += chunk.count(b"\n")
-        if not needs_quoting:
-            probe = tail + chunk
-            needs_quoting = b"\nFrom " in probe or b"\n>" in probe
-        tail = chunk[-6:]
+        kept = self.kept
+        if self.limit and kept + len(chunk) > self.limit:
+            self.too_big = True
+            return
+        self.lines += chunk.count(b"\n")
+        if not self.needs_quoting:
+            probe = self.tail + chunk
+            self.needs_quoting = b"\nFrom " in probe or b"\n>" in probe
+        # (a short piece keeps the bytes before it: "\nFro" + "m ")
+        self.tail = chunk[-6:] if len(chunk) >= 6 else (self.tail + chunk)[-6:]
+        head = self.head
         if len(head) < HEADER_SCAN_LIMIT and b"\n\n" not in head:
             head += chunk[: HEADER_SCAN_LIMIT - len(head)]
-        if fd is None and kept + len(chunk) > SPOOL_IN_MEMORY:
-            fd = _open_spool()
-            _write_all(fd, b"".join(parts))
-            parts = None
-        if fd is None:
-            parts.append(chunk)
+        if self.fd is None and kept + len(chunk) > SPOOL_IN_MEMORY:
+            self.fd = _open_spool()
+            _write_all(self.fd, b"".join(self.parts))
+            self.parts = None
+        if self.fd is None:
+            self.parts.append(chunk)
         else:
-            _write_all(fd, chunk)
-        kept += len(chunk)
-    # SPEC 1.1: a missing final newline is added.  A CR at the very end is
-    # the first half of a line end whose LF never came: it becomes that LF.
-    ending = b""
-    if carry_cr or (kept and tail[-1:] != b"\n"):
-        ending = b"\n"
-    if too_big or (limit and kept + len(ending) > limit):
-        if fd is not None:
+            _write_all(self.fd, chunk)
+        self.kept = kept + len(chunk)
+
+    def finish(self):
+        """The Message; its spool file (if any) now belongs to it."""
+        if self.state == "first" and self.first:
+            chunk, self.first = self.first, b""
+            self._body(self._envelope(chunk))
+        # SPEC 1.1: a missing final newline is added.  A CR at the very end
+        # is the first half of a line end whose LF never came: it becomes
+        # that LF.
+        limit, kept = self.limit, self.kept
+        ending = b""
+        if self.carry_cr or (kept and self.tail[-1:] != b"\n"):
+            ending = b"\n"
+        if self.too_big or (limit and kept + len(ending) > limit):
+            raise PermFail(f"Message is too large (limit {limit} bytes)", "5.2.3")
+        if kept + len(ending) == 0:
+            raise PermFail("Empty message refused", "5.6.0")
+        if ending:
+            if self.fd is None:
+                self.parts.append(ending)
+            else:
+                _write_all(self.fd, ending)
+            kept += len(ending)
+            self.lines += 1
+            if len(self.head) < HEADER_SCAN_LIMIT:
+                self.head += ending
+        leading, delivered_to, message_id = scan_header(bytes(self.head))
+        fd, self.fd = self.fd, None
+        return Message(
+            size=kept,
+            lines=self.lines,
+            from_sender=self.from_sender,
+            leading=leading,
+            delivered_to=delivered_to,
+            message_id=message_id,
+            needs_quoting=self.needs_quoting,
+            data=b"".join(self.parts) if fd is None else None,
+            fd=fd,
+        )
+
+    def close(self):
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
             os.close(fd)
-        raise PermFail(f"Message is too large (limit {limit} bytes)", "5.2.3")
-    if kept + len(ending) == 0:
-        raise PermFail("Empty message refused", "5.6.0")
-    if ending:
-        _append(parts, fd, ending)
-        kept += len(ending)
-        lines += 1
-        if len(head) < HEADER_SCAN_LIMIT:
-            head += ending
-    leading, delivered_to, message_id = scan_header(bytes(head))
-    return Message(
-        size=kept,
-        lines=lines,
-        from_sender=from_sender,
-        leading=leading,
-        delivered_to=delivered_to,
-        message_id=message_id,
-        needs_quoting=needs_quoting,
-        data=b"".join(parts) if fd is None else None,
-        fd=fd,
-    )
 
 
 def _read_some(read_raw):
@@ -278,13 +333,6 @@ def _read_some(read_raw):
             raise from_oserror(exc, "reading the message") from None
 
 
-def _append(parts, fd, data):
-    if fd is None:
-        parts.append(data)
-    else:
-        _write_all(fd, data)
-
-
 def _write_all(fd, data):
     view = memoryview(data)
     try:
@@ -292,7 +340,9 @@ def _write_all(fd, data):
             n = os.write(fd, view)
             view = view[n:]
     except OSError as exc:
-        raise from_oserror(exc, "spooling the message") from None
+        error = from_oserror(exc, "spooling the message")
+        error.errno = exc.errno  # pymda-lmtpd: 452 4.3.1 for a full disk
+        raise error from None
 
 
 def from_bytes(data):

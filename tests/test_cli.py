@@ -690,3 +690,95 @@ def test_verbose_log_line_after_the_status_and_with_the_smtp_client(test_user):
                            "--mailbox", "Maildir/"], MESSAGE, user=test_user, env=env)
     assert code == EX_NOPERM
     assert out.startswith(b"5.2.3 ") and out.count(b"\n") == 1, out
+
+
+# --- early exits still read the input (SPEC 1.1; issue 8 items 8 and 9) ----------------
+
+
+def blocking_writer_run(args, size=1 << 20, user=None, env=None):
+    """Run pymda with a writer that blocks while its pipe is not read:
+    (Result, error the writer got or None)."""
+    import threading
+
+    from support.run import Result
+
+    proc = subprocess.Popen(
+        [str(paths.pymda_bin()), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, env=child_environment(user, env),
+    )
+    problem = []
+
+    def write():
+        try:
+            proc.stdin.write(b"Subject: drained\n\n" + (b"x" * 1000 + b"\n") * (size // 1001))
+            proc.stdin.close()
+        except OSError as exc:
+            problem.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with proc.stdout:
+        out = proc.stdout.read()
+    proc.wait(timeout=90)
+    writer.join(90)
+    assert not writer.is_alive(), "the writer is still blocked"
+    return Result(proc.returncode, out), (problem[0] if problem else None)
+
+
+@pytest.mark.parametrize("args, code, status, word", [
+    (["-Z"], EX_USAGE, USAGE, b"-Z"),
+    (["-d", "root", "extra"], EX_USAGE, USAGE, b"extra"),
+    (["-d", "root", "-c", "/nonexistent/pymda.toml"], EX_TEMPFAIL, CONFIG, b"/nonexistent"),
+    (["-d", "root", "-o", "lock_timeout=nan"], EX_TEMPFAIL, CONFIG, b"lock_timeout"),
+    (["-d", "root", "-o", "mailbox=[1,"], EX_TEMPFAIL, CONFIG, b"mailbox"),
+    (["-d", "root", "-c", "/dev/zero"], EX_TEMPFAIL, CONFIG, b"/dev/zero"),
+    (["-d", "root", "-m", "\udcff\udcfeX"], EX_USAGE, USAGE, b"\\xff\\xfeX"),
+])
+def test_early_exit_reads_all_input(pymda_bin, args, code, status, word):
+    result, problem = blocking_writer_run(args)
+    assert problem is None, f"the writer got {problem!r}: input not drained"
+    assert_failure(result, code, status)
+    assert word in result.output
+
+
+def test_non_utf8_folder_is_a_readable_usage_error(pymda_bin):
+    result = run_pymda(["-d", "root", "-n", "-m", "Work\udcff"], MESSAGE)
+    assert_failure(result, EX_USAGE, USAGE)
+    assert b"not valid UTF-8: Work\\xff" in result.output
+    assert b"codec" not in result.output
+
+
+def test_a_fifo_config_does_not_hang(pymda_bin, tmp_path):
+    fifo = tmp_path / "pymda.toml"
+    os.mkfifo(fifo)
+    result = run_pymda(["-d", "root", "-n", "-c", str(fifo)], MESSAGE, timeout=30)
+    assert_failure(result, EX_TEMPFAIL, CONFIG)
+    assert b"regular file" in result.output
+
+
+def test_drain_is_bounded_by_size_and_time():
+    import time
+
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x" * 5000)
+        cli.drain_input(r, cap=1000, seconds=30)  # returns at the cap, writer still open
+        assert len(os.read(r, 10000)) == 4000
+        started = time.monotonic()
+        cli.drain_input(r, seconds=0.5)  # nothing more comes, no EOF: gives up
+        assert time.monotonic() - started < 10
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@needs_root
+@pytest.mark.parametrize("args, env, code, status", [
+    (["-d", "ptnosuchuser0"], None, EX_NOUSER, NO_USER),
+    # the spool cannot be created after the first MiB: the rest is drained
+    (["-d", "ptnosuchuser0"], {"TMPDIR": "/nonexistent/tmp"}, EX_TEMPFAIL, TEMP),
+])
+def test_late_failures_read_all_input_too(pymda_bin, args, env, code, status):
+    result, problem = blocking_writer_run(args, size=3 << 20, env=env)
+    assert problem is None, f"the writer got {problem!r}: input not drained"
+    assert_failure(result, code, status)

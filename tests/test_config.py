@@ -370,3 +370,106 @@ def test_cached_table_is_still_validated(tmp_path, env):
 def test_expand(template, expected):
     variables = {"home": "/home/a", "user": "alice", "domain": "example.org"}
     assert config.expand(template, variables) == expected
+
+
+# --- hostile values and files (issue 8 items 7 and 8) ------------------------------
+
+NUMBER_KEYS = sorted(
+    key for key, (default, _) in config.KEYS.items()
+    if isinstance(default, (int, float)) and not isinstance(default, bool)
+)
+
+
+def test_there_are_number_keys_to_check():
+    assert {"lock_timeout", "stale_lock_time", "command_timeout", "message_size_limit",
+            "quota_storage", "quota_messages", "lmtp_idle_timeout"} <= set(NUMBER_KEYS)
+
+
+@pytest.mark.parametrize("key", NUMBER_KEYS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+inf", "-1", "-0.5", "1e300",
+                                   "1" + "0" * 30, "123456789012345678901"])
+def test_absurd_numbers_in_a_file_name_file_and_key(tmp_path, env, key, value):
+    path = write(tmp_path, f"{key} = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, env)
+    assert_config_error(info, path, key)
+
+
+@pytest.mark.parametrize("key", NUMBER_KEYS)
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999", "-1", "-1e999", "1" + "0" * 30])
+def test_absurd_numbers_through_o(env, key, value):
+    with pytest.raises(ConfigError) as info:
+        load(None, env, [f"{key}={value}"])
+    assert_config_error(info, "-o", key)
+
+
+@pytest.mark.parametrize("text", ["99999999999T", "1" + "0" * 40, "2000T"])
+def test_absurd_sizes_are_refused(text):
+    with pytest.raises(ValueError):
+        config.parse_size(text)
+
+
+def test_sane_numbers_still_pass(tmp_path, env):
+    path = write(tmp_path, "lock_timeout = 0.5\ncommand_timeout = 86400\n"
+                           'quota_storage = "10T"\nquota_messages = 1000000\n')
+    cfg = load(path, env)
+    assert (cfg.lock_timeout, cfg.command_timeout) == (0.5, 86400)
+    assert cfg.quota_storage == 10 << 40 and cfg.quota_messages == 1000000
+
+
+@pytest.mark.parametrize("value", ["[1,", "{", '"unterminated', "'x", "[[[", '["a", 2'])
+def test_override_that_starts_like_toml_must_be_toml(env, value):
+    with pytest.raises(ConfigError) as info:
+        load(None, env, [f"mailbox={value}"])
+    assert_config_error(info, "-o", "mailbox")
+
+
+def test_deeply_nested_override_is_a_config_error(env):
+    with pytest.raises(ConfigError) as info:
+        load(None, env, ["mbox_locks=" + "[" * 5000 + "]" * 5000])
+    assert_config_error(info, "-o", "mbox_locks")
+
+
+def test_deeply_nested_file_is_a_config_error(tmp_path, env):
+    path = write(tmp_path, "mbox_locks = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError) as info:
+        load(path, env)
+    assert_config_error(info, path, "nested")
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/urandom", "/dev/null", "/tmp"])
+def test_special_files_are_not_configs(env, special):
+    with pytest.raises(ConfigError) as info:
+        load(special, env)
+    assert_config_error(info, special)
+
+
+def test_fifo_is_not_waited_for(tmp_path, env):
+    fifo = str(tmp_path / "pymda.toml")
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        load(fifo, env)  # before the fix: blocks in open() for ever
+    assert_config_error(info, fifo, "regular file")
+
+
+def test_huge_config_file_is_refused(tmp_path, env):
+    path = tmp_path / "pymda.toml"
+    path.write_bytes(b"# padding\n" * ((config.MAX_CONFIG_SIZE // 10) + 1))
+    with pytest.raises(ConfigError) as info:
+        load(str(path), env)
+    assert_config_error(info, str(path), "larger")
+
+
+def test_symlinked_config_is_followed(tmp_path, env):
+    real = write(tmp_path, 'mailbox = "Maildir/"\n', name="real.toml")
+    link = tmp_path / "pymda.toml"
+    link.symlink_to(real)
+    assert load(str(link), env).mailbox == "Maildir/"
+
+
+def test_a_fifo_as_the_cache_is_ignored(tmp_path, env):
+    path = write(tmp_path, 'mailbox = "Maildir/"\n')
+    cache = config._cache_path(path, env)
+    os.makedirs(os.path.dirname(cache))
+    os.mkfifo(cache, 0o600)
+    assert load(path, env).mailbox == "Maildir/"  # before: blocked opening the FIFO

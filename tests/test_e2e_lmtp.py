@@ -418,15 +418,20 @@ def test_single_user_server_serves_virtual_users_without_root(tmp_path, daemons,
     assert not sock_path.exists()  # removed at exit
 
 
+def proc_number(pid, name, field):
+    """The number of ``field:`` in /proc/PID/NAME."""
+    for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/{name}")
+
+
 @needs_root
 def test_memory_does_not_grow_with_message_size(tmp_path, daemons, test_user):
     d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
 
     def peak_kib():
-        for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmHWM")
+        return proc_number(d.proc.pid, "status", "VmHWM")
 
     with d.connect() as c:  # warm up: every module the server needs is loaded
         _, replies = transaction(c, SENDER, [f"{test_user.name}@localhost"], BODY)
@@ -450,6 +455,39 @@ def test_memory_does_not_grow_with_message_size(tmp_path, daemons, test_user):
     big = max(maildir_messages(test_user), key=lambda p: p.stat().st_size)
     assert big.stat().st_size == len(expected(f"{test_user.name}@localhost", stored=b"")) + \
         len(b"Subject: big\n\n") + mib * 1024 * 1023
+
+
+@needs_root
+def test_a_big_message_is_spooled_once(tmp_path, daemons, test_user):
+    """DATA goes straight into the engine's intake (issue 9 item 5): the
+    server writes a message over 1 MiB to disk once (its spool) and the
+    delivery child once (the Maildir file): about 2x its size in write()
+    bytes, where spooling twice made it 3x."""
+    d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
+
+    def written():
+        return proc_number(d.proc.pid, "io", "wchar")
+
+    rcpt = f"{test_user.name}@localhost"
+    with d.connect() as c:  # warm up
+        assert transaction(c, SENDER, [rcpt], BODY)[1] == [DELIVERED]
+    time.sleep(0.5)  # the warm-up child is reaped (its writes count for us then)
+    size = 8 << 20
+    line = b"x" * 1022 + b"\r\n"
+    with d.connect() as c:
+        before = written()
+        c.cmd(f"MAIL FROM:<{SENDER}>")
+        assert c.cmd(f"RCPT TO:<{rcpt}>") == RCPT_OK
+        assert c.cmd("DATA") == START_DATA
+        c.send(b"Subject: big\r\n\r\n" + line * (size // len(line)) + b".\r\n")
+        c.sock.settimeout(120)
+        assert c.line() == DELIVERED
+        deadline = time.monotonic() + 20
+        while d.children() and time.monotonic() < deadline:
+            time.sleep(0.05)  # reaped: the child's writes are added to ours
+        time.sleep(0.2)
+        grown = written() - before
+    assert 1.8 * size < grown < 2.5 * size, f"{grown / size:.2f} x the message size written"
 
 
 @needs_root
@@ -580,14 +618,40 @@ def test_command_errors(tmp_path, args, code, text):
     assert proc.returncode == code and text in proc.stdout.decode(), proc.stdout
 
 
-def test_bad_config_key_names_file_and_key(tmp_path):
-    cfg = write_config(tmp_path, "lmtp_idle_timeout = -1\n")
+@pytest.mark.parametrize("text, key", [
+    ("lmtp_idle_timeout = -1\n", "lmtp_idle_timeout"),
+    ("lmtp_command_timeout = inf\n", "lmtp_command_timeout"),
+    ("lmtp_idle_timeout = nan\n", "lmtp_idle_timeout"),
+    ("lmtp_max_per_address = -3\n", "lmtp_max_per_address"),
+])
+def test_bad_config_key_names_file_and_key(tmp_path, text, key):
+    cfg = write_config(tmp_path, text)
     proc = subprocess.run([str(lmtpd_bin()), "-c", str(cfg), "--listen", "inet:127.0.0.1:1"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30,
                           env={"PATH": "/usr/bin:/bin",
                                "PYMDA_CACHE_DIR": str(tmp_path / "config-cache")})
     assert proc.returncode == EX_TEMPFAIL
-    assert f"{cfg}: lmtp_idle_timeout must be" in proc.stdout.decode()
+    assert f"{cfg}: {key} must be" in proc.stdout.decode()
+
+
+def test_slow_clients_config_keys(tmp_path, daemons):
+    """lmtp_command_timeout cuts a dribbling client with 421;
+    lmtp_max_per_address refuses the next one from its address."""
+    d = daemons(write_config(tmp_path, "lmtp_command_timeout = 2\n"
+                                       "lmtp_max_per_address = 2\n"))
+    with d.connect() as slow, d.connect():
+        with Client(("127.0.0.1", d.port)) as third:
+            assert third.line().startswith("421 4.7.0 ")
+        started = time.monotonic()
+        slow.sock.settimeout(30)
+        for byte in b"NOOP":
+            slow.send(bytes([byte]))
+            time.sleep(0.2)
+        assert slow.line().startswith("421 4.4.2 ")
+        assert 1 < time.monotonic() - started < 15
+    with Client(("127.0.0.1", d.port), source="127.0.0.2") as other:
+        assert other.line().startswith(GREETING_START)
+    assert d.stop() == EX_OK
 
 
 def test_python_m_and_the_delivery_path_stay_apart():

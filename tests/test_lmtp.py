@@ -8,6 +8,7 @@ the real program are tested in test_e2e_lmtp.py.
 
 import asyncio
 import os
+import random
 import socket
 import threading
 import time
@@ -47,6 +48,7 @@ SHUTTING_DOWN = f"421 4.3.2 {HOST} Service shutting down"
 TIMEOUT = f"421 4.4.2 {HOST} Error: timeout exceeded"
 TOO_MANY_ERRORS = f"421 4.7.0 {HOST} Error: too many errors"
 TOO_MANY_CONNECTIONS = f"421 4.3.2 {HOST} Error: too many connections"
+TOO_MANY_FROM_ADDRESS = f"421 4.7.0 {HOST} Error: too many connections from your address"
 
 
 def test_reply_constants_are_the_modules():
@@ -56,7 +58,8 @@ def test_reply_constants_are_the_modules():
                  "NESTED_MAIL", "NO_RECIPIENTS", "TOO_BIG", "LINE_TOO_LONG", "BAD_CHARACTERS",
                  "UNKNOWN_COMMAND", "USE_LHLO", "NOT_IMPLEMENTED", "INTERNAL_ERROR"):
         assert getattr(lmtp, name) == globals()[name], name
-    for name in ("SHUTTING_DOWN", "TIMEOUT", "TOO_MANY_ERRORS", "TOO_MANY_CONNECTIONS"):
+    for name in ("SHUTTING_DOWN", "TIMEOUT", "TOO_MANY_ERRORS", "TOO_MANY_CONNECTIONS",
+                 "TOO_MANY_FROM_ADDRESS"):
         assert getattr(lmtp, name).format(host=HOST) == globals()[name], name
 
 
@@ -105,11 +108,16 @@ class FakeHandler:
 
 
 class Harness:
-    def __init__(self, tmp_path, **options):
+    def __init__(self, tmp_path, inet=False, **options):
         self.handler = FakeHandler()
-        self.path = str(tmp_path / "lmtp.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(self.path)
+        if inet:  # loopback TCP: clients can come from 127.0.0.x addresses
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            self.path = sock.getsockname()
+        else:
+            self.path = str(tmp_path / "lmtp.sock")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(self.path)
         sock.listen(64)
         options.setdefault("max_size", MAX_SIZE)
         options.setdefault("idle_timeout", 30)
@@ -128,8 +136,8 @@ class Harness:
         self.thread.start()
         assert started.wait(10)
 
-    def connect(self, greet=True):
-        client = Client(self.path)
+    def connect(self, greet=True, source=None):
+        client = Client(self.path, source=source)
         if greet:
             assert client.reply() == [GREETING]
         return client
@@ -155,6 +163,12 @@ class Harness:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 @pytest.fixture
@@ -614,3 +628,232 @@ def test_valid_reply():
         assert not lmtp.valid_reply(bad), bad
     assert lmtp.format_reply("250 " + "x" * 1000).endswith(b"\r\n")
     assert len(lmtp.format_reply("250 " + "x" * 1000)) == 512
+
+
+# --- slow clients (issue 8 item 11): deadlines and the per-address cap -----------------
+
+
+def dribble(client, data, pause, stop_after=None):
+    """Send ``data`` one byte at a time; returns the seconds it took until
+    the server's 421 (read without blocking between bytes) or None."""
+    started = time.monotonic()
+    client.sock.settimeout(pause)
+    for byte in data:
+        try:
+            client.sock.sendall(bytes([byte]))
+        except OSError:
+            break
+        try:
+            chunk = client.sock.recv(65536)
+        except socket.timeout:
+            chunk = None
+        except OSError:
+            chunk = b""
+        if chunk:
+            client.buf += chunk
+            if b"421 " in client.buf:
+                return time.monotonic() - started
+        elif chunk == b"":
+            break
+        if stop_after and time.monotonic() - started > stop_after:
+            return None
+    client.sock.settimeout(20)
+    return time.monotonic() - started if b"421 " in client.buf else None
+
+
+def into_data(c):
+    c.cmd("LHLO x")
+    assert c.cmd("MAIL FROM:<s@x>") == MAIL_OK
+    assert c.cmd("RCPT TO:<a@x>") == RCPT_OK
+    assert c.cmd("DATA") == START_DATA
+
+
+def cut_at_the_deadline(c, data, pause):
+    took = dribble(c, data, pause, stop_after=20)
+    assert took is not None, "never cut"
+    assert c.line() == TIMEOUT
+    assert c.closed()
+    return took
+
+
+def test_a_command_line_dribbled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
+    with Harness(tmp_path, idle_timeout=30, command_timeout=2) as h, h.connect() as c:
+        assert c.cmd("LHLO x") == LHLO_REPLY
+        took = cut_at_the_deadline(c, b"MAIL FROM:<" + b"s" * 60 + b"@example.org>\r\n", 0.25)
+        assert 1.5 < took < 10, took
+
+
+def test_data_dribbled_byte_by_byte_is_cut_at_the_deadline(tmp_path):
+    with Harness(tmp_path, idle_timeout=30, command_timeout=1, min_data_rate=1000) as h:
+        with h.connect() as c:
+            into_data(c)
+            took = cut_at_the_deadline(c, b"Subject: slow\r\n\r\n" + b"x" * 200, 0.1)
+            assert took < 10, took
+        assert h.handler.messages == []
+
+
+def test_a_big_message_at_a_fair_rate_is_not_cut(tmp_path):
+    """The DATA deadline grows with the bytes received."""
+    with Harness(tmp_path, idle_timeout=30, command_timeout=1, min_data_rate=20_000) as h:
+        with h.connect() as c:
+            into_data(c)
+            c.send(b"Subject: fair\r\n\r\n")
+            line = b"y" * 998 + b"\r\n"
+            for _ in range(18):  # 90 KB in ~1.8 s: 1 + 90000 / 20000 = 5.5 s allowed
+                c.send(line * 5)
+                time.sleep(0.1)
+            c.send(b".\r\n")
+            assert c.line() == DELIVERED.format("a@x")
+        assert len(h.handler.messages[0][2]) > 90_000
+
+
+def test_pipelined_commands_and_idle_clients_are_unaffected(tmp_path):
+    with Harness(tmp_path, idle_timeout=30, command_timeout=2) as h, h.connect() as c:
+        assert c.cmd("LHLO x") == LHLO_REPLY
+        time.sleep(1)
+        rcpts, replies = transaction(c, "s@x", ["a@x"], b"Subject: t\r\n\r\nhi\r\n")
+        assert replies == [DELIVERED.format("a@x")]
+
+
+def wait_until(h, predicate, timeout=10):
+    """Until ``predicate()``, run on the server's loop, is true."""
+    deadline = time.monotonic() + timeout
+    while not h.call(predicate):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_the_per_address_cap_refuses_the_next_connection(tmp_path):
+    h = Harness(tmp_path, inet=True, max_connections=50, max_per_address=3)
+    try:
+        held = [h.connect(source="127.0.0.2") for _ in range(3)]
+        with h.connect(greet=False, source="127.0.0.2") as fourth:
+            assert fourth.line() == TOO_MANY_FROM_ADDRESS
+            assert fourth.closed()
+        with h.connect(source="127.0.0.3") as other:  # another address: fine
+            assert other.cmd("NOOP") == OK
+        held.pop().close()
+        wait_until(h, lambda: h.server.per_address.get("127.0.0.2") == 2)
+        with h.connect(source="127.0.0.2") as again:
+            assert again.cmd("NOOP") == OK
+        for c in held:
+            c.close()
+    finally:
+        h.close()
+
+
+def test_twenty_dribblers_do_not_lock_out_a_normal_client(tmp_path):
+    h = Harness(tmp_path, inet=True, idle_timeout=30, command_timeout=3,
+                max_connections=20, max_per_address=10)
+    dribblers = []
+    try:
+        for _ in range(20):
+            c = h.connect(greet=False, source="127.0.0.2")
+            c.send(b"LH")  # and then nothing more: a slow client
+            dribblers.append(c)
+        first = [c.line() for c in dribblers]
+        assert first.count(GREETING) == 10
+        assert first.count(TOO_MANY_FROM_ADDRESS) == 10
+        wait_until(h, lambda: len(h.server.tasks) == 10)  # the refused ones are gone
+        with h.connect() as normal:  # from 127.0.0.1
+            assert normal.cmd("LHLO x") == LHLO_REPLY
+            rcpts, replies = transaction(normal, "s@x", ["a@x"], b"Subject: t\r\n\r\nhi\r\n")
+            assert replies == [DELIVERED.format("a@x")]
+        started = time.monotonic()
+        for c, greeting in zip(dribblers, first):
+            if greeting == GREETING:
+                assert c.line() == TIMEOUT  # cut at the deadline, not at idle (30 s)
+        assert time.monotonic() - started < 15
+    finally:
+        for c in dribblers:
+            c.close()
+        h.close()
+
+
+# --- the DATA decoder, I/O-free (issue 9 item 5) ---------------------------------------
+
+
+def decode(pieces, limit=0):
+    decoder = lmtp.DataDecoder(limit)
+    out = []
+    rest = b""
+    for piece in pieces:
+        assert not decoder.done
+        got, rest = decoder.feed(piece)
+        out += got
+    return decoder, b"".join(out), rest
+
+
+def reference_decode(data):
+    """docs/lmtp.md's DATA rules on a whole buffer: (message, rest) or None
+    when the end marker never came."""
+    out = []
+    prev_crlf = True
+    pos = 0
+    while True:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return None
+        line = data[pos:nl + 1]
+        pos = nl + 1
+        if line == b".\r\n" and prev_crlf:
+            return b"".join(out), data[pos:]
+        if line.startswith(b".") and line not in (b".\n", b".\r\n"):
+            line = line[1:]
+        out.append(line)
+        prev_crlf = line.endswith(b"\r\n")
+
+
+@pytest.mark.parametrize("data, message, rest", [
+    (b".\r\n", b"", b""),
+    (b"a\r\n.\r\nNOOP\r\n", b"a\r\n", b"NOOP\r\n"),
+    (b"..a\r\n...b\r\n.c\r\n. \r\n.\r\n", b".a\r\n..b\r\nc\r\n \r\n", b""),
+    # a "." line after a bare LF, or ended by one, is data
+    (b"x\n.\r\ny\r\n.\n.\r\nz\r\n.\r\n", b"x\n.\r\ny\r\n.\n.\r\nz\r\n", b""),
+    (b"a\rb\r\n\r.\r\n.\r\n", b"a\rb\r\n\r.\r\n", b""),  # bare CR is data
+    (b"..\n\r\n.\r\n", b".\n\r\n", b""),  # a stuffed dot before a bare LF goes
+])
+def test_decoder_rules(data, message, rest):
+    decoder, got, left = decode([data])
+    assert decoder.done and got == message and left == rest
+    assert reference_decode(data) == (message, rest)
+
+
+def test_decoder_at_every_split_matches_the_reference():
+    rng = random.Random(2033)
+    alphabet = [b".", b"\r", b"\n", b"\r\n", b"a", b".\r\n", b"\r\n.\r\n"]
+    checked = 0
+    for _ in range(400):
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) + b"\r\n.\r\nX"
+        expected = reference_decode(data)
+        cuts = sorted(rng.randint(1, len(data)) for _ in range(rng.randint(0, 8)))
+        pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+        decoder = lmtp.DataDecoder()
+        out, rest = [], b""
+        for k, piece in enumerate(pieces):
+            got, rest = decoder.feed(piece)
+            out += got
+            if decoder.done:
+                rest += b"".join(pieces[k + 1:])
+                break
+        assert decoder.done
+        assert (b"".join(out), rest) == expected, (data, pieces)
+        assert decoder.size == len(expected[0]) - expected[0].count(b"\r\n")
+        checked += 1
+    assert checked == 400
+
+
+def test_decoder_one_byte_at_a_time():
+    data = b"S: x\r\n\r\n..a\r\nb\r\n.\r\nQUIT\r\n"
+    decoder, got, _ = decode([data[i:i + 1] for i in range(data.index(b".\r\nQUIT") + 3)])
+    assert decoder.done and got == b"S: x\r\n\r\n.a\r\nb\r\n"
+
+
+def test_decoder_limit_counts_crlf_as_one_and_keeps_consuming():
+    decoder, got, rest = decode([b"abc\r\n", b"defg\r\n", b"hij\r\n.\r\nNOOP\r\n"], limit=9)
+    assert decoder.too_big and got == b"abc\r\ndefg\r\n"  # nothing given out past it
+    assert decoder.done and rest == b"NOOP\r\n"
+    assert decoder.size == 4 + 5 + 4
+    assert decoder.received == 5 + 6 + 14  # every byte fed
+    exact, got, _ = decode([b"abc\r\ndefg\r\n.\r\n"], limit=9)
+    assert not exact.too_big and got == b"abc\r\ndefg\r\n"

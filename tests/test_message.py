@@ -415,3 +415,80 @@ def test_a_from_line_longer_than_the_gathering_window_is_all_envelope():
     msg = message.read(Trickle(line + b"Subject: x\n\nbody\n"))
     assert msg.from_sender == "a@b"
     assert b"".join(msg.chunks()) == b"Subject: x\n\nbody\n"
+
+
+# --- the feeder (issue 9 item 5): Intake.feed / finish, no I/O of its own ------------
+
+
+def feed(pieces, limit=0, envelope_line=True):
+    intake_ = message.Intake(limit, envelope_line)
+    try:
+        for piece in pieces:
+            intake_.feed(piece)
+        return intake_.finish()
+    finally:
+        intake_.close()
+
+
+def test_feeder_gives_what_read_gives_whatever_the_pieces():
+    rng = random.Random(99)
+    alphabet = [b"a", b"\r", b"\n", b"\r\n", b"From ", b">", b"From x@y  date\n"]
+    for _ in range(300):
+        raw = b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        pieces = split_at(raw, [rng.randint(1, len(raw)) for _ in range(rng.randint(0, 8))])
+        if not reference(raw):
+            with pytest.raises(PermFail):
+                feed(pieces)
+            continue
+        fed, read_ = feed(pieces), intake([raw])
+        assert stored(fed) == stored(read_) == reference(raw), (raw, pieces)
+        assert (fed.size, fed.lines, fed.from_sender, fed.needs_quoting) == \
+            (read_.size, read_.lines, read_.from_sender, read_.needs_quoting)
+
+
+def test_feeder_one_byte_at_a_time_with_an_envelope_line():
+    raw = b"From alice@example.org  Tue Nov 24 22:08:05 2026\r\nSubject: x\r\n\r\nbody\r"
+    msg = feed([raw[i:i + 1] for i in range(len(raw))])
+    assert msg.from_sender == "alice@example.org"
+    assert stored(msg) == b"Subject: x\n\nbody\n"
+
+
+def test_feeder_without_envelope_line_keeps_a_from_line():
+    msg = feed([b"From", b" me\r\n\r\nx\r\n"], envelope_line=False)
+    assert msg.from_sender is None and stored(msg) == b"From me\n\nx\n"
+
+
+def test_feeder_spools_large_messages_and_hands_the_file_over(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    intake_ = message.Intake()
+    line = b"z" * 1022 + b"\r\n"
+    for _ in range(2 * message.SPOOL_IN_MEMORY // len(line)):
+        intake_.write(line)
+    msg = intake_.finish()
+    intake_.close()  # the file is the Message's now: not closed under it
+    try:
+        assert msg.fd is not None and msg.data is None
+        assert os.fstat(msg.fd).st_size == msg.size == 2 * message.SPOOL_IN_MEMORY // 1024 * 1023
+    finally:
+        os.close(msg.fd)
+
+
+def test_feeder_close_drops_an_unfinished_spool(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    intake_ = message.Intake(limit=10)
+    intake_.feed(b"x" * (message.SPOOL_IN_MEMORY + 5))  # over the limit: nothing kept
+    with pytest.raises(PermFail):
+        intake_.finish()
+    intake_.close()
+    big = message.Intake()
+    big.feed(b"y" * (message.SPOOL_IN_MEMORY + 5))
+    fd = big.fd
+    big.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_needs_quoting_when_a_from_line_arrives_one_byte_a_read():
+    raw = b"S: x\n\nFrom me\n"
+    msg = intake([raw[i:i + 1] for i in range(len(raw))])
+    assert msg.needs_quoting  # before: only the last read's bytes were probed

@@ -1,6 +1,7 @@
 """A blocking LMTP client for tests: byte-exact, no smtplib.
 
-``Client(address)``: ``address`` is a unix socket path or (host, port).
+``Client(address, source=None)``: ``address`` is a unix socket path or
+(host, port); ``source`` an IP address to connect from (inet only).
 ``line()`` one reply line, ``reply()`` one (multi-line) reply as a list,
 ``cmd(text)`` send a command and return its reply (a str for a one-line
 reply), ``send(bytes)`` raw bytes, ``closed()`` True once the server has
@@ -17,7 +18,7 @@ MAIL_OK = "250 2.1.0 Ok"
 
 
 class Client:
-    def __init__(self, address, timeout=20):
+    def __init__(self, address, timeout=20, source=None):
         if isinstance(address, (tuple, list)):
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             address = tuple(address)
@@ -26,6 +27,8 @@ class Client:
             address = str(address)
         self.sock.settimeout(timeout)
         try:
+            if source is not None:  # e.g. "127.0.0.2": another client host
+                self.sock.bind((source, 0))
             self.sock.connect(address)
         except OSError:
             self.sock.close()
