@@ -1,0 +1,167 @@
+"""Sieve lexer (RFC 5228 section 2 and 8.1): script text -> tokens.
+
+Contract: ``tokenize(text, filename)`` returns a list of ``(kind, value,
+line)`` tuples, kind one of ``"id"`` (identifier), ``"tag"`` (``:name``,
+value without the colon, lower-cased), ``"num"`` (int, K/M/G applied),
+``"str"`` (quoted or ``text:`` string, escapes and dot-stuffing removed),
+or the punctuation itself (``; , ( ) [ ] { }``); a final ``("eof", None,
+line)``.  Raises ``SieveCompileError`` (file, line, message) on the first
+lexical error.
+
+String line ends: a bare LF inside a quoted or multi-line string becomes
+CRLF, as Pigeonhole does, so that strings compare equal whatever the
+script file's line ends are (its test suite relies on it).
+
+Imported only on a compiled-cache miss (pymda.sieve.cache); never on the
+delivery path of a cached script.
+
+LIMITATIONS: the script must be valid UTF-8 (checked by the caller);
+numbers above 2**63-1 are an error.
+"""
+
+from pymda.sieve.errors import SieveCompileError
+
+_IDSTART = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_IDCHARS = _IDSTART | frozenset("0123456789")
+_DIGITS = frozenset("0123456789")
+_PUNCT = frozenset(";,()[]{}")
+_WS = frozenset(" \t\r\n")
+_QUANT = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+MAX_NUMBER = (1 << 63) - 1
+
+
+def _crlf(s):
+    """Bare LF -> CRLF (see module docstring)."""
+    if "\n" not in s:
+        return s
+    return s.replace("\r\n", "\n").replace("\n", "\r\n")
+
+
+def tokenize(text, filename="script"):
+    toks = []
+    append = toks.append
+    i = 0
+    n = len(text)
+    line = 1
+
+    def fail(msg, at=None):
+        raise SieveCompileError(msg, filename, line if at is None else at)
+
+    while i < n:
+        c = text[i]
+        if c in _WS:
+            if c == "\n":
+                line += 1
+            i += 1
+        elif c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif c == "/" and text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            if j < 0:
+                fail("unterminated bracket comment")
+            line += text.count("\n", i, j)
+            i = j + 2
+        elif c in _PUNCT:
+            append((c, c, line))
+            i += 1
+        elif c == '"':
+            start = line
+            buf = []
+            j = i + 1
+            while True:
+                k = j
+                while k < n and text[k] != '"' and text[k] != "\\":
+                    k += 1
+                if k >= n:
+                    fail("unterminated quoted string", start)
+                buf.append(text[j:k])
+                if text[k] == '"':
+                    i = k + 1
+                    break
+                # RFC 5228 2.4.2: "\" followed by any character is that
+                # character (unknown escapes are not an error).
+                if k + 1 >= n:
+                    fail("unterminated quoted string", start)
+                buf.append(text[k + 1])
+                j = k + 2
+            s = "".join(buf)
+            line += s.count("\n")
+            append(("str", _crlf(s), start))
+        elif c == ":":
+            j = i + 1
+            if j < n and text[j] in _IDSTART:
+                while j < n and text[j] in _IDCHARS:
+                    j += 1
+                append(("tag", text[i + 1:j].lower(), line))
+                i = j
+            else:
+                fail("':' not followed by an identifier")
+        elif c in _DIGITS:
+            j = i
+            while j < n and text[j] in _DIGITS:
+                j += 1
+            value = int(text[i:j])
+            if j < n and text[j].lower() in _QUANT:
+                value *= _QUANT[text[j].lower()]
+                j += 1
+            if j < n and text[j] in _IDCHARS:
+                fail("invalid number %r" % text[i:j + 1])
+            if value > MAX_NUMBER:
+                fail("number %s is too large" % text[i:j])
+            append(("num", value, line))
+            i = j
+        elif c in _IDSTART:
+            j = i
+            while j < n and text[j] in _IDCHARS:
+                j += 1
+            word = text[i:j]
+            if word.lower() == "text" and j < n and text[j] == ":":
+                i = _multiline(text, j + 1, line, filename, append)
+                line += text.count("\n", j, i)
+            else:
+                append(("id", word.lower(), line))
+                i = j
+        else:
+            fail("unexpected character %r" % c)
+    append(("eof", None, line))
+    return toks
+
+
+def _multiline(text, i, line, filename, append):
+    """Scan a ``text:`` string starting after the colon; return the index
+    after its terminating ``.`` line."""
+    n = len(text)
+    # RFC 5228 8.1: "text:" *(SP / HTAB) (hash-comment / CRLF)
+    while i < n and text[i] in " \t":
+        i += 1
+    if i < n and text[i] == "#":
+        j = text.find("\n", i)
+        i = n if j < 0 else j
+    if i < n and text[i] == "\r":
+        i += 1
+    if i >= n or text[i] != "\n":
+        raise SieveCompileError(
+            "text: must be followed by a line end", filename, line)
+    i += 1
+    out = []
+    while True:
+        j = text.find("\n", i)
+        if j < 0:
+            if text[i:].rstrip("\r") == ".":
+                return n
+            raise SieveCompileError(
+                "unterminated multi-line string", filename, line)
+        ln = text[i:j]
+        if ln.endswith("\r"):
+            ln = ln[:-1]
+        i = j + 1
+        if ln == ".":
+            break
+        if ln.startswith("."):
+            # dot-stuffing: ".." at the start stands for "."; RFC 5228
+            # leaves a single leading dot undefined, kept as is.
+            ln = ln[1:] if ln.startswith("..") else ln
+        out.append(ln + "\r\n")
+    append(("str", "".join(out), line))
+    return i
