@@ -208,7 +208,12 @@ class _Validator:
         self.commands = dict(COMMANDS)
         self.tests = dict(TESTS)
         self.extra_ext = set()
+        self.extra_tags = {}
+        self.extra_names = frozenset()
         if extra:
+            self.extra_tags = extra.get("tags", {})
+            self.extra_names = frozenset(extra.get("commands", ())) | frozenset(
+                extra.get("tests", ()))
             self.commands.update(extra.get("commands", {}))
             self.tests.update(extra.get("tests", {}))
             self.extra_ext = set(extra.get("extensions", ()))
@@ -290,7 +295,7 @@ class _Validator:
             self.error(line, "%s command requires the '%s' extension" % (name, ext))
             return None
         opts, pos = self.arguments("%s command" % name, line, args, tags,
-                                   kinds, optional)
+                                   kinds, optional, self.tag_table(name))
         tnodes = self.check_tests("%s command" % name, line, tests, ntests)
         if has_block and block is None:
             self.error(line, "the %s command needs a block" % name)
@@ -336,7 +341,7 @@ class _Validator:
             self.error(line, "%s test requires the '%s' extension" % (name, ext))
             return None
         opts, pos = self.arguments("%s test" % name, line, args, tags,
-                                   kinds, optional)
+                                   kinds, optional, self.tag_table(name))
         sub = self.check_tests("%s test" % name, line, tests, ntests)
         if ntests == "list" and len(tests) < 1:
             return None
@@ -371,7 +376,12 @@ class _Validator:
 
     # -- arguments --------------------------------------------------------
 
-    def arguments(self, what, line, args, allowed, kinds, optional):
+    def tag_table(self, name):
+        if name in self.extra_names and self.extra_tags:
+            return dict(TAGS, **self.extra_tags)
+        return TAGS
+
+    def arguments(self, what, line, args, allowed, kinds, optional, tags):
         opts = {}
         pos = []
         ok = True
@@ -387,7 +397,7 @@ class _Validator:
                 self.error(aline, "%s: tag ':%s' after positional arguments"
                            % (what, value))
                 ok = False
-            spec = TAGS.get(value)
+            spec = tags.get(value)
             if spec is None or spec[0] not in allowed or not self.has(spec[3]):
                 self.error(aline, "unknown tagged argument ':%s' for the %s"
                            % (value, what))
