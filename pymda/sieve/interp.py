@@ -48,10 +48,12 @@ class Environment(Record):
 
 class Options(Record):
     __slots__ = ("recipient_delimiter", "max_actions", "max_redirects",
-                 "max_cpu_time", "max_variable_size", "extensions")
+                 "max_cpu_time", "max_variable_size", "extensions",
+                 "keep_folder")
     _defaults = {"recipient_delimiter": "+", "max_actions": 32,
                  "max_redirects": 4, "max_cpu_time": 30.0,
-                 "max_variable_size": 4096, "extensions": None}
+                 "max_variable_size": 4096, "extensions": None,
+                 "keep_folder": "INBOX"}
 
 
 DEFAULT_OPTIONS = Options()
@@ -148,12 +150,18 @@ class Interpreter:
             return items
         return [self.expand(s) for s in items]
 
-    def set_variable(self, name, value):
+    def set_variable(self, name, value, quoted=False):
+        """Assign, truncated to max_variable_size octets (whole UTF-8
+        characters; with ``quoted``, never half an escape pair)."""
         limit = self.opts.max_variable_size
         if len(value) > limit // 4:
             raw = value.encode("utf-8", "surrogateescape")
             if len(raw) > limit:
                 value = raw[:limit].decode("utf-8", "ignore")
+                if quoted:
+                    run = len(value) - len(value.rstrip("\\"))
+                    if run % 2:
+                        value = value[:-1]
         self.variables[name.lower()] = value
 
     # -- actions ------------------------------------------------------------
@@ -164,10 +172,13 @@ class Interpreter:
         if self.rejected and kind in ("keep", "fileinto", "redirect",
                                       "vacation", "reject"):
             self.fail(action.line, "%s cannot be combined with reject" % kind)
+        keep_key = _folder_key(self.opts.keep_folder)
         for i, old in enumerate(actions):
-            if _same_target(old, action):
-                # one copy per folder (RFC 5228 4.1, SPEC 6); later flags win
-                actions[i] = action if kind != "redirect" else old
+            if _same_target(old, action, keep_key):
+                # one copy per folder (RFC 5228 4.1, SPEC 6); the first
+                # action stays, later flags win
+                if kind != "redirect" and old.kind == kind and kind != "discard":
+                    actions[i] = old.replace(flags=action.flags)
                 if cancels_keep:
                     self.implicit_keep = False
                 return
@@ -199,10 +210,16 @@ class Interpreter:
         return self.flags
 
 
-def _same_target(a, b):
+def _same_target(a, b, keep_key):
     if a.kind != b.kind:
-        # keep and fileinto "INBOX" may be the same folder or not (-m, the
-        # extension folder): the delivery merges them, it knows the target
+        # keep stores into the implicit-keep target (Options.keep_folder:
+        # INBOX, or -m / the extension folder): a fileinto of that name
+        # is the same copy
+        kinds = (a.kind, b.kind)
+        if kinds == ("keep", "fileinto"):
+            return _folder_key(b.folder) == keep_key
+        if kinds == ("fileinto", "keep"):
+            return _folder_key(a.folder) == keep_key
         return False
     if a.kind == "keep" or a.kind == "discard":
         return True
@@ -299,6 +316,10 @@ def _cmd_fileinto(it, cmd):
     folder = it.expand(cmd[3][0])
     if not folder:
         it.fail(cmd[1], "fileinto: empty folder name")
+    try:
+        folder.encode("utf-8")
+    except UnicodeEncodeError:
+        it.fail(cmd[1], "fileinto: invalid folder name (not UTF-8)")
     copy = bool(opts.get("copy"))
     it.add_action(R.FileInto(folder=folder, flags=it.action_flags(opts),
                              copy=copy, create=bool(opts.get("create")),
@@ -306,9 +327,14 @@ def _cmd_fileinto(it, cmd):
 
 
 def _cmd_redirect(it, cmd):
-    address = it.expand(cmd[3][0]).strip()
-    if not address or "@" not in address or any(c in address for c in "\r\n\0<>, "):
-        it.fail(cmd[1], "redirect: invalid address %r" % address)
+    from pymda.sieve.mail import parse_address_list
+
+    raw = it.expand(cmd[3][0])
+    addrs = parse_address_list(raw)
+    address = addrs[0].all if len(addrs) == 1 and addrs[0].valid else None
+    if (not address or not addrs[0].domain or address.startswith("-")
+            or any(c in address for c in "\r\n\0")):
+        it.fail(cmd[1], "redirect: invalid address %r" % raw)
     copy = bool(cmd[2].get("copy"))
     it.add_action(R.Redirect(address=address, copy=copy, line=cmd[1]), not copy)
 
@@ -345,9 +371,10 @@ def _cmd_vacation(it, cmd):
 def _cmd_set(it, cmd):
     name, value = cmd[3]
     value = it.expand(value)
-    for mod in cmd[2].get("mods", ()):
+    mods = cmd[2].get("mods", ())
+    for mod in mods:
         value = _MODIFIERS[mod](value)
-    it.set_variable(name, value)
+    it.set_variable(name, value, "quotewildcard" in mods or "quoteregex" in mods)
 
 
 def _mod_quotewildcard(v):
@@ -531,10 +558,11 @@ def _tst_envelope(it, node):
             continue
         addr = parse_envelope_address(raw)
         if addr.local_part == "" and addr.domain == "":
-            # the null path matches only "" as a whole (RFC 5228 5.4)
-            if part == "all":
-                values.append("")
+            # the null path is "" whatever the address part (RFC 5228 5.4)
+            values.append("")
             continue
+        if addr.local_part is None:
+            continue        # a syntactically invalid path matches nothing
         v = _address_part(it, part, addr)
         if v is not None:
             values.append(v)
@@ -586,7 +614,11 @@ def _tst_hasflag(it, node):
     else:
         flags = list(_flag_set([it.variables.get(v.lower(), "")
                                 for v in it.expand_list(varnames)]))
-    return _match(it, node, flags)
+    keys = it.expand_list(keys)
+    if not node[2].get("match", "").startswith("count"):
+        # RFC 5232 4: a key is a flag list too ("b A" is two flags)
+        keys = list(_flag_set(keys))
+    return _match(it, node, flags, keys)
 
 
 def _date_values(it, node, utc, zone_minutes, zone_text):
@@ -650,7 +682,11 @@ def _tst_body(it, node):
         parts = it.view.body("content", list(it.expand_list(transform)))
     else:
         parts = it.view.body(transform, None)
-    return _match(it, node, parts)
+    # RFC 5173 6: the body test never sets match variables
+    saved = it.match_values
+    ok = _match(it, node, parts)
+    it.match_values = saved
+    return ok
 
 
 def _tst_mailboxexists(it, node):

@@ -45,6 +45,9 @@ EXTENSIONS = (
 )
 
 S, L, N = "string", "string-list", "number"
+MAX_IDENTIFIER = 32         # Pigeonhole's limits (SIEVE-NOTES 7)
+MAX_MATCH_INDEX = 32
+MAX_VARIABLES = 255
 MATCH_OPS = ("gt", "ge", "lt", "le", "eq", "ne")
 COMPARATORS = {"i;octet": None, "i;ascii-casemap": None,
                "i;ascii-numeric": "comparator-i;ascii-numeric"}
@@ -190,7 +193,9 @@ def _decode_one(kind, words):
     if kind == "hex":
         if any(v > 255 for v in values):
             return None
-        return bytes(values).decode("utf-8", "replace")
+        # invalid UTF-8 stays visible (surrogates) so that using it as a
+        # folder name is an error, not a silently different folder
+        return bytes(values).decode("utf-8", "surrogateescape")
     if kind == "unicode":
         for v in values:
             if v > 0x10FFFF or 0xD800 <= v <= 0xDFFF:
@@ -205,6 +210,7 @@ class _Validator:
         self.enabled = frozenset(EXTENSIONS if extensions is None else extensions)
         self.required = set()
         self.errors = []
+        self.variables = set()
         self.commands = dict(COMMANDS)
         self.tests = dict(TESTS)
         self.extra_ext = set()
@@ -225,12 +231,36 @@ class _Validator:
         return ext is None or ext in self.required
 
     def string(self, s, line):
-        if "encoded-character" in self.required and "${" in s:
+        if "${" not in s:
+            return s
+        if "encoded-character" in self.required:
             try:
-                return decode_encoded(s)
+                s = decode_encoded(s)
             except ValueError as e:
                 self.error(line, "encoded-character: %s" % e)
+        if "variables" in self.required:
+            self.check_references(s, line)
         return s
+
+    def check_references(self, s, line):
+        """RFC 5229 3: references to namespaces pymda does not have, match
+        variables beyond MAX_MATCH_INDEX, names beyond MAX_IDENTIFIER."""
+        i = s.find("${")
+        while i >= 0:
+            k = s.find("}", i)
+            if k < 0:
+                break
+            name = s[i + 2:k]
+            if name.isdigit() and name.isascii():
+                if int(name) > MAX_MATCH_INDEX:
+                    self.error(line, "match variable ${%s} beyond the maximum "
+                               "index %d" % (name, MAX_MATCH_INDEX))
+            elif "." in name and all(_is_identifier(p) for p in name.split(".")):
+                self.error(line, "unknown variable namespace in ${%s}" % name)
+            elif _is_identifier(name) and len(name) > MAX_IDENTIFIER:
+                self.error(line, "variable name ${%s} longer than %d characters"
+                           % (name[:40], MAX_IDENTIFIER))
+            i = s.find("${", i + 2)
 
     # -- commands ---------------------------------------------------------
 
@@ -315,9 +345,17 @@ class _Validator:
 
     def check_set(self, line, pos):
         var = pos[0]
-        if not _is_identifier(var) and not (
-                "." in var and all(_is_identifier(p) for p in var.split("."))):
+        if "." in var and all(_is_identifier(p) for p in var.split(".")):
+            self.error(line, "set: unknown variable namespace in '%s'" % var)
+        elif not _is_identifier(var):
             self.error(line, "set: invalid variable name '%s'" % var)
+        elif len(var) > MAX_IDENTIFIER:
+            self.error(line, "set: variable name longer than %d characters"
+                       % MAX_IDENTIFIER)
+        else:
+            self.variables.add(var.lower())
+            if len(self.variables) == MAX_VARIABLES + 1:
+                self.error(line, "more than %d variables" % MAX_VARIABLES)
 
     def check_tests(self, what, line, tests, ntests):
         if ntests == "none":
