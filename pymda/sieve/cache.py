@@ -163,12 +163,14 @@ def compile_bytes(data, filename, extensions=None):
     return compile_script(text, filename, extensions)
 
 
-def load(script_path, cache_dir=None, extensions=None, max_size=None):
+def load(script_path, cache_dir=None, extensions=None, max_size=None,
+         force=False):
+    """See the module docstring; ``force``: ignore (and rewrite) caches."""
     st = os.stat(script_path)
     key = script_key(st)
     for path in (script_path + SIDECAR_SUFFIX,
                  cache_path(cache_dir, st) if cache_dir else None):
-        if path is None:
+        if path is None or force:
             continue
         data = _read(path)
         if data is not None:

@@ -326,14 +326,26 @@ def _cmd_fileinto(it, cmd):
                              line=cmd[1]), not copy)
 
 
-def _cmd_redirect(it, cmd):
+def parse_outgoing_address(raw):
+    """The one address of ``raw`` (``Name <a@b>`` or ``a@b``) usable as an
+    SMTP recipient, or None: exactly one mailbox, with a domain, ASCII
+    only (no SMTPUTF8), not starting with ``-`` (never an option)."""
     from pymda.sieve.mail import parse_address_list
 
-    raw = it.expand(cmd[3][0])
     addrs = parse_address_list(raw)
-    address = addrs[0].all if len(addrs) == 1 and addrs[0].valid else None
-    if (not address or not addrs[0].domain or address.startswith("-")
+    if len(addrs) != 1 or not addrs[0].valid or not addrs[0].domain:
+        return None
+    address = addrs[0].all
+    if (not address.isascii() or address.startswith("-")
             or any(c in address for c in "\r\n\0")):
+        return None
+    return address
+
+
+def _cmd_redirect(it, cmd):
+    raw = it.expand(cmd[3][0])
+    address = parse_outgoing_address(raw)
+    if address is None:
         it.fail(cmd[1], "redirect: invalid address %r" % raw)
     copy = bool(cmd[2].get("copy"))
     it.add_action(R.Redirect(address=address, copy=copy, line=cmd[1]), not copy)

@@ -338,10 +338,22 @@ class _Validator:
             self.check_set(line, pos)
         elif name in ("fileinto", "redirect") and not pos[0]:
             self.error(line, "%s: empty argument" % name)
+        elif name == "redirect":
+            self.check_address(line, "redirect", pos[0])
+        elif name == "vacation" and "from" in opts:
+            self.check_address(line, "vacation :from", opts["from"])
         test = tnodes[0] if ntests == "one" and tnodes else None
         if ntests == "one":
             return (name, line, opts, pos, test, body)
         return (name, line, opts, pos, tuple(tnodes), body)
+
+    def check_address(self, line, what, raw):
+        if "variables" in self.required and "${" in raw:
+            return          # checked when it runs
+        from pymda.sieve.interp import parse_outgoing_address
+
+        if parse_outgoing_address(raw) is None:
+            self.error(line, "%s: invalid address '%s'" % (what, raw))
 
     def check_set(self, line, pos):
         var = pos[0]
