@@ -236,6 +236,8 @@ class Suite:
             it.run()
         except SieveError as e:
             errors.append("runtime: " + str(e))
+        except NotImplementedError as e:
+            errors.append("not implemented yet: %r" % e)
         finally:
             self.store.close()
         return self.results, errors
