@@ -22,37 +22,214 @@ arithmetic (H. Hinnant's algorithms).  Raises nothing on bad input.
 PARTS = ("year", "month", "day", "date", "julian", "hour", "minute",
          "second", "time", "iso8601", "std11", "zone", "weekday")
 
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep",
+           "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                "Sep", "Oct", "Nov", "Dec")
+_DAY_NAMES = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
+
+# RFC 2822 §4.3 obsolete zones; military letters mean "unknown" (-0000).
+_ZONES = {"ut": 0, "gmt": 0, "z": 0, "est": -300, "edt": -240, "cst": -360,
+          "cdt": -300, "mst": -420, "mdt": -360, "pst": -480, "pdt": -420}
+
+# Days between 1858-11-17 (MJD 0) and 1970-01-01.
+_MJD_EPOCH = 40587
+
 
 def days_from_civil(year, month, day):
     """Days since 1970-01-01 of a proleptic Gregorian date."""
-    raise NotImplementedError
+    y = year - (month <= 2)
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
 
 
 def civil_from_days(days):
     """(year, month, day) of a day number since 1970-01-01."""
-    raise NotImplementedError
+    z = days + 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + (3 if mp < 10 else -9)
+    return y + (m <= 2), m, d
+
+
+def _days_in_month(year, month):
+    if month == 2:
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        return 29 if leap else 28
+    return 30 if month in (4, 6, 9, 11) else 31
 
 
 def parse_zone(text):
     """Minutes east of UTC of ``+hhmm``/``-hhmm`` (strict), or None."""
-    raise NotImplementedError
+    if len(text) != 5 or text[0] not in "+-" or not text[1:].isdigit() \
+            or not text[1:].isascii():
+        return None
+    hours, minutes = int(text[1:3]), int(text[3:5])
+    if minutes > 59:
+        return None
+    offset = hours * 60 + minutes
+    return -offset if text[0] == "-" else offset
+
+
+def _strip_comments(text):
+    out = []
+    depth = 0
+    for c in text:
+        if c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        elif not depth:
+            out.append(c)
+    return "".join(out)
+
+
+def _int(text):
+    if text.isdigit() and text.isascii():
+        return int(text)
+    return None
 
 
 def parse_date(text):
-    """(utc_seconds, zone_minutes, zone_text) of an RFC 2822 date or None."""
-    raise NotImplementedError
+    """(utc_seconds, zone_minutes, zone_text) of an RFC 2822 date or None.
+
+    Tolerated (RFC 2822 §4.3 and common practice): no weekday, a wrong
+    weekday, comments, 2-digit (<50 = 20xx) and 3-digit (+1900) years,
+    no seconds, alphabetic zones (military zones and a missing zone
+    count as ``-0000``), any case.  Rejected: an unknown month, an
+    impossible day or time, a malformed zone.
+    """
+    if "(" in text:
+        text = _strip_comments(text)
+    words = text.replace(",", " ").split()
+    if not words:
+        return None
+    if words[0][:3].lower() in _DAYS and not words[0][:1].isdigit():
+        if words[0].lower()[:3] not in _DAYS or len(words[0]) > 9:
+            return None
+        words = words[1:]
+    if len(words) < 4:
+        return None
+    day = _int(words[0])
+    month = words[1][:3].lower()
+    if month not in _MONTHS or len(words[1]) > 9:
+        return None
+    month = _MONTHS.index(month) + 1
+    year = _int(words[2])
+    if day is None or year is None:
+        return None
+    if len(words[2]) == 2:
+        year += 2000 if year < 50 else 1900
+    elif len(words[2]) == 3:
+        year += 1900
+    elif len(words[2]) != 4:
+        return None
+    if not 1 <= day <= _days_in_month(year, month):
+        return None
+    hms = words[3].split(":")
+    if len(hms) not in (2, 3):
+        return None
+    hms = [_int(x) for x in hms]
+    if None in hms:
+        return None
+    hour, minute = hms[0], hms[1]
+    second = hms[2] if len(hms) == 3 else 0
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    zone_text = words[4] if len(words) > 4 else "-0000"
+    zone = parse_zone(zone_text)
+    if zone is None:
+        if zone_text.lower() in _ZONES:
+            zone = _ZONES[zone_text.lower()]
+        elif len(zone_text) == 1 and zone_text.isalpha():
+            zone = 0
+            zone_text = "-0000"
+        else:
+            return None
+    elif abs(zone) > 23 * 60 + 59:
+        return None
+    local = days_from_civil(year, month, day) * 86400 \
+        + hour * 3600 + minute * 60 + second
+    return local - zone * 60, zone, zone_text
 
 
 def received_date(value):
     """The date of a Received: header value (after its last ';') or None."""
-    raise NotImplementedError
+    _, semi, tail = value.rpartition(";")
+    if not semi:
+        return None
+    return parse_date(tail)
+
+
+def _two(n):
+    return "%02d" % n
+
+
+def format_zone(minutes):
+    """``+hhmm``/``-hhmm`` of an offset in minutes."""
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    return "%s%02d%02d" % (sign, minutes // 60, minutes % 60)
 
 
 def date_part(part, utc_seconds, zone_minutes, zone_text=None):
-    """String of date part ``part`` of the instant in ``zone_minutes``."""
-    raise NotImplementedError
+    """String of date part ``part`` of the instant in ``zone_minutes``.
+
+    ``zone_text``: the original zone as written; used by the ``zone``
+    part only for ``-0000`` ("unknown zone", RFC 2822 §3.3).
+    """
+    local = utc_seconds + zone_minutes * 60
+    days, secs = divmod(local, 86400)
+    if part == "julian":
+        return str(days + _MJD_EPOCH)
+    if part == "weekday":
+        return str((days + 4) % 7)  # 1970-01-01 was a Thursday
+    if part == "zone":
+        if zone_text == "-0000" and zone_minutes == 0:
+            return "-0000"
+        return format_zone(zone_minutes)
+    year, month, day = civil_from_days(days)
+    hour, rest = divmod(secs, 3600)
+    minute, second = divmod(rest, 60)
+    if part == "year":
+        return "%04d" % year
+    if part == "month":
+        return _two(month)
+    if part == "day":
+        return _two(day)
+    if part == "date":
+        return "%04d-%02d-%02d" % (year, month, day)
+    if part == "hour":
+        return _two(hour)
+    if part == "minute":
+        return _two(minute)
+    if part == "second":
+        return _two(second)
+    if part == "time":
+        return "%02d:%02d:%02d" % (hour, minute, second)
+    if part == "iso8601":
+        z = format_zone(zone_minutes)
+        return "%04d-%02d-%02dT%02d:%02d:%02d%s:%s" % (
+            year, month, day, hour, minute, second, z[:3], z[3:])
+    if part == "std11":
+        return "%s, %02d %s %04d %02d:%02d:%02d %s" % (
+            _DAY_NAMES[(days + 4) % 7], day, _MONTH_NAMES[month - 1], year,
+            hour, minute, second,
+            date_part("zone", utc_seconds, zone_minutes, zone_text))
+    return None
 
 
 def current_date():
     """(utc_seconds, local zone offset in minutes) of now."""
-    raise NotImplementedError
+    import time  # built in: no file to load
+    now = int(time.time())
+    return now, time.localtime(now).tm_gmtoff // 60
