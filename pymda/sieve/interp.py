@@ -80,6 +80,7 @@ class Interpreter:
         self.match_values = []
         self.use_vars = "variables" in self.requires
         self.flags = ()
+        self.warnings = []
         self.reset()
 
     def reset(self):
@@ -92,6 +93,9 @@ class Interpreter:
 
     def fail(self, line, msg):
         raise SieveRuntimeError(msg, self.filename, line)
+
+    def warn(self, line, msg):
+        self.warnings.append("%s:%d: %s" % (self.filename, line, msg))
 
     # -- running ----------------------------------------------------------
 
@@ -106,7 +110,8 @@ class Interpreter:
     def outcome(self):
         return R.Outcome(actions=tuple(self.actions),
                          implicit_keep=self.implicit_keep,
-                         implicit_flags=self.flags, script=self.filename)
+                         implicit_flags=self.flags, script=self.filename,
+                         warnings=tuple(self.warnings))
 
     def block(self, cmds):
         for cmd in cmds:
@@ -481,7 +486,10 @@ def _match_regex(it, node, comparator, values, keys):
         try:
             compiled = regex.compile_regex(key, casefold)
         except regex.RegexError as e:
-            it.fail(node[1], "invalid regular expression %r: %s" % (key, e))
+            # a bad pattern made at run time (variables) does not match;
+            # the script goes on (Pigeonhole does the same) and we warn
+            it.warn(node[1], "invalid regular expression %r: %s" % (key, e))
+            continue
         for value in values:
             captures = regex.search(compiled, value)
             if captures is not None:

@@ -397,9 +397,25 @@ class _Validator:
             return None
         if opts is None:
             return None
+        if opts.get("match") == "regex":
+            self.check_regex(line, opts, pos[-1])
         if not self.check_test(name, line, opts, pos):
             return None
         return (name, line, opts, pos, sub)
+
+    def check_regex(self, line, opts, keys):
+        """Constant regex keys are compiled now (RFC draft-ietf-sieve-regex
+        5: an invalid pattern is a compile error)."""
+        from pymda.sieve import regex
+
+        casefold = opts.get("comparator", "i;ascii-casemap") == "i;ascii-casemap"
+        for key in keys:
+            if "variables" in self.required and "${" in key:
+                continue
+            try:
+                regex.compile_regex(key, casefold)
+            except regex.RegexError as e:
+                self.error(line, "invalid regular expression '%s': %s" % (key, e))
 
     def check_test(self, name, line, opts, pos):
         ok = True

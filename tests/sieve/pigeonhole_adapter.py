@@ -276,6 +276,7 @@ class Suite:
         if outcome.error is not None:
             self.errors = [m for (_f, _l, m) in outcome.error.errors]
             return False
+        self.errors = [w.split(": ", 1)[-1] for w in outcome.warnings]
         main = self.main
         if not append:
             main.reset()
