@@ -21,9 +21,11 @@ Entry points:
 - ``check(comparator, match_type)`` -> error string or None (for the
   validator: e.g. ``i;ascii-numeric`` with ``:contains``).
 
-Time: ``:matches`` is O(len(pattern) * len(text)) worst case, whatever
-the pattern (no backtracking over stars: greedy-free segment search,
-non-greedy captures as RFC 5229 §3.2).
+Time: ``:matches`` never backtracks over stars (each segment between
+stars is placed once, leftmost; non-greedy captures as RFC 5229 §3.2);
+a segment is found with ``str.find`` or, when that keeps failing, with
+bit masks: at most about O(len(text) * len(pattern) / 64) word
+operations whatever the pattern.
 
 Raises ``ValueError`` only for unknown comparator/match-type/relation
 names (the validator rejects those first).
@@ -165,12 +167,50 @@ def _segment_at(segment, runs, text, pos):
     return True
 
 
+def _occurrences(text, run, start, end):
+    """Bit mask of the positions in [start, end) where ``run`` starts."""
+    n = len(text)
+    bits = bytearray(b"0") * n  # most significant first: bit i at n-1-i
+    pos = text.find(run, start, end)
+    while pos >= 0:
+        bits[n - 1 - pos] = 0x31
+        pos = text.find(run, pos + 1, end)
+    return int(bits, 2) if n else 0  # base 2: linear, no digit limit
+
+
+def _segment_mask(runs, text, start, limit):
+    """Bit mask of every p in [start, limit] where all ``runs`` match.
+
+    Bit-parallel: AND of each run's occurrence mask shifted by its
+    offset; the work is O(len(text) * distinct runs) plus
+    O(len(text) / 64) word operations per run.
+    """
+    cache = {}
+    mask = ((1 << (limit + 1)) - 1) >> start << start
+    for offset, run in runs:
+        occ = cache.get(run)
+        if occ is None:
+            occ = cache[run] = _occurrences(text, run, start, len(text))
+        mask &= occ >> offset
+        if not mask:
+            break
+    return mask
+
+
+# Failed verifications after which _find_segment switches to bit masks.
+_SCAN_BUDGET = 256
+
+
 def _find_segment(segment, runs, text, start, limit):
     """Leftmost position p in [start, limit] where ``segment`` matches.
 
     Searches for the segment's longest literal run with ``str.find`` and
-    verifies the other runs with ``str.startswith``, so the cost is at
-    most O(len(text) * number of runs) and usually O(len(text)).
+    verifies the other runs with ``str.startswith``: O(len(text)) in the
+    usual case.  A segment that keeps failing verification (hostile
+    ``a?a?a?...`` on "aaaa...") is finished with bit masks
+    (``_segment_mask``), so no pattern costs more than
+    O(len(text) * len(segment) / 64) plus one ``find`` pass per
+    distinct run.
     """
     if start > limit:
         return -1
@@ -178,6 +218,7 @@ def _find_segment(segment, runs, text, start, limit):
         return start
     k, run = max(runs, key=lambda r: len(r[1]))
     pos = start
+    budget = _SCAN_BUDGET
     while pos <= limit:
         q = text.find(run, pos + k, limit + k + len(run))
         if q < 0:
@@ -186,6 +227,12 @@ def _find_segment(segment, runs, text, start, limit):
         if _segment_at(segment, runs, text, p):
             return p
         pos = p + 1
+        budget -= 1
+        if not budget:
+            mask = _segment_mask(runs, text, pos, limit) if pos <= limit else 0
+            if not mask:
+                return -1
+            return (mask & -mask).bit_length() - 1
     return -1
 
 

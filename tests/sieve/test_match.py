@@ -198,3 +198,34 @@ def test_check():
     assert check(OCTET, "frob")
     with pytest.raises(ValueError):
         match.match_one("contains", NUMERIC, "1", "1")
+
+
+def _reference(pattern, text):
+    """The same glob as a lazy regular expression (tests may import re)."""
+    import re
+    out = []
+    for c in pattern:
+        out.append("(.*?)" if c == "*" else "(.)" if c == "?" else re.escape(c))
+    m = re.fullmatch("".join(out), text, re.DOTALL)
+    return None if m is None else [m.group(0)] + list(m.groups())
+
+
+@pytest.mark.parametrize("budget", [256, 1])
+def test_glob_against_lazy_regex(monkeypatch, budget):
+    """Random patterns and texts: the same verdict and the same captures
+    as a non-greedy backtracking regex; budget 1 forces the bit masks."""
+    import random
+    monkeypatch.setattr(match, "_SCAN_BUDGET", budget)
+    rng = random.Random(5229)
+    for _ in range(4000):
+        pattern = "".join(rng.choice("ab*?") for _ in range(rng.randrange(0, 9)))
+        text = "".join(rng.choice("ab") for _ in range(rng.randrange(0, 14)))
+        assert glob_match(pattern, text) == _reference(pattern, text), (pattern, text)
+
+
+def test_hostile_segments_use_bit_masks():
+    start = time.process_time()
+    assert glob_match("*" + "a?" * 500 + "y*", ("a" * 999 + "x") * 65) is None
+    assert glob_match("*" + "a?" * 500 + "b*", ("a" * 999 + "x") * 65) is None
+    assert glob_match("*" + "a?" * 500 + "*", ("a" * 999 + "x") * 65) is not None
+    assert time.process_time() - start < 2.0
