@@ -17,7 +17,8 @@ interpreter asks:
   extension (RFC 5173);
 - ``size`` -> the message size in octets.
 
-Module functions: ``unfold``, ``decode_words`` (RFC 2047),
+Module functions: ``address_part`` (``:all :localpart :domain :user
+:detail``), ``unfold``, ``decode_words`` (RFC 2047),
 ``parse_address_list`` (RFC 5322 + obsolete forms), ``parse_envelope_address``
 (RFC 5321 path), ``split_header_block``.
 
@@ -56,6 +57,37 @@ class Address(Record):
     @property
     def valid(self):
         return self.local_part is not None
+
+
+def address_part(address, part, delimiters="+"):
+    """The ``part`` of an ``Address`` a Sieve test compares, or None.
+
+    ``part``: ``"all"``, ``"localpart"``, ``"domain"`` (RFC 5228 §2.7.4)
+    or ``"user"``/``"detail"`` (RFC 5233, ``delimiters`` = pymda's
+    ``recipient_delimiter``, each character one delimiter, the first one
+    in the local part counts).  None means "this address takes no part
+    in the test": an invalid address for every part but ``all``, and an
+    address without a delimiter for ``detail``.
+    """
+    if part == "all":
+        return address.all
+    local = address.local_part
+    if local is None:
+        return None
+    if part == "localpart":
+        return local
+    if part == "domain":
+        return address.domain
+    cut = -1
+    for d in delimiters or "":
+        i = local.find(d)
+        if i >= 0 and (cut < 0 or i < cut):
+            cut = i
+    if part == "user":
+        return local if cut < 0 else local[:cut]
+    if part == "detail":
+        return None if cut < 0 else local[cut + 1:]
+    raise ValueError(f"unknown address part {part!r}")
 
 
 def _invalid(value):

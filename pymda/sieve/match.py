@@ -5,8 +5,9 @@ Comparators (RFC 4790, RFC 5228 §2.7.3): ``"i;octet"``,
 a value not starting with a digit is positive infinity, as Pigeonhole).
 
 Match types: ``:is``, ``:contains``, ``:matches`` (glob with ``*``,
-``?`` and ``\\`` escapes), and relational (RFC 5231) ``:value`` /
-``:count`` with ``gt ge lt le eq ne``.
+``?`` and ``\\`` escapes), relational (RFC 5231) ``:value`` /
+``:count`` with ``gt ge lt le eq ne``, and ``:regex`` (delegated to
+``pymda.sieve.regex``, imported only then).
 
 Entry points:
 
@@ -314,13 +315,16 @@ def match_values(match_type, comparator, values, keys, relation=None):
     """(matched, captures) of a Sieve test over lists of values and keys.
 
     ``match_type``: ``"is"``, ``"contains"``, ``"matches"``, ``"value"``
-    (needs ``relation``) or ``"count"`` (needs ``relation``; compares
-    ``len(values)``).  ``"regex"`` is handled by ``pymda.sieve.regex``.
-    ``captures`` is the list of match variables of the first successful
-    ``:matches`` (values in order, then keys in order), else None.
+    (needs ``relation``), ``"count"`` (needs ``relation``; compares
+    ``len(values)``) or ``"regex"`` (imports ``pymda.sieve.regex``; may
+    raise its ``RegexError``).  ``captures`` is the list of match
+    variables of the first successful ``:matches`` or ``:regex`` (values
+    in order, then keys in order), else None.
     """
     if match_type == "count":
         return count_matches(comparator, relation, len(values), keys), None
+    if match_type == "regex":
+        return _regex_values(comparator, values, keys)
     if match_type == "value":
         for value in values:
             for key in keys:
@@ -334,6 +338,22 @@ def match_values(match_type, comparator, values, keys, relation=None):
                 return True, None
             if result:
                 return True, result
+    return False, None
+
+
+def _regex_values(comparator, values, keys):
+    if comparator not in ("i;octet", "i;ascii-casemap"):
+        raise ValueError(check(comparator, "regex") or "bad comparator")
+    if not values:
+        return False, None
+    from pymda.sieve import regex
+    casefold = comparator == "i;ascii-casemap"
+    compiled = [regex.compile_regex(key, casefold) for key in keys]
+    for value in values:
+        for rx in compiled:
+            caps = regex.search(rx, value)
+            if caps is not None:
+                return True, caps
     return False, None
 
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from pymda.sieve.mail import (Address, MailView, decode_words,
+from pymda.sieve.mail import (Address, MailView, address_part, decode_words,
                               parse_address_list, parse_envelope_address,
                               split_header_block, unfold)
 
@@ -286,7 +286,8 @@ def test_body_content_types():
     v = view(MULTI, MULTI_BODY)
     text = [t.strip() for t in v.body("content", ["text"])]
     assert text == ["Hello",
-                    "<html><head><style>p {}</style></head><body>HTML Héllo &amp; bye</body></html>",
+                    "<html><head><style>p {}</style></head>"
+                    "<body>HTML Héllo &amp; bye</body></html>",
                     "Please say Hello"]
     assert [t.strip() for t in v.body("content", ["text/plain"])] == ["Hello", "Please say Hello"]
     assert v.body("content", ["application/octet-stream"]) == ["keep;"]
@@ -446,3 +447,30 @@ def _site():
     import pymda
     from pathlib import Path
     return str(Path(pymda.__file__).resolve().parent.parent)
+
+
+@pytest.mark.parametrize("addr, delimiters, parts", [
+    ("ken+sieve@example.org", "+", dict(all="ken+sieve@example.org", localpart="ken+sieve",
+                                          domain="example.org", user="ken", detail="sieve")),
+    ("ken@example.org", "+", dict(user="ken", detail=None)),
+    ("ken+@example.org", "+", dict(user="ken", detail="")),
+    ("ken+a+b@example.org", "+", dict(user="ken", detail="a+b")),
+    ("ken-a+b@example.org", "+-", dict(user="ken", detail="a+b")),
+    ("+d@example.org", "+", dict(user="", detail="d")),
+    ("ken+x@example.org", "", dict(user="ken+x", detail=None)),
+])
+def test_address_part(addr, delimiters, parts):
+    (a,) = parse_address_list(addr)
+    for part, expected in parts.items():
+        assert address_part(a, part, delimiters) == expected
+
+
+def test_address_part_of_invalid_and_envelope():
+    (bad,) = parse_address_list("nonsense")
+    assert address_part(bad, "all") == "nonsense"
+    for part in ("localpart", "domain", "user", "detail"):
+        assert address_part(bad, part) is None
+    null = parse_envelope_address("<>")
+    assert [address_part(null, p) for p in ("all", "localpart", "domain")] == ["", "", ""]
+    with pytest.raises(ValueError):
+        address_part(null, "frob")

@@ -229,3 +229,15 @@ def test_hostile_segments_use_bit_masks():
     assert glob_match("*" + "a?" * 500 + "b*", ("a" * 999 + "x") * 65) is None
     assert glob_match("*" + "a?" * 500 + "*", ("a" * 999 + "x") * 65) is not None
     assert time.process_time() - start < 2.0
+
+
+def test_regex_through_match_values():
+    ok, caps = match_values("regex", CASEMAP, ["X-Spam: YES 7.5"], ["^x-spam: (yes|no) ([0-9.]+)$"])
+    assert ok and caps == ["X-Spam: YES 7.5", "YES", "7.5"]
+    assert match_values("regex", OCTET, ["X-Spam: YES"], ["yes"]) == (False, None)
+    assert match_values("regex", OCTET, [], ["("]) == (False, None)  # nothing compiled
+    from pymda.sieve.regex import RegexError
+    with pytest.raises(RegexError):
+        match_values("regex", OCTET, ["a"], ["("])
+    with pytest.raises(ValueError):
+        match_values("regex", NUMERIC, ["1"], ["1"])

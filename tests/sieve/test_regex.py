@@ -54,6 +54,7 @@ def test_invalid_patterns(ere, engine):
 
 
 SENDER = "antlr-interest-bounces@ant.example.com"
+ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -62,7 +63,7 @@ SENDER = "antlr-interest-bounces@ant.example.com"
      [SENDER, "antlr", "interest", "-bounces"]),
     ("(.*>[ \\t]*,?[ \\t]*)?([^-@]*)-([^-@]*)(-bounces)?@ant.example.com", SENDER,
      [SENDER, "", "antlr", "interest", "-bounces"]),
-    ("(.)" * 26, "abcdefghijklmnopqrstuvwxyz", ["abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz")),
+    ("(.)" * 26, ALPHABET, [ALPHABET] + list(ALPHABET)),
     (".*\\.com", "tss@fi.iki.com", ["tss@fi.iki.com"]),
     ("b+", "aabbbcc", ["bbb"]),  # unanchored search
     ("^x$", "x\n", None),  # $ only at the very end (no REG_NEWLINE)
