@@ -200,22 +200,12 @@ def date_part(part, utc_seconds, zone_minutes, zone_text=None):
     year, month, day = civil_from_days(days)
     hour, rest = divmod(secs, 3600)
     minute, second = divmod(rest, 60)
-    if part == "year":
-        return "%04d" % year
-    if part == "month":
-        return _two(month)
-    if part == "day":
-        return _two(day)
-    if part == "date":
-        return "%04d-%02d-%02d" % (year, month, day)
-    if part == "hour":
-        return _two(hour)
-    if part == "minute":
-        return _two(minute)
-    if part == "second":
-        return _two(second)
-    if part == "time":
-        return "%02d:%02d:%02d" % (hour, minute, second)
+    simple = {"year": "%04d" % year, "month": _two(month), "day": _two(day),
+              "hour": _two(hour), "minute": _two(minute), "second": _two(second),
+              "date": "%04d-%02d-%02d" % (year, month, day),
+              "time": "%02d:%02d:%02d" % (hour, minute, second)}
+    if part in simple:
+        return simple[part]
     if part == "iso8601":
         z = format_zone(zone_minutes)
         return "%04d-%02d-%02dT%02d:%02d:%02d%s:%s" % (

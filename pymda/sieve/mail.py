@@ -17,7 +17,8 @@ interpreter asks:
   extension (RFC 5173);
 - ``size`` -> the message size in octets.
 
-Module functions: ``unfold``, ``decode_words`` (RFC 2047),
+Module functions: ``address_part`` (``:all :localpart :domain :user
+:detail``), ``unfold``, ``decode_words`` (RFC 2047),
 ``parse_address_list`` (RFC 5322 + obsolete forms), ``parse_envelope_address``
 (RFC 5321 path), ``split_header_block``.
 
@@ -58,6 +59,37 @@ class Address(Record):
         return self.local_part is not None
 
 
+def address_part(address, part, delimiters="+"):
+    """The ``part`` of an ``Address`` a Sieve test compares, or None.
+
+    ``part``: ``"all"``, ``"localpart"``, ``"domain"`` (RFC 5228 §2.7.4)
+    or ``"user"``/``"detail"`` (RFC 5233, ``delimiters`` = pymda's
+    ``recipient_delimiter``, each character one delimiter, the first one
+    in the local part counts).  None means "this address takes no part
+    in the test": an invalid address for every part but ``all``, and an
+    address without a delimiter for ``detail``.
+    """
+    if part == "all":
+        return address.all
+    local = address.local_part
+    if local is None:
+        return None
+    if part == "localpart":
+        return local
+    if part == "domain":
+        return address.domain
+    cut = -1
+    for d in delimiters or "":
+        i = local.find(d)
+        if i >= 0 and (cut < 0 or i < cut):
+            cut = i
+    if part == "user":
+        return local if cut < 0 else local[:cut]
+    if part == "detail":
+        return None if cut < 0 else local[cut + 1:]
+    raise ValueError(f"unknown address part {part!r}")
+
+
 def _invalid(value):
     return Address(local_part=None, domain=None, all=value)
 
@@ -74,8 +106,9 @@ def split_header_block(data):
     """list[(name, raw_value)] of a header block (bytes or str).
 
     Values keep their folding (as ``\n`` + continuation line); parsing
-    stops at the first empty line.  Lines without a colon (and a leading
-    From_ line) are skipped with their continuation lines.  A name keeps
+    stops at the first empty line.  Lines that are not a field (no colon,
+    or a name with characters RFC 5322 does not allow, such as a From_
+    line) are skipped with their continuation lines.  A name keeps
     its case; white space before the colon is dropped (obsolete syntax,
     RFC 5322 §4.5).
     """
@@ -99,12 +132,20 @@ def split_header_block(data):
         if colon <= 0:
             continue  # From_ line or garbage: not a header field
         name = line[:colon].rstrip(_WSP)
-        if not name:
-            continue
+        if not name or not _field_name(name):
+            continue  # e.g. "From mboxrd@z Thu Jan  1 00:00:00 1970"
         parts = [line[colon + 1:]]
     if parts is not None:
         fields.append((name, "\n".join(parts)))
     return fields
+
+
+def _field_name(name):
+    """RFC 5322 §3.6.8: printable US-ASCII except ':' (and no space)."""
+    for c in name:
+        if not "!" <= c <= "~":
+            return False
+    return True
 
 
 def unfold(value):
@@ -139,9 +180,9 @@ def _parse_word(value, start):
     import binascii
     try:
         if encoding == "B":
-            raw = text.encode("ascii")
-            raw += b"=" * (-len(raw) % 4)
-            data = binascii.a2b_base64(raw)
+            raw = text.rstrip("=").encode("ascii")
+            raw += b"=" * (-len(raw) % 4)  # missing padding is common
+            data = binascii.a2b_base64(raw, strict_mode=True)
         elif encoding == "Q":
             data = _decode_q(text)
         else:
@@ -503,8 +544,10 @@ def parse_envelope_address(value):
         toks = _tokens(inner)
     except ValueError:
         return _invalid(text)
+    if toks and toks[0][0] not in ("a", "q"):
+        return _invalid(text)
     r = _mailbox(toks, 0)
-    if r is None or r[0] == "group" or r[1] != len(toks):
+    if r is None or r[0] == "group" or r[1] != len(toks) or r[0].display_name:
         return _invalid(text)
     return r[0]
 
@@ -790,8 +833,9 @@ class MailView:
         return [name for name, _ in self._fields]
 
     def raw_headers(self, name):
-        """Unfolded, undecoded values of header ``name`` (case-insensitive)."""
-        return [unfold(v) for v in self._index.get(name.lower(), ())]
+        """Unfolded, undecoded values of header ``name`` (case-insensitive),
+        without the white space that follows the colon."""
+        return [unfold(v).lstrip(_WSP) for v in self._index.get(name.lower(), ())]
 
     def headers(self, name):
         """Unfolded, RFC 2047-decoded, trimmed values of header ``name``."""

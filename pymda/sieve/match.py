@@ -5,8 +5,9 @@ Comparators (RFC 4790, RFC 5228 §2.7.3): ``"i;octet"``,
 a value not starting with a digit is positive infinity, as Pigeonhole).
 
 Match types: ``:is``, ``:contains``, ``:matches`` (glob with ``*``,
-``?`` and ``\\`` escapes), and relational (RFC 5231) ``:value`` /
-``:count`` with ``gt ge lt le eq ne``.
+``?`` and ``\\`` escapes), relational (RFC 5231) ``:value`` /
+``:count`` with ``gt ge lt le eq ne``, and ``:regex`` (delegated to
+``pymda.sieve.regex``, imported only then).
 
 Entry points:
 
@@ -21,9 +22,11 @@ Entry points:
 - ``check(comparator, match_type)`` -> error string or None (for the
   validator: e.g. ``i;ascii-numeric`` with ``:contains``).
 
-Time: ``:matches`` is O(len(pattern) * len(text)) worst case, whatever
-the pattern (no backtracking over stars: greedy-free segment search,
-non-greedy captures as RFC 5229 §3.2).
+Time: ``:matches`` never backtracks over stars (each segment between
+stars is placed once, leftmost; non-greedy captures as RFC 5229 §3.2);
+a segment is found with ``str.find`` or, when that keeps failing, with
+bit masks: at most about O(len(text) * len(pattern) / 64) word
+operations whatever the pattern.
 
 Raises ``ValueError`` only for unknown comparator/match-type/relation
 names (the validator rejects those first).
@@ -165,12 +168,50 @@ def _segment_at(segment, runs, text, pos):
     return True
 
 
+def _occurrences(text, run, start, end):
+    """Bit mask of the positions in [start, end) where ``run`` starts."""
+    n = len(text)
+    bits = bytearray(b"0") * n  # most significant first: bit i at n-1-i
+    pos = text.find(run, start, end)
+    while pos >= 0:
+        bits[n - 1 - pos] = 0x31
+        pos = text.find(run, pos + 1, end)
+    return int(bits, 2) if n else 0  # base 2: linear, no digit limit
+
+
+def _segment_mask(runs, text, start, limit):
+    """Bit mask of every p in [start, limit] where all ``runs`` match.
+
+    Bit-parallel: AND of each run's occurrence mask shifted by its
+    offset; the work is O(len(text) * distinct runs) plus
+    O(len(text) / 64) word operations per run.
+    """
+    cache = {}
+    mask = ((1 << (limit + 1)) - 1) >> start << start
+    for offset, run in runs:
+        occ = cache.get(run)
+        if occ is None:
+            occ = cache[run] = _occurrences(text, run, start, len(text))
+        mask &= occ >> offset
+        if not mask:
+            break
+    return mask
+
+
+# Failed verifications after which _find_segment switches to bit masks.
+_SCAN_BUDGET = 256
+
+
 def _find_segment(segment, runs, text, start, limit):
     """Leftmost position p in [start, limit] where ``segment`` matches.
 
     Searches for the segment's longest literal run with ``str.find`` and
-    verifies the other runs with ``str.startswith``, so the cost is at
-    most O(len(text) * number of runs) and usually O(len(text)).
+    verifies the other runs with ``str.startswith``: O(len(text)) in the
+    usual case.  A segment that keeps failing verification (hostile
+    ``a?a?a?...`` on "aaaa...") is finished with bit masks
+    (``_segment_mask``), so no pattern costs more than
+    O(len(text) * len(segment) / 64) plus one ``find`` pass per
+    distinct run.
     """
     if start > limit:
         return -1
@@ -178,6 +219,7 @@ def _find_segment(segment, runs, text, start, limit):
         return start
     k, run = max(runs, key=lambda r: len(r[1]))
     pos = start
+    budget = _SCAN_BUDGET
     while pos <= limit:
         q = text.find(run, pos + k, limit + k + len(run))
         if q < 0:
@@ -186,6 +228,12 @@ def _find_segment(segment, runs, text, start, limit):
         if _segment_at(segment, runs, text, p):
             return p
         pos = p + 1
+        budget -= 1
+        if not budget:
+            mask = _segment_mask(runs, text, pos, limit) if pos <= limit else 0
+            if not mask:
+                return -1
+            return (mask & -mask).bit_length() - 1
     return -1
 
 
@@ -267,13 +315,16 @@ def match_values(match_type, comparator, values, keys, relation=None):
     """(matched, captures) of a Sieve test over lists of values and keys.
 
     ``match_type``: ``"is"``, ``"contains"``, ``"matches"``, ``"value"``
-    (needs ``relation``) or ``"count"`` (needs ``relation``; compares
-    ``len(values)``).  ``"regex"`` is handled by ``pymda.sieve.regex``.
-    ``captures`` is the list of match variables of the first successful
-    ``:matches`` (values in order, then keys in order), else None.
+    (needs ``relation``), ``"count"`` (needs ``relation``; compares
+    ``len(values)``) or ``"regex"`` (imports ``pymda.sieve.regex``; may
+    raise its ``RegexError``).  ``captures`` is the list of match
+    variables of the first successful ``:matches`` or ``:regex`` (values
+    in order, then keys in order), else None.
     """
     if match_type == "count":
         return count_matches(comparator, relation, len(values), keys), None
+    if match_type == "regex":
+        return _regex_values(comparator, values, keys)
     if match_type == "value":
         for value in values:
             for key in keys:
@@ -287,6 +338,22 @@ def match_values(match_type, comparator, values, keys, relation=None):
                 return True, None
             if result:
                 return True, result
+    return False, None
+
+
+def _regex_values(comparator, values, keys):
+    if comparator not in ("i;octet", "i;ascii-casemap"):
+        raise ValueError(check(comparator, "regex") or "bad comparator")
+    if not values:
+        return False, None
+    from pymda.sieve import regex
+    casefold = comparator == "i;ascii-casemap"
+    compiled = [regex.compile_regex(key, casefold) for key in keys]
+    for value in values:
+        for rx in compiled:
+            caps = regex.search(rx, value)
+            if caps is not None:
+                return True, caps
     return False, None
 
 

@@ -197,20 +197,8 @@ def translate_ere(pattern, end_anchor="\\Z"):
             stack[-1].append(["(" + inner + ")", False])
             i += 1
             continue
-        if c == "|":
-            atoms.append(["|", False])
-            i += 1
-            continue
-        if c == "^":
-            atoms.append(["^", False])
-            i += 1
-            continue
-        if c == "$":
-            atoms.append([end_anchor, False])
-            i += 1
-            continue
-        if c == ".":
-            atoms.append([".", False])
+        if c in "|^.$":
+            atoms.append([end_anchor if c == "$" else c, False])
             i += 1
             continue
         if c == "\\":
