@@ -33,6 +33,7 @@ from pymda import fastos as os
 from pymda.record import Record
 from pymda.sieve import match as M
 from pymda.sieve import result as R
+from pymda.sieve.mail import address_part
 from pymda.sieve.errors import SieveRuntimeError
 
 MAX_MATCH_VALUES = 32
@@ -477,32 +478,20 @@ def _match(it, node, values, keys=None):
     if mt == "count":
         return M.count_matches(comparator, relation, len(values), keys)
     if mt == "regex":
-        return _match_regex(it, node, comparator, values, keys)
-    ok, captures = M.match_values(mt, comparator, values, keys, relation)
+        from pymda.sieve.regex import RegexError
+
+        try:
+            ok, captures = M.match_values(mt, comparator, values, keys)
+        except RegexError as e:
+            # a bad pattern made at run time (variables) does not match;
+            # the script goes on (as Pigeonhole) and we warn
+            it.warn(node[1], "invalid regular expression: %s" % e)
+            return False
+    else:
+        ok, captures = M.match_values(mt, comparator, values, keys, relation)
     if ok and captures is not None and it.use_vars:
         it.match_values = captures[:MAX_MATCH_VALUES]
     return ok
-
-
-def _match_regex(it, node, comparator, values, keys):
-    from pymda.sieve import regex
-
-    casefold = comparator == "i;ascii-casemap"
-    for key in keys:
-        try:
-            compiled = regex.compile_regex(key, casefold)
-        except regex.RegexError as e:
-            # a bad pattern made at run time (variables) does not match;
-            # the script goes on (Pigeonhole does the same) and we warn
-            it.warn(node[1], "invalid regular expression %r: %s" % (key, e))
-            continue
-        for value in values:
-            captures = regex.search(compiled, value)
-            if captures is not None:
-                if it.use_vars:
-                    it.match_values = list(captures[:MAX_MATCH_VALUES])
-                return True
-    return False
 
 
 def _select_index(node, values):
@@ -523,39 +512,13 @@ def _tst_header(it, node):
     return _match(it, node, values)
 
 
-def _address_part(it, part, addr):
-    """The part of an Address to compare, or None (no such part)."""
-    if addr.local_part is None:
-        return addr.all if part == "all" else None
-    if part == "all":
-        return addr.all
-    if part == "localpart":
-        return addr.local_part
-    if part == "domain":
-        return addr.domain
-    return _subaddress(addr.local_part, part, it.opts.recipient_delimiter)
-
-
-def _subaddress(local, part, delimiters):
-    """RFC 5233: :user / :detail with dovecot-style delimiters (any one
-    character of ``delimiters`` separates; the first occurrence counts)."""
-    cut = -1
-    for c in delimiters or "":
-        k = local.find(c)
-        if k >= 0 and (cut < 0 or k < cut):
-            cut = k
-    if part == "user":
-        return local if cut < 0 else local[:cut]
-    return None if cut < 0 else local[cut + 1:]
-
-
 def _tst_address(it, node):
     part = node[2].get("part", "all")
     values = []
     for name in it.expand_list(node[3][0]):
         addrs = _select_index(node, it.view.addresses(name))
         for addr in addrs:
-            v = _address_part(it, part, addr)
+            v = address_part(addr, part, it.opts.recipient_delimiter)
             if v is not None:
                 values.append(v)
     return _match(it, node, values)
@@ -589,7 +552,7 @@ def _tst_envelope(it, node):
             continue
         if addr.local_part is None:
             continue        # a syntactically invalid path matches nothing
-        v = _address_part(it, part, addr)
+        v = address_part(addr, part, it.opts.recipient_delimiter)
         if v is not None:
             values.append(v)
     return _match(it, node, values)
