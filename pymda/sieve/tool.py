@@ -41,17 +41,15 @@ def _read(path):
         return f.read()
 
 
-@sieve_group.command("check")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def check_command(files):
-    """Compile FILE... and print FILE:LINE: error lines."""
-    from pymda.sieve.cache import compile_bytes
+def _each(paths, action):
+    """Run ``action(path)`` for each path; print compile errors as
+    FILE:LINE: lines; the exit status (0, or 65 when one failed)."""
     from pymda.sieve.errors import SieveCompileError
 
     status = EX_OK
-    for path in files:
+    for path in paths:
         try:
-            compile_bytes(_read(path), path)
+            action(path)
         except SieveCompileError as e:
             for line in e.lines():
                 click.echo(line)
@@ -60,6 +58,15 @@ def check_command(files):
             click.echo("%s:0: cannot read: %s" % (path, e.strerror))
             status = EX_DATAERR
     return status
+
+
+@sieve_group.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def check_command(files):
+    """Compile FILE... and print FILE:LINE: error lines."""
+    from pymda.sieve.cache import compile_bytes
+
+    return _each(files, lambda path: compile_bytes(_read(path), path))
 
 
 def _delimiter():
@@ -127,9 +134,7 @@ def test_command(sender, recipient, folder, delimiter, script, message):
 def compile_command(paths):
     """Write SCRIPT.pymda-bin next to each script (admin scripts)."""
     from pymda.sieve.cache import compile_to_sidecar
-    from pymda.sieve.errors import SieveCompileError
 
-    status = EX_OK
     scripts = []
     for path in paths:
         if os.path.isdir(path):
@@ -137,14 +142,5 @@ def compile_command(paths):
                            if n.endswith(".sieve"))
         else:
             scripts.append(path)
-    for path in scripts:
-        try:
-            click.echo("compiled %s -> %s" % (path, compile_to_sidecar(path)))
-        except SieveCompileError as e:
-            for line in e.lines():
-                click.echo(line)
-            status = EX_DATAERR
-        except OSError as e:
-            click.echo("%s:0: %s" % (path, e.strerror))
-            status = EX_DATAERR
-    return status
+    return _each(scripts, lambda path: click.echo(
+        "compiled %s -> %s" % (path, compile_to_sidecar(path))))
