@@ -17,7 +17,8 @@ interpreter asks:
   extension (RFC 5173);
 - ``size`` -> the message size in octets.
 
-Module functions: ``address_part`` (``:all :localpart :domain :user
+Module functions: ``is_address_header`` (``ADDRESS_HEADERS``),
+``address_part`` (``:all :localpart :domain :user
 :detail``), ``unfold``, ``decode_words`` (RFC 2047),
 ``parse_address_list`` (RFC 5322 + obsolete forms), ``parse_envelope_address``
 (RFC 5321 path), ``split_header_block``.
@@ -57,6 +58,29 @@ class Address(Record):
     @property
     def valid(self):
         return self.local_part is not None
+
+
+# Headers the address test accepts (RFC 5228 §5.1: at least From To Cc
+# Bcc Sender Resent-From Resent-To, and SHOULD any other address-list
+# header): RFC 5322's, RFC 2076's and the common non-standard ones, the
+# set Pigeonhole's test-address accepts.  Names are lower case.
+ADDRESS_HEADERS = frozenset((
+    "from", "to", "cc", "bcc", "sender", "reply-to",
+    "resent-from", "resent-to", "resent-cc", "resent-bcc", "resent-sender",
+    "resent-reply-to", "for-approval", "for-handling", "for-comment",
+    "apparently-to", "errors-to", "delivered-to", "return-receipt-to",
+    "x-admin", "read-receipt-to", "x-confirm-reading-to",
+    "return-receipt-requested", "registered-mail-reply-requested-by",
+    "mail-followup-to", "mail-reply-to", "abuse-reports-to",
+    "x-complaints-to", "x-report-abuse-to", "x-beenthere",
+    "x-original-from", "x-original-to", "disposition-notification-to",
+))
+
+
+def is_address_header(name):
+    """May the address test look at header ``name``?  (For the validator:
+    Pigeonhole refuses other names, e.g. "frop", at compile time.)"""
+    return name.lower() in ADDRESS_HEADERS
 
 
 def address_part(address, part, delimiters="+"):

@@ -474,3 +474,12 @@ def test_address_part_of_invalid_and_envelope():
     assert [address_part(null, p) for p in ("all", "localpart", "domain")] == ["", "", ""]
     with pytest.raises(ValueError):
         address_part(null, "frob")
+
+
+def test_address_headers():
+    from pymda.sieve.mail import is_address_header
+    for name in ("From", "TO", "cc", "Bcc", "Sender", "Resent-From", "Resent-To",
+                 "Reply-To", "Mail-Followup-To", "X-Original-To", "Delivered-To"):
+        assert is_address_header(name)
+    for name in ("Subject", "frop", "Received", "X-Spam-Score", "from:"):
+        assert not is_address_header(name)
