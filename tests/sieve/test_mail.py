@@ -483,3 +483,24 @@ def test_address_headers():
         assert is_address_header(name)
     for name in ("Subject", "frop", "Received", "X-Spam-Score", "from:"):
         assert not is_address_header(name)
+
+
+def test_hostile_input_never_raises():
+    """Random and mutated structured values: the parsers fall back to
+    "invalid", they never raise (a traceback would fail the delivery)."""
+    import random
+    rng = random.Random(2047)
+    alphabet = ['"', "(", ")", "<", ">", "@", ",", ";", ":", "\\", "[", "]", ".",
+                " ", "\t", "\r\n ", "a", "b", "=?", "?=", "?q?", "?b?", "utf-8",
+                "=C3", "=", "_", "é", "\x00", "\ufffd", "--", "\n\n"]
+    for _ in range(3000):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24)))
+        for a in parse_address_list(value):
+            assert isinstance(a.all, str)
+        parse_envelope_address(value)
+        assert isinstance(decode_words(value), str)
+        header = ("Content-Type: multipart/mixed; boundary=" + value + "\n").encode()
+        body = ("--" + value + "\n" + value + "\n\n" + value + "\n--" + value + "--\n").encode()
+        v = MailView(header, 0, lambda: header + b"\n" + body)
+        v.body("text"), v.body("content", ["", "text"]), v.body("raw")
+        v.addresses("content-type"), v.headers("content-type")
