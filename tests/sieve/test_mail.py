@@ -340,7 +340,21 @@ def test_body_hostile_nesting_is_bounded():
 
 def test_body_without_reader():
     v = MailView(b"Subject: x\n\n", 0)
-    assert v.body("text") == [] and v.body("raw") == [""]
+    assert v.body("text") == [] and v.body("raw") == []
+
+
+def test_body_empty_line_and_header_only():
+    data = b"From: a@b.example\r\nSubject: Test\r\n\r\nTest!\r\n"
+    v = MailView(data[:data.index(b"\r\n\r\n") + 2], len(data), lambda: data)
+    assert v.body("raw") == ["Test!\r\n"]  # the empty line is not body
+    data = b"From: a@b.example\r\nSubject: No body is here!\r\n"
+    v = MailView(data, len(data), lambda: data)
+    for transform in ("raw", "text"):
+        assert v.body(transform) == []  # no body: even "" must not match
+    assert v.body("content", [""]) == []
+    data = b"Subject: empty body\n\n"
+    v = MailView(data, len(data), lambda: data)
+    assert v.body("raw") == [""]
 
 
 # ------------------------------------------------------------ the corpus, against email
