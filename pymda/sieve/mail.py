@@ -17,7 +17,8 @@ interpreter asks:
   extension (RFC 5173);
 - ``size`` -> the message size in octets.
 
-Module functions: ``address_part`` (``:all :localpart :domain :user
+Module functions: ``is_address_header`` (``ADDRESS_HEADERS``),
+``address_part`` (``:all :localpart :domain :user
 :detail``), ``unfold``, ``decode_words`` (RFC 2047),
 ``parse_address_list`` (RFC 5322 + obsolete forms), ``parse_envelope_address``
 (RFC 5321 path), ``split_header_block``.
@@ -57,6 +58,29 @@ class Address(Record):
     @property
     def valid(self):
         return self.local_part is not None
+
+
+# Headers the address test accepts (RFC 5228 §5.1: at least From To Cc
+# Bcc Sender Resent-From Resent-To, and SHOULD any other address-list
+# header): RFC 5322's, RFC 2076's and the common non-standard ones, the
+# set Pigeonhole's test-address accepts.  Names are lower case.
+ADDRESS_HEADERS = frozenset((
+    "from", "to", "cc", "bcc", "sender", "reply-to",
+    "resent-from", "resent-to", "resent-cc", "resent-bcc", "resent-sender",
+    "resent-reply-to", "for-approval", "for-handling", "for-comment",
+    "apparently-to", "errors-to", "delivered-to", "return-receipt-to",
+    "x-admin", "read-receipt-to", "x-confirm-reading-to",
+    "return-receipt-requested", "registered-mail-reply-requested-by",
+    "mail-followup-to", "mail-reply-to", "abuse-reports-to",
+    "x-complaints-to", "x-report-abuse-to", "x-beenthere",
+    "x-original-from", "x-original-to", "disposition-notification-to",
+))
+
+
+def is_address_header(name):
+    """May the address test look at header ``name``?  (For the validator:
+    Pigeonhole refuses other names, e.g. "frop", at compile time.)"""
+    return name.lower() in ADDRESS_HEADERS
 
 
 def address_part(address, part, delimiters="+"):
@@ -600,7 +624,9 @@ def _params(value):
 
 
 def _split_message(data):
-    """(header block bytes, body bytes) of a message or MIME part."""
+    """(header block bytes, body bytes) of a message or MIME part; the
+    body is None when no empty line ends the header (RFC 5173 §4: then
+    there is no body at all, not an empty one)."""
     if data.startswith(b"\n"):
         return b"", data[1:]
     if data.startswith(b"\r\n"):
@@ -608,7 +634,7 @@ def _split_message(data):
     i = data.find(b"\n\n")
     j = data.find(b"\n\r\n")
     if i < 0 and j < 0:
-        return data, b""
+        return data, None
     if j >= 0 and (i < 0 or j < i):
         return data[:j + 1], data[j + 3:]
     return data[:i + 1], data[i + 2:]
@@ -789,6 +815,8 @@ def _walk(data, default_type, depth, visit, counter):
     if depth > MAX_MIME_DEPTH or counter[0] > MAX_MIME_PARTS:
         return
     header, body = _split_message(data)
+    if body is None:
+        body = b""
     ctype, params, cte = default_type, {}, ""
     for name, value in split_header_block(header):
         lname = name.lower()
@@ -866,8 +894,9 @@ class MailView:
     def body(self, transform="text", content_types=None):
         """list[str] of body parts for the body test (RFC 5173).
 
-        ``transform``: ``"raw"`` (the undecoded body after the header,
-        one item), ``"content"`` (the decoded parts whose MIME type
+        ``transform``: ``"raw"`` (the undecoded body after the empty
+        line, one item; no item at all when the message has no empty line
+        after its header), ``"content"`` (the decoded parts whose MIME type
         matches one of ``content_types``: ``"text"`` matches ``text/*``,
         ``"text/html"`` exactly, ``""`` every part; a matching multipart
         contributes its preamble and epilogue, a matching message/rfc822
@@ -879,8 +908,11 @@ class MailView:
         skipped.
         """
         data = self._message()
+        body = _split_message(data)[1]
+        if body is None:
+            return []  # header only: every body test is false (RFC 5173 §4)
         if transform == "raw":
-            return [_text(_split_message(data)[1])]
+            return [_text(body)]
         out = []
         counter = [0]
         if transform == "content":
@@ -916,7 +948,7 @@ class MailView:
                 if not (ctype.startswith("text/") or html):
                     return
                 decoded = _transfer_decode(body, cte)
-                if decoded is None or not decoded.strip():
+                if decoded is None:
                     return
                 text = _charset_decode(decoded, params.get("charset"))
                 out.append(_html_to_text(text) if html else text)

@@ -157,3 +157,16 @@ def test_dates_imports_nothing_heavy():
                          text=True, check=True).stdout
     new = eval(out)  # a printed list of module names
     assert set(new) <= {"pymda", "pymda.sieve", "pymda.sieve.dates", "time"}, new
+
+
+def test_hostile_dates_never_raise():
+    import random
+    rng = random.Random(5260)
+    words = ["Mon,", "20", "Jul", "2009", "21:44:43", "+0300", "(", ")", ":", "-",
+             "99999999999999999999", "0", "Feb", "29", "1900", "24:00", "EST", ",", "x"]
+    for _ in range(5000):
+        text = " ".join(rng.choice(words) for _ in range(rng.randrange(0, 9)))
+        got = parse_date(text)
+        if got is not None:
+            assert date_part("iso8601", got[0], got[1])
+        received_date("a;" + text)

@@ -340,7 +340,21 @@ def test_body_hostile_nesting_is_bounded():
 
 def test_body_without_reader():
     v = MailView(b"Subject: x\n\n", 0)
-    assert v.body("text") == [] and v.body("raw") == [""]
+    assert v.body("text") == [] and v.body("raw") == []
+
+
+def test_body_empty_line_and_header_only():
+    data = b"From: a@b.example\r\nSubject: Test\r\n\r\nTest!\r\n"
+    v = MailView(data[:data.index(b"\r\n\r\n") + 2], len(data), lambda: data)
+    assert v.body("raw") == ["Test!\r\n"]  # the empty line is not body
+    data = b"From: a@b.example\r\nSubject: No body is here!\r\n"
+    v = MailView(data, len(data), lambda: data)
+    for transform in ("raw", "text"):
+        assert v.body(transform) == []  # no body: even "" must not match
+    assert v.body("content", [""]) == []
+    data = b"Subject: empty body\n\n"
+    v = MailView(data, len(data), lambda: data)
+    assert v.body("raw") == [""]
 
 
 # ------------------------------------------------------------ the corpus, against email
@@ -474,3 +488,33 @@ def test_address_part_of_invalid_and_envelope():
     assert [address_part(null, p) for p in ("all", "localpart", "domain")] == ["", "", ""]
     with pytest.raises(ValueError):
         address_part(null, "frob")
+
+
+def test_address_headers():
+    from pymda.sieve.mail import is_address_header
+    for name in ("From", "TO", "cc", "Bcc", "Sender", "Resent-From", "Resent-To",
+                 "Reply-To", "Mail-Followup-To", "X-Original-To", "Delivered-To"):
+        assert is_address_header(name)
+    for name in ("Subject", "frop", "Received", "X-Spam-Score", "from:"):
+        assert not is_address_header(name)
+
+
+def test_hostile_input_never_raises():
+    """Random and mutated structured values: the parsers fall back to
+    "invalid", they never raise (a traceback would fail the delivery)."""
+    import random
+    rng = random.Random(2047)
+    alphabet = ['"', "(", ")", "<", ">", "@", ",", ";", ":", "\\", "[", "]", ".",
+                " ", "\t", "\r\n ", "a", "b", "=?", "?=", "?q?", "?b?", "utf-8",
+                "=C3", "=", "_", "é", "\x00", "\ufffd", "--", "\n\n"]
+    for _ in range(3000):
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24)))
+        for a in parse_address_list(value):
+            assert isinstance(a.all, str)
+        parse_envelope_address(value)
+        assert isinstance(decode_words(value), str)
+        header = ("Content-Type: multipart/mixed; boundary=" + value + "\n").encode()
+        body = ("--" + value + "\n" + value + "\n\n" + value + "\n--" + value + "--\n").encode()
+        v = MailView(header, 0, lambda: header + b"\n" + body)
+        v.body("text"), v.body("content", ["", "text"]), v.body("raw")
+        v.addresses("content-type"), v.headers("content-type")

@@ -168,3 +168,19 @@ def test_import_is_free_until_compile():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True).stdout
     assert set(eval(out)) <= {"pymda", "pymda.sieve", "pymda.sieve.regex"}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_hostile_patterns_only_raise_regex_error(engine):
+    import random
+    rng = random.Random(42)
+    pieces = ["(", ")", "[", "]", "[:alpha:]", "[=a=]", "[.", "{", "}", "{2,1}", "{3}",
+              "*", "+", "?", "|", "^", "$", ".", "\\", "\\1", "\\w", "(?", "a", "b", "-",
+              "\u00e9", "{,2}", "[^", "\\(", "\n"]
+    for _ in range(3000):
+        pattern = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 10)))
+        try:
+            rx = compile_regex(pattern, casefold=rng.random() < 0.5, engine=engine)
+        except RegexError:
+            continue
+        search(rx, "ab\u00e9(a)[x]{2}\nba", cpu_limit=0.5)
