@@ -422,6 +422,14 @@ class _Validator:
         if name == "size" and "over" not in opts and "under" not in opts:
             self.error(line, "size test needs :over or :under")
             ok = False
+        if name == "address":
+            from pymda.sieve.mail import is_address_header
+
+            for header in pos[0]:
+                if "${" not in header and not is_address_header(header):
+                    self.error(line, "address test: '%s' is not an address "
+                               "header" % header)
+                    ok = False
         if name == "envelope":
             for part in pos[0]:
                 if part.lower() not in ENVELOPE_PARTS and "${" not in part:
