@@ -88,6 +88,7 @@ class Interpreter:
         self.use_vars = "variables" in self.requires
         self.flags = ()
         self.warnings = []
+        self.addr_cache = {}
         self.reset()
 
     def reset(self):
@@ -160,7 +161,9 @@ class Interpreter:
     def expand_list(self, items):
         if not self.use_vars:
             return items
-        return [self.expand(s) for s in items]
+        variables, values = self.variables, self.match_values
+        return [expand_variables(s, variables, values) if "${" in s else s
+                for s in items]
 
     def set_variable(self, name, value, quoted=False):
         """Assign, truncated to max_variable_size octets (whole UTF-8
@@ -512,11 +515,26 @@ def _tst_header(it, node):
     return _match(it, node, values)
 
 
+def _addresses(it, name):
+    """view.addresses(name), parsed once per run and view (Roundcube
+    scripts test the same From/To in every rule)."""
+    view = it.view
+    cache = it.addr_cache
+    if cache.get(None) is not view:
+        cache.clear()
+        cache[None] = view
+    key = name.lower()
+    addrs = cache.get(key)
+    if addrs is None:
+        addrs = cache[key] = view.addresses(name)
+    return addrs
+
+
 def _tst_address(it, node):
     part = node[2].get("part", "all")
     values = []
     for name in it.expand_list(node[3][0]):
-        addrs = _select_index(node, it.view.addresses(name))
+        addrs = _select_index(node, _addresses(it, name))
         for addr in addrs:
             v = address_part(addr, part, it.opts.recipient_delimiter)
             if v is not None:
