@@ -699,6 +699,10 @@ def _tst_body(it, node):
 def _tst_mailboxexists(it, node):
     exists = it.env.mailbox_exists
     for name in it.expand_list(node[3][0]):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return False        # no such mailbox can exist
         if exists is not None and not exists(name):
             return False
     return True

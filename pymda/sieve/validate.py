@@ -147,6 +147,14 @@ TESTS = {
 _IMPLIES = {"vacation-seconds": ("vacation",)}
 
 
+def _utf8(s):
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_identifier(name):
     if not name or not (name[0].isascii() and (name[0].isalpha() or name[0] == "_")):
         return False
@@ -227,6 +235,13 @@ class _Validator:
     def error(self, line, msg):
         self.errors.append((self.filename, line, msg))
 
+    def error_once(self, line, msg):
+        """An argument error: only the first per command or test counts
+        (the rest are usually consequences of it)."""
+        if not self.arg_failed:
+            self.arg_failed = True
+            self.error(line, msg)
+
     def has(self, ext):
         return ext is None or ext in self.required
 
@@ -273,7 +288,8 @@ class _Validator:
             if name == "require":
                 if not top or seen_other:
                     self.error(line, "require must come before any other command")
-                self.require(cmd)
+                else:
+                    self.require(cmd)
                 prev = name
                 continue
             seen_other = True
@@ -324,13 +340,15 @@ class _Validator:
         if not self.has(ext):
             self.error(line, "%s command requires the '%s' extension" % (name, ext))
             return None
+        self.arg_failed = False
         opts, pos = self.arguments("%s command" % name, line, args, tags,
                                    kinds, optional, self.tag_table(name))
-        tnodes = self.check_tests("%s command" % name, line, tests, ntests)
+        self.check_arity("%s command" % name, line, tests, ntests)
         if has_block and block is None:
-            self.error(line, "the %s command needs a block" % name)
+            self.error_once(line, "the %s command needs a block" % name)
         elif not has_block and block is not None:
-            self.error(line, "the %s command takes no block" % name)
+            self.error_once(line, "the %s command takes no block" % name)
+        tnodes = self.check_tests(tests, ntests)
         body = self.block(block, False) if block is not None else None
         if opts is None:
             return None
@@ -340,6 +358,8 @@ class _Validator:
             self.error(line, "%s: empty argument" % name)
         elif name == "redirect":
             self.check_address(line, "redirect", pos[0])
+        elif name == "fileinto" and not _utf8(pos[0]):
+            self.error(line, "fileinto: invalid folder name (not UTF-8)")
         elif name == "vacation" and "from" in opts:
             self.check_address(line, "vacation :from", opts["from"])
         test = tnodes[0] if ntests == "one" and tnodes else None
@@ -369,15 +389,17 @@ class _Validator:
             if len(self.variables) == MAX_VARIABLES + 1:
                 self.error(line, "more than %d variables" % MAX_VARIABLES)
 
-    def check_tests(self, what, line, tests, ntests):
+    def check_arity(self, what, line, tests, ntests):
+        if ntests == "none" and tests:
+            self.error_once(line, "the %s takes no tests" % what)
+        elif ntests == "one" and len(tests) != 1:
+            self.error_once(line, "the %s needs exactly one test" % what)
+        elif ntests == "list" and not tests:
+            self.error_once(line, "the %s needs a test list" % what)
+
+    def check_tests(self, tests, ntests):
         if ntests == "none":
-            if tests:
-                self.error(line, "the %s takes no tests" % what)
             return ()
-        if ntests == "one" and len(tests) != 1:
-            self.error(line, "the %s needs exactly one test" % what)
-        if ntests == "list" and not tests:
-            self.error(line, "the %s needs a test list" % what)
         return tuple(n for n in (self.test(t) for t in tests) if n is not None)
 
     def test(self, t):
@@ -390,9 +412,11 @@ class _Validator:
         if not self.has(ext):
             self.error(line, "%s test requires the '%s' extension" % (name, ext))
             return None
+        self.arg_failed = False
         opts, pos = self.arguments("%s test" % name, line, args, tags,
                                    kinds, optional, self.tag_table(name))
-        sub = self.check_tests("%s test" % name, line, tests, ntests)
+        self.check_arity("%s test" % name, line, tests, ntests)
+        sub = self.check_tests(tests, ntests)
         if ntests == "list" and len(tests) < 1:
             return None
         if opts is None:
@@ -468,12 +492,12 @@ class _Validator:
                 pos.append((kind, value, aline))
                 continue
             if pos:
-                self.error(aline, "%s: tag ':%s' after positional arguments"
+                self.error_once(aline, "%s: tag ':%s' after positional arguments"
                            % (what, value))
                 ok = False
             spec = tags.get(value)
             if spec is None or spec[0] not in allowed or not self.has(spec[3]):
-                self.error(aline, "unknown tagged argument ':%s' for the %s"
+                self.error_once(aline, "unknown tagged argument ':%s' for the %s"
                            % (value, what))
                 ok = False
                 continue
@@ -481,7 +505,7 @@ class _Validator:
             if slot in opts or (slot == "mod20b" and "mod20" in opts) or (
                     slot == "mod20" and "mod20b" in opts):
                 if not slot.startswith("mod") or opts.get(slot) != tval:
-                    self.error(aline, "%s: conflicting or repeated tag ':%s'"
+                    self.error_once(aline, "%s: conflicting or repeated tag ':%s'"
                                % (what, value))
                     ok = False
                 continue
@@ -489,7 +513,7 @@ class _Validator:
                 opts[slot] = tval
                 continue
             if i >= n or not self.kind_ok(args[i][0], akind):
-                self.error(aline, "%s: tag ':%s' needs a %s argument"
+                self.error_once(aline, "%s: tag ':%s' needs a %s argument"
                            % (what, value, akind))
                 ok = False
                 continue
@@ -497,14 +521,14 @@ class _Validator:
             i += 1
             if slot == "match":
                 if not isinstance(arg, str) or arg.lower() not in MATCH_OPS:
-                    self.error(aline, "%s: invalid relational operator '%s'"
+                    self.error_once(aline, "%s: invalid relational operator '%s'"
                                % (what, arg))
                     ok = False
                     continue
                 opts[slot] = "%s:%s" % (tval, arg.lower())
             elif slot == "comparator":
                 if arg not in COMPARATORS or not self.has(COMPARATORS[arg]):
-                    self.error(aline, "%s: unknown comparator '%s'" % (what, arg))
+                    self.error_once(aline, "%s: unknown comparator '%s'" % (what, arg))
                     ok = False
                     continue
                 opts[slot] = arg
@@ -518,14 +542,14 @@ class _Validator:
         # positional arguments
         need = len(kinds)
         if not (need - optional <= len(pos) <= need):
-            self.error(line, "the %s needs %d positional argument(s), but %d given"
+            self.error_once(line, "the %s needs %d positional argument(s), but %d given"
                        % (what, need, len(pos)))
             return None, ()
         kinds = kinds[need - len(pos):]
         out = []
         for (kind, value, aline), want in zip(pos, kinds):
             if not self.kind_ok(kind, want):
-                self.error(aline, "the %s expects a %s, but a %s was given"
+                self.error_once(aline, "the %s expects a %s, but a %s was given"
                            % (what, want, kind if kind != "list" else L))
                 ok = False
                 continue
@@ -540,7 +564,7 @@ class _Validator:
             out = [None] * (need - len(out)) + out
         if (opts.get("comparator") == "i;ascii-numeric" and
                 opts.get("match") in ("contains", "matches", "regex")):
-            self.error(line, "%s: the i;ascii-numeric comparator does not "
+            self.error_once(line, "%s: the i;ascii-numeric comparator does not "
                        "support :%s" % (what, opts["match"]))
             ok = False
         return (opts if ok else None), tuple(out)

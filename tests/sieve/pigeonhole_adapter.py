@@ -59,8 +59,9 @@ CONFIG = {
 _T = "vnd.dovecot.testsuite"
 _S, _L, _N = validate.S, validate.L, validate.N
 EXTRA = {
-    "extensions": (EXT,),
+    "extensions": (EXT, "vnd.dovecot.debug"),
     "commands": {
+        "debug_log": ("vnd.dovecot.debug", (), (_S,), 0, "none", False),
         # name: (ext, tags, positional kinds, optional, tests, block)
         "test": (_T, (), (_S,), 0, "none", True),
         "test_fail": (_T, (), (_S,), 0, "none", False),
@@ -261,7 +262,10 @@ class Suite:
             self.script = None
             return False
         except SieveCompileError as e:
-            self.errors = [m for (_f, _l, m) in e.errors]
+            # Pigeonhole ends a failed compile with one summary error of
+            # its own, which its tests count too
+            self.errors = [m for (_f, _l, m) in e.errors] + [
+                "compile failed: %d error(s)" % len(e.errors)]
             self.script = None
             return False
         self.script = (compiled, str(path))
@@ -483,6 +487,7 @@ HOOKS = {
     "test_binary_save": _cmd_binary_save,
     "test_binary_load": _cmd_binary_load,
     "test_imap_metadata_set": _cmd_nothing,
+    "debug_log": _cmd_nothing,
     "test_script_compile": _tst_compile,
     "test_script_run": _tst_run,
     "test_error": _tst_error,
