@@ -266,14 +266,22 @@ def _flag_set(items):
     return tuple(out)
 
 
+MAX_EXPANDED = 1 << 20      # Pigeonhole's string limit (1 MiB)
+
+
 def expand_variables(s, variables, match_values):
     """RFC 5229 3: replace ``${name}`` / ``${N}``; unknown variables are
     "", a malformed reference stays as written, namespaced names other
-    than ours are left as written."""
+    than ours are left as written.  SECURITY: the result is cut at
+    MAX_EXPANDED characters (a 1 MiB script of ``${a}`` references to
+    4 KiB values would otherwise build a gigabyte)."""
     out = []
+    size = 0
     i = 0
     n = len(s)
     while True:
+        if size > MAX_EXPANDED:
+            return "".join(out)[:MAX_EXPANDED]
         j = s.find("${", i)
         if j < 0:
             out.append(s[i:])
@@ -286,10 +294,14 @@ def expand_variables(s, variables, match_values):
         name = s[j + 2:k]
         if name.isdigit() and name.isascii():
             idx = int(name)
-            out.append(match_values[idx] if idx < len(match_values) else "")
+            value = match_values[idx] if idx < len(match_values) else ""
+            out.append(value)
+            size += len(value)
             i = k + 1
         elif _identifier(name):
-            out.append(variables.get(name.lower(), ""))
+            value = variables.get(name.lower(), "")
+            out.append(value)
+            size += len(value)
             i = k + 1
         else:
             out.append("${")

@@ -152,3 +152,18 @@ def test_hooks_are_only_for_the_adapter():
 
     with pytest.raises(SieveCompileError):
         run('require "vnd.dovecot.testsuite"; test_fail "x";')
+
+
+def test_expansion_is_capped():
+    """A script full of references to a 4 KiB variable does not build a
+    gigabyte string."""
+    big = "${a}" * 300000
+    script = (REQ + 'set "a" "' + "x" * 4096 + '";\n'
+              'if string :is "' + big + '" "y" { discard; }\n'
+              'set :length "n" "' + big + '"; fileinto "${n}";')
+    t = time.monotonic()
+    out = run(script)
+    # :length measures the expanded value, cut at MAX_EXPANDED
+    assert out.error is None
+    assert kinds(out) == [("fileinto", str(interp.MAX_EXPANDED))]
+    assert time.monotonic() - t < 20
