@@ -142,6 +142,7 @@ class Store:
         self.root = Path(tempfile.mkdtemp(prefix="pymda-svtest-"))
         self.create("INBOX")
         self.counter = 0
+        self.flags = {}         # stored file -> all its flags and keywords
 
     def close(self):
         shutil.rmtree(self.root, ignore_errors=True)
@@ -168,6 +169,9 @@ class Store:
             (d / sub).mkdir(parents=True, exist_ok=True)
 
     def store(self, name, data, flags):
+        """Store ``data`` with ``flags``; like the test configuration of
+        Pigeonhole's dovecot store, every message also gets the
+        ``$HasNoAttachment`` keyword (mail_attachment_detection)."""
         d = self._dir(name)
         if not (d / "cur").is_dir():
             raise LookupError("mailbox %s does not exist" % name)
@@ -177,16 +181,18 @@ class Store:
                 {"\\seen": "S", "\\answered": "R", "\\flagged": "F",
                  "\\deleted": "T", "\\draft": "D"}.get(f.lower(), "")
                 for f in flags))
-            (d / "cur" / ("%d.test:2,%s" % (self.counter, letters))).write_bytes(data)
+            path = d / "cur" / ("%d.test:2,%s" % (self.counter, letters))
         else:
-            (d / "new" / ("%d.test" % self.counter)).write_bytes(data)
+            path = d / "new" / ("%d.test" % self.counter)
+        path.write_bytes(data)
+        self.flags[path.name] = tuple(flags) + ("$HasNoAttachment",)
 
     def messages(self, name):
         d = self._dir(name)
         files = [p for sub in ("new", "cur") if (d / sub).is_dir()
                  for p in (d / sub).iterdir()]
         files.sort(key=lambda p: int(p.name.split(".")[0]))
-        return [p.read_bytes() for p in files]
+        return [(p.read_bytes(), self.flags.get(p.name, ())) for p in files]
 
 
 class Suite:
@@ -426,8 +432,9 @@ def _tst_message(it, node):
             return False
         if index >= len(msgs):
             return False
-        suite.message = msgs[index]
-        suite.view = make_view(msgs[index])
+        suite.message, flags = msgs[index]
+        suite.view = make_view(suite.message)
+        it.flags = flags        # the stored message's flags become current
         suite.rebind(it)
         return True
     return False        # :smtp: nothing is sent before issue 11
