@@ -5,8 +5,8 @@ line)`` tuples, kind one of ``"id"`` (identifier), ``"tag"`` (``:name``,
 value without the colon, lower-cased), ``"num"`` (int, K/M/G applied),
 ``"str"`` (quoted or ``text:`` string, escapes and dot-stuffing removed),
 or the punctuation itself (``; , ( ) [ ] { }``); a final ``("eof", None,
-line)``.  Raises ``SieveCompileError`` (file, line, message) on the first
-lexical error.
+line)``.  Raises ``SieveCompileError`` listing every lexical error
+(file, line, message); an unterminated string or comment ends the scan.
 
 String line ends: a bare LF inside a quoted or multi-line string becomes
 CRLF, as Pigeonhole does, so that strings compare equal whatever the
@@ -16,7 +16,8 @@ Imported only on a compiled-cache miss (pymda.sieve.cache); never on the
 delivery path of a cached script.
 
 LIMITATIONS: the script must be valid UTF-8 (checked by the caller);
-numbers above 2**63-1 are an error.
+numbers above 2**64-1 and identifiers/tags longer than 32 characters are
+errors (Pigeonhole's limits).
 """
 
 from pymda.sieve.errors import SieveCompileError
@@ -27,7 +28,9 @@ _DIGITS = frozenset("0123456789")
 _PUNCT = frozenset(";,()[]{}")
 _WS = frozenset(" \t\r\n")
 _QUANT = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-MAX_NUMBER = (1 << 63) - 1
+MAX_NUMBER = (1 << 64) - 1     # Pigeonhole's sieve_number_t
+MAX_IDENTIFIER = 32             # RFC 5228 leaves it open; Pigeonhole's limit
+MAX_ERRORS = 100
 
 
 def _crlf(s):
@@ -39,13 +42,35 @@ def _crlf(s):
 
 def tokenize(text, filename="script"):
     toks = []
+    errors = []
+
+    def fail(msg, line, final=False):
+        """Record an error and go on (all lexical errors are reported);
+        an unterminated construct (``final``) ends the scan."""
+        errors.append((filename, line, msg))
+        if final or len(errors) >= MAX_ERRORS:
+            raise _Stop()
+
+    try:
+        _scan(text, filename, toks, fail)
+    except _Stop:
+        pass
+    if errors:
+        exc = SieveCompileError(errors[0][2], filename, errors[0][1])
+        exc.errors = errors
+        raise exc
+    return toks
+
+
+class _Stop(Exception):
+    pass
+
+
+def _scan(text, filename, toks, fail):
     append = toks.append
     i = 0
     n = len(text)
     line = 1
-
-    def fail(msg, at=None):
-        raise SieveCompileError(msg, filename, line if at is None else at)
 
     while i < n:
         c = text[i]
@@ -59,7 +84,7 @@ def tokenize(text, filename="script"):
         elif c == "/" and text.startswith("/*", i):
             j = text.find("*/", i + 2)
             if j < 0:
-                fail("unterminated bracket comment")
+                fail("unterminated bracket comment", line, True)
             line += text.count("\n", i, j)
             i = j + 2
         elif c in _PUNCT:
@@ -74,7 +99,7 @@ def tokenize(text, filename="script"):
                 while k < n and text[k] != '"' and text[k] != "\\":
                     k += 1
                 if k >= n:
-                    fail("unterminated quoted string", start)
+                    fail("unterminated quoted string", start, True)
                 buf.append(text[j:k])
                 if text[k] == '"':
                     i = k + 1
@@ -82,7 +107,7 @@ def tokenize(text, filename="script"):
                 # RFC 5228 2.4.2: "\" followed by any character is that
                 # character (unknown escapes are not an error).
                 if k + 1 >= n:
-                    fail("unterminated quoted string", start)
+                    fail("unterminated quoted string", start, True)
                 buf.append(text[k + 1])
                 j = k + 2
             s = "".join(buf)
@@ -93,10 +118,13 @@ def tokenize(text, filename="script"):
             if j < n and text[j] in _IDSTART:
                 while j < n and text[j] in _IDCHARS:
                     j += 1
+                if j - i - 1 > MAX_IDENTIFIER:
+                    fail("tag ':%s...' is too long" % text[i + 1:i + 21], line)
                 append(("tag", text[i + 1:j].lower(), line))
                 i = j
             else:
-                fail("':' not followed by an identifier")
+                fail("':' not followed by an identifier", line)
+                i += 1
         elif c in _DIGITS:
             j = i
             while j < n and text[j] in _DIGITS:
@@ -106,9 +134,11 @@ def tokenize(text, filename="script"):
                 value *= _QUANT[text[j].lower()]
                 j += 1
             if j < n and text[j] in _IDCHARS:
-                fail("invalid number %r" % text[i:j + 1])
-            if value > MAX_NUMBER:
-                fail("number %s is too large" % text[i:j])
+                fail("invalid number %r" % text[i:j + 1], line)
+                while j < n and text[j] in _IDCHARS:
+                    j += 1
+            elif value > MAX_NUMBER:
+                fail("number %s is too large" % text[i:j], line)
             append(("num", value, line))
             i = j
         elif c in _IDSTART:
@@ -117,15 +147,20 @@ def tokenize(text, filename="script"):
                 j += 1
             word = text[i:j]
             if word.lower() == "text" and j < n and text[j] == ":":
-                i = _multiline(text, j + 1, line, filename, append)
+                try:
+                    i = _multiline(text, j + 1, line, filename, append)
+                except SieveCompileError as e:
+                    fail(e.message, e.line, True)
                 line += text.count("\n", j, i)
             else:
+                if j - i > MAX_IDENTIFIER:
+                    fail("identifier '%s...' is too long" % word[:20], line)
                 append(("id", word.lower(), line))
                 i = j
         else:
-            fail("unexpected character %r" % c)
+            fail("unexpected character %r" % c, line)
+            i += 1
     append(("eof", None, line))
-    return toks
 
 
 def _multiline(text, i, line, filename, append):

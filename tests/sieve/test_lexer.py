@@ -164,3 +164,14 @@ def test_random_tokens_only_raise_compile_errors():
         outcome = interp.execute(compiled, view(), interp.Environment())
         assert outcome is not None
     assert compiled_ok > 10
+
+
+def test_parser_recovers_and_reports_later_errors():
+    e = error_of('if true {\n keep\n}\nkeep,\nkeep;\nstop "x" }\ndiscard;\n')
+    assert [ln for (_f, ln, _m) in e.errors] == [3, 4, 6]
+
+
+def test_lexer_reports_every_error():
+    e = error_of("if size :over 99999999999999999999999 { }\n"
+                 "if a_very_long_identifier_name_of_more_than_32 { }\n$\n")
+    assert [ln for (_f, ln, _m) in e.errors] == [1, 2, 3]
