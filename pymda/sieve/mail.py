@@ -843,7 +843,8 @@ class MailView:
     at most once, only by ``body``.
     """
 
-    __slots__ = ("size", "_fields", "_read", "_index", "_decoded", "_body")
+    __slots__ = ("size", "_fields", "_read", "_index", "_decoded", "_body",
+                 "_addresses")
 
     def __init__(self, header_bytes, size=0, read_message=None):
         self.size = size
@@ -854,6 +855,7 @@ class MailView:
             index.setdefault(name.lower(), []).append(value)
         self._index = index
         self._decoded = {}
+        self._addresses = {}
         self._body = None
 
     def header_names(self):
@@ -880,10 +882,15 @@ class MailView:
         return name.lower() in self._index
 
     def addresses(self, name):
-        """list[Address] of every header ``name`` (in order)."""
-        out = []
-        for value in self._index.get(name.lower(), ()):
-            out.extend(parse_address_list(value))
+        """list[Address] of every header ``name`` (in order).  The list is
+        cached: callers must not change it."""
+        key = name.lower()
+        out = self._addresses.get(key)
+        if out is None:
+            out = []
+            for value in self._index.get(key, ()):
+                out.extend(parse_address_list(value))
+            self._addresses[key] = out
         return out
 
     def _message(self):
