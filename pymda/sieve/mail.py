@@ -12,7 +12,8 @@ interpreter asks:
   stays as written), leading and trailing whitespace removed (RFC 5228
   §5.7, as Pigeonhole);
 - ``addresses(name)`` -> a list of ``Address`` records from the RFC 5322
-  address lists of every such header;
+  address lists of every such header; ``address_fields(name)`` the same
+  grouped per header field (for ``:index``);
 - ``body(transform, content_types)`` -> list of str for the body
   extension (RFC 5173);
 - ``size`` -> the message size in octets.
@@ -881,17 +882,20 @@ class MailView:
         """True when header ``name`` is present."""
         return name.lower() in self._index
 
-    def addresses(self, name):
-        """list[Address] of every header ``name`` (in order).  The list is
-        cached: callers must not change it."""
+    def address_fields(self, name):
+        """list[list[Address]]: the address list of each header field
+        ``name``, one list per field in order (RFC 5260 ``:index`` counts
+        fields, not addresses).  Cached: callers must not change it."""
         key = name.lower()
         out = self._addresses.get(key)
         if out is None:
-            out = []
-            for value in self._index.get(key, ()):
-                out.extend(parse_address_list(value))
+            out = [parse_address_list(v) for v in self._index.get(key, ())]
             self._addresses[key] = out
         return out
+
+    def addresses(self, name):
+        """list[Address] of every header ``name`` (in order)."""
+        return [a for field in self.address_fields(name) for a in field]
 
     def _message(self):
         if self._body is None:

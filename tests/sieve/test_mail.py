@@ -518,3 +518,13 @@ def test_hostile_input_never_raises():
         v = MailView(header, 0, lambda: header + b"\n" + body)
         v.body("text"), v.body("content", ["", "text"]), v.body("raw")
         v.addresses("content-type"), v.headers("content-type")
+
+
+def test_address_fields_group_per_header_field():
+    v = view("To: a@b.example, c@d.example\nTo: nonsense\nTo: e@f.example\n")
+    fields = v.address_fields("TO")
+    assert [[a.all for a in f] for f in fields] == [
+        ["a@b.example", "c@d.example"], ["nonsense"], ["e@f.example"]]
+    assert [a.all for a in v.addresses("to")] == [
+        "a@b.example", "c@d.example", "nonsense", "e@f.example"]
+    assert v.address_fields("cc") == []
