@@ -378,8 +378,12 @@ def _is_dot_atom(text):
     return True
 
 
-def _format_addr(local, domain):
-    if not _is_dot_atom(local):
+def _format_addr(local, domain, loose_dots=False):
+    """local@domain, the local part quoted when it needs it; with
+    ``loose_dots`` dots anywhere do not force quotes (envelope paths)."""
+    plain = (all(c == "." or _is_atext(c) for c in local) and local) \
+        if loose_dots else _is_dot_atom(local)
+    if not plain:
         local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{local}@{domain}" if domain else local
 
@@ -542,39 +546,82 @@ def parse_address_list(value):
     return out
 
 
+_ATEXT_SPECIAL = frozenset("!#$%&'*+-/=?^_`{|}~")
+
+
+def _is_atext(c):
+    return c.isalnum() or c in _ATEXT_SPECIAL or ord(c) > 127
+
+
+def _envelope_domain(text):
+    """RFC 5321 domain or address literal, leniently: labels of letters,
+    digits, '-' and '_' anywhere (Pigeonhole accepts "_example.com" and
+    "example-.com"), 8-bit for SMTPUTF8; no empty label."""
+    if text.startswith("[") and text.endswith("]") and len(text) > 2:
+        return "[" not in text[1:-1] and "]" not in text[1:-1] and " " not in text
+    if not text:
+        return False
+    for label in text.split("."):
+        if not label:
+            return False
+        for c in label:
+            if not (c.isalnum() or c in "-_" or ord(c) > 127):
+                return False
+    return True
+
+
 def parse_envelope_address(value):
     """Address of an SMTP path (``<a@b>``, ``a@b``, ``<@r1,@r2:a@b>``).
 
-    The null path (``""`` or ``"<>"``) gives ``Address(local_part="",
-    domain="", all="")``.  A path without a domain (``<postmaster>``,
-    RFC 5321 §4.5.1) gives ``domain`` "".  Anything else invalid gives
-    an invalid ``Address``.
+    RFC 5321 §4.1.2: the null path (``""`` or ``"<>"``) gives
+    ``Address(local_part="", domain="", all="")``; a source route is
+    checked and dropped; a path without a domain (``<postmaster>``) gives
+    ``domain`` "".  As Pigeonhole: dots may lead, trail or repeat in the
+    local part (Japanese mobile carriers' addresses), domains may hold
+    '_'.  Anything else (unbalanced brackets, ``x@``, ``@@``, a bad route,
+    a display name) gives an invalid ``Address`` holding the text.
     """
     text = value.strip(_WSP)
     if text in ("", "<>"):
         return Address(local_part="", domain="", all="")
-    inner = text
-    if inner.startswith("<") and inner.endswith(">"):
-        inner = inner[1:-1]
-    if inner.startswith("@"):  # source route, RFC 5321 §4.1.2 / appendix C
-        colon = inner.find(":")
+    s = text
+    if s.startswith("<"):
+        if not s.endswith(">"):
+            return _invalid(text)
+        s = s[1:-1]
+    if "<" in s or ">" in s:
+        return _invalid(text)
+    if s.startswith("@"):  # source route: "@" domain *("," "@" domain) ":"
+        colon = s.find(":")
         if colon < 0:
             return _invalid(text)
-        inner = inner[colon + 1:]
-    if "@" not in inner:
-        if _is_dot_atom(inner):
-            return Address(local_part=inner, domain="", all=inner)
+        for hop in s[:colon].split(","):
+            if not hop.startswith("@") or not _envelope_domain(hop[1:]):
+                return _invalid(text)
+        s = s[colon + 1:]
+    if s.startswith('"'):  # quoted-string local part
+        buf, i, n = [], 1, len(s)
+        while i < n and s[i] != '"':
+            if s[i] == "\\" and i + 1 < n:
+                i += 1
+            buf.append(s[i])
+            i += 1
+        if i >= n:
+            return _invalid(text)
+        local, rest = "".join(buf), s[i + 1:]
+        if rest and not rest.startswith("@"):
+            return _invalid(text)
+    else:
+        at = s.find("@")
+        local, rest = (s, "") if at < 0 else (s[:at], s[at:])
+        if not local or not all(c == "." or _is_atext(c) for c in local):
+            return _invalid(text)
+    if not rest:
+        return Address(local_part=local, domain="", all=_format_addr(local, "", True))
+    domain = rest[1:]
+    if not _envelope_domain(domain):
         return _invalid(text)
-    try:
-        toks = _tokens(inner)
-    except ValueError:
-        return _invalid(text)
-    if toks and toks[0][0] not in ("a", "q"):
-        return _invalid(text)
-    r = _mailbox(toks, 0)
-    if r is None or r[0] == "group" or r[1] != len(toks) or r[0].display_name:
-        return _invalid(text)
-    return r[0]
+    return Address(local_part=local, domain=domain, all=_format_addr(local, domain, True))
 
 
 # ---------------------------------------------------------------- MIME

@@ -189,14 +189,37 @@ def test_view_addresses_across_headers():
     ("<postmaster>", "postmaster", "", "postmaster"),
     ("<>", "", "", ""), ("", "", "", ""),
     ("joe+sieve@example.org", "joe+sieve", "example.org", "joe+sieve@example.org"),
+    ("<MAILER-DAEMON>", "MAILER-DAEMON", "", "MAILER-DAEMON"),
+    # dotted local parts of Japanese mobile carriers, as Pigeonhole
+    (".japanese@example.com", ".japanese", "example.com", ".japanese@example.com"),
+    ("japanese.@example.com", "japanese.", "example.com", "japanese.@example.com"),
+    ("..japanese...localpart..@example.com", "..japanese...localpart..", "example.com",
+     "..japanese...localpart..@example.com"),
+    # non-standard host names
+    ("japanese@_example.com", "japanese", "_example.com", "japanese@_example.com"),
+    ("japanese@ex_ample.com", "japanese", "ex_ample.com", "japanese@ex_ample.com"),
+    ("japanese@-example.com", "japanese", "-example.com", "japanese@-example.com"),
+    ("japanese@example-.com", "japanese", "example-.com", "japanese@example-.com"),
+    ("<joe@[192.0.2.1]>", "joe", "[192.0.2.1]", "joe@[192.0.2.1]"),
 ])
 def test_envelope_address(path, local, domain, all_):
     a = parse_envelope_address(path)
     assert (a.local_part, a.domain, a.all) == (local, domain, all_)
 
 
-@pytest.mark.parametrize("path", ["<joe@>", "<@example.org>", "<a b@c.example>",
-                                  "<@r1:>", "<joe@example.org", "<a@b@c>", "Joe <j@x.example>"])
+@pytest.mark.parametrize("path", [
+    "<joe@>", "<@example.org>", "<a b@c.example>", "<@r1:>", "<joe@example.org",
+    "<a@b@c>", "Joe <j@x.example>", "hutsefluts@", "MAILER-DAEMON@",
+    "<<stephan@example.org>", "stephan@example.org>", "<stephan example.org>",
+    "<stephan@@example.org>",
+    # bad source routes
+    "<cola.example.org:stephan@example.org>", "<@.example.org:stephan@example.org>",
+    "<@cola..nl:stephan@example.org>", "<@cola.example.orgstephan@example.org>",
+    "<@cola.example.org@mx.utwente.nl:stephan@example.org>",
+    "<@cola.example.org,mx.utwente.nl:stephan@example.org>",
+    "<@cola.example.org,@mx.utwente.nl,stephan@example.org>",
+    '<"unterminated@example.org>', '<"a"b@example.org>', "<joe@exa mple.org>",
+])
 def test_envelope_address_invalid(path):
     assert not parse_envelope_address(path).valid
 
