@@ -176,11 +176,18 @@ def _field_name(name):
 def unfold(value):
     """Remove CRLF/LF folding from a header value (RFC 5322 §2.2.3).
 
-    The white space that starts a continuation line stays.
+    As dovecot (checked with Pigeonhole's sieve-test): the line break
+    goes, and a TAB that starts the continuation line becomes a space;
+    the rest of the continuation's white space stays ("a\\n\\t\\tb" is
+    "a \\tb").  A tab inside a line is kept.
     """
     if "\n" not in value and "\r" not in value:
         return value
-    return value.replace("\r\n", "").replace("\n", "").replace("\r", "")
+    lines = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out = [lines[0]]
+    for line in lines[1:]:
+        out.append(" " + line[1:] if line.startswith("\t") else line)
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- RFC 2047
