@@ -104,8 +104,8 @@ def parse_date(text):
 
     Tolerated (RFC 2822 §4.3 and common practice): no weekday, a wrong
     weekday, comments, 2-digit (<50 = 20xx) and 3-digit (+1900) years,
-    no seconds, alphabetic zones (military zones and a missing zone
-    count as ``-0000``), any case.  Rejected: an unknown month, an
+    no seconds, alphabetic zones (the RFC 822 names; any other name and a
+    missing zone count as ``-0000``), any case.  Rejected: an unknown month, an
     impossible day or time, a malformed zone.
     """
     if "(" in text:
@@ -150,7 +150,9 @@ def parse_date(text):
     if zone is None:
         if zone_text.lower() in _ZONES:
             zone = _ZONES[zone_text.lower()]
-        elif len(zone_text) == 1 and zone_text.isalpha():
+        elif zone_text.isalpha() and zone_text.isascii():
+            # military letters and other names (CEST): RFC 2822 §4.3 says
+            # treat as "-0000"; Pigeonhole accepts them so
             zone = 0
             zone_text = "-0000"
         else:
@@ -184,8 +186,9 @@ def format_zone(minutes):
 def date_part(part, utc_seconds, zone_minutes, zone_text=None):
     """String of date part ``part`` of the instant in ``zone_minutes``.
 
-    ``zone_text``: the original zone as written; used by the ``zone``
-    part only for ``-0000`` ("unknown zone", RFC 2822 §3.3).
+    ``zone_text``: the original zone as written (kept for callers; the
+    parts print the numeric offset: an unknown zone "-0000" prints as
+    "+0000", a zero offset as "Z" in iso8601, as Pigeonhole does).
     """
     local = utc_seconds + zone_minutes * 60
     days, secs = divmod(local, 86400)
@@ -194,9 +197,7 @@ def date_part(part, utc_seconds, zone_minutes, zone_text=None):
     if part == "weekday":
         return str((days + 4) % 7)  # 1970-01-01 was a Thursday
     if part == "zone":
-        if zone_text == "-0000" and zone_minutes == 0:
-            return "-0000"
-        return format_zone(zone_minutes)
+        return format_zone(zone_minutes)  # "-0000" prints as "+0000" (Pigeonhole)
     year, month, day = civil_from_days(days)
     hour, rest = divmod(secs, 3600)
     minute, second = divmod(rest, 60)
@@ -208,8 +209,9 @@ def date_part(part, utc_seconds, zone_minutes, zone_text=None):
         return simple[part]
     if part == "iso8601":
         z = format_zone(zone_minutes)
-        return "%04d-%02d-%02dT%02d:%02d:%02d%s:%s" % (
-            year, month, day, hour, minute, second, z[:3], z[3:])
+        z = "Z" if zone_minutes == 0 else z[:3] + ":" + z[3:]  # as Pigeonhole
+        return "%04d-%02d-%02dT%02d:%02d:%02d%s" % (
+            year, month, day, hour, minute, second, z)
     if part == "std11":
         return "%s, %02d %s %04d %02d:%02d:%02d %s" % (
             _DAY_NAMES[(days + 4) % 7], day, _MONTH_NAMES[month - 1], year,

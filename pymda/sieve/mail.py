@@ -12,7 +12,8 @@ interpreter asks:
   stays as written), leading and trailing whitespace removed (RFC 5228
   §5.7, as Pigeonhole);
 - ``addresses(name)`` -> a list of ``Address`` records from the RFC 5322
-  address lists of every such header;
+  address lists of every such header; ``address_fields(name)`` the same
+  grouped per header field (for ``:index``);
 - ``body(transform, content_types)`` -> list of str for the body
   extension (RFC 5173);
 - ``size`` -> the message size in octets.
@@ -175,11 +176,18 @@ def _field_name(name):
 def unfold(value):
     """Remove CRLF/LF folding from a header value (RFC 5322 §2.2.3).
 
-    The white space that starts a continuation line stays.
+    As dovecot (checked with Pigeonhole's sieve-test): the line break
+    goes, and a TAB that starts the continuation line becomes a space;
+    the rest of the continuation's white space stays ("a\\n\\t\\tb" is
+    "a \\tb").  A tab inside a line is kept.
     """
     if "\n" not in value and "\r" not in value:
         return value
-    return value.replace("\r\n", "").replace("\n", "").replace("\r", "")
+    lines = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out = [lines[0]]
+    for line in lines[1:]:
+        out.append(" " + line[1:] if line.startswith("\t") else line)
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- RFC 2047
@@ -377,8 +385,12 @@ def _is_dot_atom(text):
     return True
 
 
-def _format_addr(local, domain):
-    if not _is_dot_atom(local):
+def _format_addr(local, domain, loose_dots=False):
+    """local@domain, the local part quoted when it needs it; with
+    ``loose_dots`` dots anywhere do not force quotes (envelope paths)."""
+    plain = (all(c == "." or _is_atext(c) for c in local) and local) \
+        if loose_dots else _is_dot_atom(local)
+    if not plain:
         local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{local}@{domain}" if domain else local
 
@@ -541,39 +553,82 @@ def parse_address_list(value):
     return out
 
 
+_ATEXT_SPECIAL = frozenset("!#$%&'*+-/=?^_`{|}~")
+
+
+def _is_atext(c):
+    return c.isalnum() or c in _ATEXT_SPECIAL or ord(c) > 127
+
+
+def _envelope_domain(text):
+    """RFC 5321 domain or address literal, leniently: labels of letters,
+    digits, '-' and '_' anywhere (Pigeonhole accepts "_example.com" and
+    "example-.com"), 8-bit for SMTPUTF8; no empty label."""
+    if text.startswith("[") and text.endswith("]") and len(text) > 2:
+        return "[" not in text[1:-1] and "]" not in text[1:-1] and " " not in text
+    if not text:
+        return False
+    for label in text.split("."):
+        if not label:
+            return False
+        for c in label:
+            if not (c.isalnum() or c in "-_" or ord(c) > 127):
+                return False
+    return True
+
+
 def parse_envelope_address(value):
     """Address of an SMTP path (``<a@b>``, ``a@b``, ``<@r1,@r2:a@b>``).
 
-    The null path (``""`` or ``"<>"``) gives ``Address(local_part="",
-    domain="", all="")``.  A path without a domain (``<postmaster>``,
-    RFC 5321 §4.5.1) gives ``domain`` "".  Anything else invalid gives
-    an invalid ``Address``.
+    RFC 5321 §4.1.2: the null path (``""`` or ``"<>"``) gives
+    ``Address(local_part="", domain="", all="")``; a source route is
+    checked and dropped; a path without a domain (``<postmaster>``) gives
+    ``domain`` "".  As Pigeonhole: dots may lead, trail or repeat in the
+    local part (Japanese mobile carriers' addresses), domains may hold
+    '_'.  Anything else (unbalanced brackets, ``x@``, ``@@``, a bad route,
+    a display name) gives an invalid ``Address`` holding the text.
     """
     text = value.strip(_WSP)
     if text in ("", "<>"):
         return Address(local_part="", domain="", all="")
-    inner = text
-    if inner.startswith("<") and inner.endswith(">"):
-        inner = inner[1:-1]
-    if inner.startswith("@"):  # source route, RFC 5321 §4.1.2 / appendix C
-        colon = inner.find(":")
+    s = text
+    if s.startswith("<"):
+        if not s.endswith(">"):
+            return _invalid(text)
+        s = s[1:-1]
+    if "<" in s or ">" in s:
+        return _invalid(text)
+    if s.startswith("@"):  # source route: "@" domain *("," "@" domain) ":"
+        colon = s.find(":")
         if colon < 0:
             return _invalid(text)
-        inner = inner[colon + 1:]
-    if "@" not in inner:
-        if _is_dot_atom(inner):
-            return Address(local_part=inner, domain="", all=inner)
+        for hop in s[:colon].split(","):
+            if not hop.startswith("@") or not _envelope_domain(hop[1:]):
+                return _invalid(text)
+        s = s[colon + 1:]
+    if s.startswith('"'):  # quoted-string local part
+        buf, i, n = [], 1, len(s)
+        while i < n and s[i] != '"':
+            if s[i] == "\\" and i + 1 < n:
+                i += 1
+            buf.append(s[i])
+            i += 1
+        if i >= n:
+            return _invalid(text)
+        local, rest = "".join(buf), s[i + 1:]
+        if rest and not rest.startswith("@"):
+            return _invalid(text)
+    else:
+        at = s.find("@")
+        local, rest = (s, "") if at < 0 else (s[:at], s[at:])
+        if not local or not all(c == "." or _is_atext(c) for c in local):
+            return _invalid(text)
+    if not rest:
+        return Address(local_part=local, domain="", all=_format_addr(local, "", True))
+    domain = rest[1:]
+    if not _envelope_domain(domain):
         return _invalid(text)
-    try:
-        toks = _tokens(inner)
-    except ValueError:
-        return _invalid(text)
-    if toks and toks[0][0] not in ("a", "q"):
-        return _invalid(text)
-    r = _mailbox(toks, 0)
-    if r is None or r[0] == "group" or r[1] != len(toks) or r[0].display_name:
-        return _invalid(text)
-    return r[0]
+    return Address(local_part=local, domain=domain, all=_format_addr(local, domain, True))
 
 
 # ---------------------------------------------------------------- MIME
@@ -843,7 +898,8 @@ class MailView:
     at most once, only by ``body``.
     """
 
-    __slots__ = ("size", "_fields", "_read", "_index", "_decoded", "_body")
+    __slots__ = ("size", "_fields", "_read", "_index", "_decoded", "_body",
+                 "_addresses")
 
     def __init__(self, header_bytes, size=0, read_message=None):
         self.size = size
@@ -854,6 +910,7 @@ class MailView:
             index.setdefault(name.lower(), []).append(value)
         self._index = index
         self._decoded = {}
+        self._addresses = {}
         self._body = None
 
     def header_names(self):
@@ -879,12 +936,20 @@ class MailView:
         """True when header ``name`` is present."""
         return name.lower() in self._index
 
+    def address_fields(self, name):
+        """list[list[Address]]: the address list of each header field
+        ``name``, one list per field in order (RFC 5260 ``:index`` counts
+        fields, not addresses).  Cached: callers must not change it."""
+        key = name.lower()
+        out = self._addresses.get(key)
+        if out is None:
+            out = [parse_address_list(v) for v in self._index.get(key, ())]
+            self._addresses[key] = out
+        return out
+
     def addresses(self, name):
         """list[Address] of every header ``name`` (in order)."""
-        out = []
-        for value in self._index.get(name.lower(), ()):
-            out.extend(parse_address_list(value))
-        return out
+        return [a for field in self.address_fields(name) for a in field]
 
     def _message(self):
         if self._body is None:
