@@ -88,7 +88,6 @@ class Interpreter:
         self.use_vars = "variables" in self.requires
         self.flags = ()
         self.warnings = []
-        self.addr_cache = {}
         self.reset()
 
     def reset(self):
@@ -527,27 +526,13 @@ def _tst_header(it, node):
     return _match(it, node, values)
 
 
-def _addresses(it, name):
-    """view.addresses(name), parsed once per run and view (Roundcube
-    scripts test the same From/To in every rule)."""
-    view = it.view
-    cache = it.addr_cache
-    if cache.get(None) is not view:
-        cache.clear()
-        cache[None] = view
-    key = name.lower()
-    addrs = cache.get(key)
-    if addrs is None:
-        addrs = cache[key] = view.addresses(name)
-    return addrs
-
-
 def _tst_address(it, node):
     part = node[2].get("part", "all")
     values = []
     for name in it.expand_list(node[3][0]):
-        addrs = _select_index(node, _addresses(it, name))
-        for addr in addrs:
+        # :index counts header fields, not addresses (RFC 5260 7)
+        fields = _select_index(node, it.view.address_fields(name))
+        for addr in (a for field in fields for a in field):
             v = address_part(addr, part, it.opts.recipient_delimiter)
             if v is not None:
                 values.append(v)
