@@ -152,7 +152,7 @@ def _read_script(script_path):
 def compile_bytes(data, filename, extensions=None):
     """Compile script bytes (imports the compiler).  Invalid UTF-8 is a
     compile error (RFC 5228 2.2: scripts are UTF-8)."""
-    from pymda.sieve.errors import SieveCompileError
+    from pymda.sieve.result import SieveCompileError
     from pymda.sieve.validate import compile_script
 
     try:
@@ -179,7 +179,7 @@ def load(script_path, cache_dir=None, extensions=None, max_size=None,
                 return compiled, True
     st, data = _read_script(script_path)
     if max_size is not None and len(data) > max_size:
-        from pymda.sieve.errors import SieveCompileError
+        from pymda.sieve.result import SieveCompileError
 
         raise SieveCompileError("script too large (%d > %d octets)"
                                 % (len(data), max_size), script_path, 0)

@@ -34,7 +34,7 @@ from pymda.record import Record
 from pymda.sieve import match as M
 from pymda.sieve import result as R
 from pymda.sieve.mail import address_part
-from pymda.sieve.errors import SieveRuntimeError
+from pymda.sieve.result import SieveRuntimeError
 
 MAX_MATCH_VALUES = 32
 

@@ -29,9 +29,8 @@ cache; does not deliver, send or log.
 """
 
 from pymda.sieve import cache
-from pymda.sieve.errors import SieveError, SieveRuntimeError
 from pymda.sieve.interp import DEFAULT_OPTIONS, execute
-from pymda.sieve.result import Outcome
+from pymda.sieve.result import Outcome, SieveError, SieveRuntimeError
 
 
 def evaluate(script_path, view, env, opts=None, cache_dir=None, max_size=1 << 20):
