@@ -167,3 +167,62 @@ def test_expansion_is_capped():
     assert out.error is None
     assert kinds(out) == [("fileinto", str(interp.MAX_EXPANDED))]
     assert time.monotonic() - t < 20
+
+
+ROUNDCUBE = '''require ["fileinto","relational","comparator-i;ascii-numeric","date","vacation","imap4flags","copy","mailbox"];
+# rule:[Spam]
+if header :value "ge" :comparator "i;ascii-numeric" "x-spam-score" "5"
+{
+\taddflag "\\\\Seen";
+\tfileinto :create "Junk";
+\tstop;
+}
+# rule:[disabled rule]
+if false # anyof (header :contains "subject" "x")
+{
+\tdiscard;
+}
+# rule:[Out of office]
+if allof (currentdate :zone "+0100" :value "ge" "date" "2020-01-01", currentdate :zone "+0100" :value "le" "date" "2999-12-31")
+{
+\tvacation :days 7 :subject "Away" :from "Bob <bob@example.net>" :addresses ["bob@example.net"] "I am away.";
+}
+'''
+
+NEXTCLOUD = '''require "date";
+require "relational";
+require "vacation";
+require "variables";
+### Nextcloud Mail: Vacation Responder ### DON'T EDIT ###
+if allof(currentdate :value "ge" "iso8601" "2020-01-01T00:00:00Z", currentdate :value "le" "iso8601" "2999-01-01T00:00:00Z") {
+\tif header :matches "subject" "*" {
+\t\tset "subject" "${1}";
+\t}
+\tvacation :days 4 :subject "Re: ${subject}" :addresses ["Bob <bob@example.net>"] "Back soon";
+}
+### Nextcloud Mail: Vacation Responder ### END ###
+require ["fileinto"];
+'''
+
+
+def test_webmail_scripts():
+    out = run(ROUNDCUBE)
+    assert out.error is None
+    assert [a.kind for a in out.actions] == ["fileinto"]
+    assert out.actions[0].flags == ("\\Seen",) and out.actions[0].create
+    out = run(ROUNDCUBE, data=MESSAGE.replace(b"X-Spam-Score: 7", b"X-Spam-Score: 1"))
+    assert [a.kind for a in out.final_actions()] == ["vacation", "keep"]
+    assert out.actions[0].from_addr == "Bob <bob@example.net>"
+    # require after other commands is an error (Nextcloud puts it first)
+    assert "require" in str(run_error(NEXTCLOUD))
+    out = run(NEXTCLOUD.replace('require ["fileinto"];\n', ""))
+    assert out.actions[0].subject == "Re: Hello world"
+    assert out.actions[0].addresses == ("Bob <bob@example.net>",)
+
+
+def run_error(script):
+    from pymda.sieve.errors import SieveCompileError
+
+    with pytest.raises(SieveCompileError) as info:
+        run(script)
+    return info.value
