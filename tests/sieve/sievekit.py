@@ -13,8 +13,10 @@ MESSAGE = (b"Return-Path: <alice@example.com>\r\n"
 
 
 def view(data=MESSAGE):
-    k = data.find(b"\r\n\r\n")
-    k = len(data) if k < 0 else k + 4
+    """MailView of ``data`` (CRLF or LF line ends)."""
+    ends = [(k + len(sep)) for sep in (b"\r\n\r\n", b"\n\n")
+            for k in (data.find(sep),) if k >= 0]
+    k = min(ends) if ends else len(data)
     return MailView(data[:k], len(data), lambda: data)
 
 
