@@ -64,7 +64,7 @@ def loads(data, key=None, extensions=None):
     cache for ``key`` (None: any key) and ``extensions``."""
     try:
         obj = marshal.loads(data)
-    except (EOFError, ValueError, TypeError):
+    except Exception:       # bad marshal data of any kind is a miss
         return None
     if (type(obj) is not tuple or len(obj) != 6 or obj[0] != MAGIC
             or obj[1] != FORMAT or obj[2] != __version__

@@ -159,3 +159,23 @@ def test_regex_and_dates_are_imported_only_when_used(tmp_path):
     assert actions == [["discard", None]]
     assert "pymda.sieve.dates" in mods and "datetime" not in mods
     assert "pymda.sieve.regex" not in mods
+
+
+def test_mutated_cache_files_never_raise(tmp_path):
+    """Random byte flips in a cache file: a miss or a runtime error, never
+    an exception out of evaluate()."""
+    import random
+
+    script = write(tmp_path / "s.sieve", SCRIPT)
+    cdir = str(tmp_path / "cache")
+    cache.load(script, cdir)
+    path = os.path.join(cdir, os.listdir(cdir)[0])
+    good = Path(path).read_bytes()
+    rng = random.Random(7)
+    for _ in range(300):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        Path(path).write_bytes(bytes(data))
+        out = evaluate(script, view(), Environment(), cache_dir=cdir)
+        assert out.final_actions()
