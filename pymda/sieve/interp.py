@@ -15,7 +15,9 @@ and ``fileinto`` without ``:create``: None = every mailbox exists),
 ``now`` (``(utc_seconds, zone_minutes)`` or None for the clock).
 ``opts`` (``Options``): ``recipient_delimiter``, ``max_actions``,
 ``max_redirects``, ``max_cpu_time`` (seconds of CPU per run, checked
-before every command), ``max_variable_size`` (octets), ``extensions``.
+before every command), ``max_variable_size`` (octets), ``extensions``
+(for the compiler), ``keep_folder`` (the implicit-keep target as a
+script names it: ``fileinto`` of it and ``keep`` are one copy).
 
 PURE: no file I/O; the message is read only through ``view`` and the
 environment only through ``env``.
