@@ -26,7 +26,6 @@ _IDSTART = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _IDCHARS = _IDSTART | frozenset("0123456789")
 _DIGITS = frozenset("0123456789")
 _PUNCT = frozenset(";,()[]{}")
-_WS = frozenset(" \t\r\n")
 _QUANT = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 MAX_NUMBER = (1 << 64) - 1     # Pigeonhole's sieve_number_t
 MAX_IDENTIFIER = 32             # RFC 5228 leaves it open; Pigeonhole's limit
@@ -74,9 +73,10 @@ def _scan(text, filename, toks, fail):
 
     while i < n:
         c = text[i]
-        if c in _WS:
-            if c == "\n":
-                line += 1
+        if c == " " or c == "\t" or c == "\r":
+            i += 1
+        elif c == "\n":
+            line += 1
             i += 1
         elif c == "#":
             j = text.find("\n", i)
@@ -95,9 +95,12 @@ def _scan(text, filename, toks, fail):
             buf = []
             j = i + 1
             while True:
-                k = j
-                while k < n and text[k] != '"' and text[k] != "\\":
-                    k += 1
+                k = text.find('"', j)
+                if k < 0:
+                    k = n
+                b = text.find("\\", j, k)
+                if b >= 0:
+                    k = b
                 if k >= n:
                     fail("unterminated quoted string", start, True)
                 buf.append(text[j:k])
