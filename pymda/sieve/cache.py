@@ -155,6 +155,8 @@ def compile_bytes(data, filename, extensions=None):
     from pymda.sieve.result import SieveCompileError
     from pymda.sieve.validate import compile_script
 
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]         # a BOM some editors write: not script text
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -179,3 +179,10 @@ def test_mutated_cache_files_never_raise(tmp_path):
         Path(path).write_bytes(bytes(data))
         out = evaluate(script, view(), Environment(), cache_dir=cdir)
         assert out.final_actions()
+
+
+def test_utf8_bom_is_ignored(tmp_path):
+    script = tmp_path / "bom.sieve"
+    script.write_bytes(b"\xef\xbb\xbf" + SCRIPT.encode())
+    out = evaluate(str(script), view(), Environment())
+    assert out.error is None and out.actions[0].folder == "Greetings"
