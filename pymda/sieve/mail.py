@@ -310,6 +310,24 @@ def decode_words(value):
 _SPECIALS = '()<>[]:;@\\,"'
 
 
+def _skip_comment(value, i):
+    """Index after the (nested) comment that starts at value[i], or -1
+    when it is not closed."""
+    depth, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c == "\\":
+            i += 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if not depth:
+                return i + 1
+        i += 1
+    return -1
+
+
 def _tokens(value):
     """Tokens of a structured header value, comments dropped.
 
@@ -326,20 +344,10 @@ def _tokens(value):
         if c in " \t\r\n":
             i += 1
         elif c == "(":
-            depth = 1
-            i += 1
-            while depth:
-                if i >= n:
-                    toks.append(("!", ""))
-                    return toks
-                c = value[i]
-                if c == "\\":
-                    i += 1
-                elif c == "(":
-                    depth += 1
-                elif c == ")":
-                    depth -= 1
-                i += 1
+            i = _skip_comment(value, i)
+            if i < 0:
+                toks.append(("!", ""))
+                return toks
         elif c == '"':
             buf = []
             i += 1

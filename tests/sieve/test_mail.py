@@ -587,6 +587,39 @@ def test_address_fields_group_per_header_field():
 
 # ------------------------------------------------------------ the real peer
 
+def run_sieve_test(script_text, message_bytes):
+    """stdout of Pigeonhole's sieve-test (no -e: it only prints the
+    actions) for a script and a message, run as nobody in a scratch
+    directory.  Callers skip unless root with sieve-test installed."""
+    import pwd
+    import tempfile
+    nobody = pwd.getpwnam("nobody")
+    work = tempfile.mkdtemp(prefix="pymda-sieve-peer-", dir="/tmp")
+    try:
+        os.chmod(work, 0o777)
+        script, message = os.path.join(work, "t.sieve"), os.path.join(work, "t.eml")
+        with open(script, "w") as f:
+            f.write(script_text)
+        with open(message, "wb") as f:
+            f.write(message_bytes)
+        os.chmod(script, 0o644)
+        os.chmod(message, 0o644)
+        r = subprocess.run(["sieve-test", "-O", "-o", f"mail_location=maildir:{work}/md",
+                            "-o", f"mail_home={work}", script, message],
+                           capture_output=True, text=True, cwd=work, user=nobody.pw_uid,
+                           group=nobody.pw_gid, extra_groups=[],
+                           env={"PATH": os.environ["PATH"]})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert "Performed actions" in r.stdout, (r.stdout, r.stderr)
+    return r.stdout
+
+
+needs_sieve_test = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("sieve-test"),
+    reason="needs root (runs sieve-test as nobody) and dovecot-sieve's sieve-test")
+
+
 def _sieve_string(text):
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -637,48 +670,28 @@ def _peer_checks(v, header):
     return checks
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runs sieve-test as nobody)")
-@pytest.mark.skipif(not shutil.which("sieve-test"), reason="dovecot-sieve not installed")
+@needs_sieve_test
 def test_corpus_agrees_with_pigeonhole(corpus_messages):
     """What MailView/dates see in each corpus message, stated as Sieve tests
     and run through Pigeonhole's own sieve-test (a real peer): address
     parts and counts, decoded header values, date parts, body words."""
-    import pwd
     import re
-    import tempfile
-    nobody = pwd.getpwnam("nobody")
-    work = tempfile.mkdtemp(prefix="pymda-sieve-peer-", dir="/tmp")
-    os.chmod(work, 0o777)
     disagreements, total = [], 0
-    try:
-        for path in corpus_messages:
-            data, v = _load(path)
-            end = data.find(b"\n\n")
-            checks = _peer_checks(v, data if end < 0 else data[:end + 1])
-            for base in range(0, len(checks), 30):  # sieve_max_actions is 32
-                chunk = checks[base:base + 30]
-                lines = ['require ["fileinto", "relational", "comparator-i;ascii-numeric",'
-                         ' "date", "body"];']
-                lines += [f'if {t} {{ fileinto "T{i}"; }}' for i, (t, _) in enumerate(chunk)]
-                script, message = os.path.join(work, "t.sieve"), os.path.join(work, "t.eml")
-                with open(script, "w") as f:
-                    f.write("\n".join(lines) + "\n")
-                with open(message, "wb") as f:
-                    f.write(data)
-                os.chmod(script, 0o644)
-                os.chmod(message, 0o644)
-                r = subprocess.run(
-                    ["sieve-test", "-O", "-o", f"mail_location=maildir:{work}/md",
-                     "-o", f"mail_home={work}", script, message],
-                    capture_output=True, text=True, cwd=work, user=nobody.pw_uid,
-                    group=nobody.pw_gid, extra_groups=[], env={"PATH": os.environ["PATH"]})
-                assert "Performed actions" in r.stdout, (path.name, r.stdout, r.stderr)
-                got = {int(m) for m in re.findall(r"store message in folder: T(\d+)", r.stdout)}
-                for i, (test, expected) in enumerate(chunk):
-                    total += 1
-                    if (i in got) != expected:
-                        disagreements.append((path.name, test))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    for path in corpus_messages:
+        data, v = _load(path)
+        end = data.find(b"\n\n")
+        checks = _peer_checks(v, data if end < 0 else data[:end + 1])
+        for base in range(0, len(checks), 30):  # sieve_max_actions is 32
+            chunk = checks[base:base + 30]
+            lines = ['require ["fileinto", "relational", "comparator-i;ascii-numeric",'
+                     ' "date", "body"];']
+            lines += [f'if {t} {{ fileinto "T{i}"; }}' for i, (t, _) in enumerate(chunk)]
+            out = run_sieve_test("\n".join(lines) + "\n", data)
+            got = {int(m) for m in re.findall(r"store message in folder: T(\d+)", out)}
+            for i, (test, expected) in enumerate(chunk):
+                total += 1
+                if (i in got) != expected:
+                    disagreements.append((path.name, test))
     assert total > 5000
     assert disagreements == []
+
