@@ -145,12 +145,15 @@ def parse_date(text):
     second = hms[2] if len(hms) == 3 else 0
     if hour > 23 or minute > 59 or second > 60:
         return None
+    # Text after the zone is ignored, as Pigeonhole; "06:09:22 PM EDT"
+    # fails on its zone "PM" (alphabetic zones have 1 or 3-5 letters).
     zone_text = words[4] if len(words) > 4 else "-0000"
     zone = parse_zone(zone_text)
     if zone is None:
         if zone_text.lower() in _ZONES:
             zone = _ZONES[zone_text.lower()]
-        elif zone_text.isalpha() and zone_text.isascii():
+        elif zone_text.isalpha() and zone_text.isascii() \
+                and (len(zone_text) == 1 or 3 <= len(zone_text) <= 5):
             # military letters and other names (CEST): RFC 2822 §4.3 says
             # treat as "-0000"; Pigeonhole accepts them so
             zone = 0

@@ -310,13 +310,32 @@ def decode_words(value):
 _SPECIALS = '()<>[]:;@\\,"'
 
 
+def _skip_comment(value, i):
+    """Index after the (nested) comment that starts at value[i], or -1
+    when it is not closed."""
+    depth, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        if c == "\\":
+            i += 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if not depth:
+                return i + 1
+        i += 1
+    return -1
+
+
 def _tokens(value):
     """Tokens of a structured header value, comments dropped.
 
     Each token is (kind, text): kind "a" atom (dots included, 8-bit
     characters allowed), "q" quoted string (unescaped), "d" domain
-    literal (with brackets), or the special character itself.  Raises
-    ValueError on an unterminated quoted string, comment or literal.
+    literal (with brackets), or the special character itself.  An
+    unterminated quoted string, comment or literal ends the list with a
+    ("!", rest) token, which no grammar rule accepts.
     """
     toks = []
     i, n = 0, len(value)
@@ -325,25 +344,17 @@ def _tokens(value):
         if c in " \t\r\n":
             i += 1
         elif c == "(":
-            depth = 1
-            i += 1
-            while depth:
-                if i >= n:
-                    raise ValueError("unterminated comment")
-                c = value[i]
-                if c == "\\":
-                    i += 1
-                elif c == "(":
-                    depth += 1
-                elif c == ")":
-                    depth -= 1
-                i += 1
+            i = _skip_comment(value, i)
+            if i < 0:
+                toks.append(("!", ""))
+                return toks
         elif c == '"':
             buf = []
             i += 1
             while True:
                 if i >= n:
-                    raise ValueError("unterminated quoted string")
+                    toks.append(("!", ""))
+                    return toks
                 c = value[i]
                 if c == "\\" and i + 1 < n:
                     buf.append(value[i + 1])
@@ -359,13 +370,12 @@ def _tokens(value):
         elif c == "[":
             j = value.find("]", i)
             if j < 0:
-                raise ValueError("unterminated domain literal")
+                toks.append(("!", ""))
+                return toks
             toks.append(("d", "".join(value[i:j + 1].split())))
             i = j + 1
         elif c in _SPECIALS:
-            if c in ")]\\":
-                raise ValueError(f"unexpected {c!r}")
-            toks.append((c, c))
+            toks.append((c, c))  # ")" "]" "\\" here: accepted by no rule
             i += 1
         else:
             j = i
@@ -506,24 +516,43 @@ def _mailbox(toks, i):
     return None
 
 
+def _skip_entry(toks, i):
+    """Index of the next top-level "," or ";" at or after ``i``."""
+    depth = 0
+    while i < len(toks):
+        kind = toks[i][0]
+        if kind == "<":
+            depth += 1
+        elif kind == ">" and depth:
+            depth -= 1
+        elif kind in (",", ";") and not depth:
+            return i
+        i += 1
+    return i
+
+
 def parse_address_list(value):
     """list[Address] of an RFC 5322 address-list/mailbox-list value.
 
     Display names (RFC 2047-decoded), groups (flattened; an empty group
     gives nothing), comments, quoted local parts, obsolete route forms
-    and empty list elements.  A value that does not parse is one invalid
-    ``Address`` holding the whole (unfolded, trimmed) value, so that
-    ``:all`` compares it as a whole, as Pigeonhole does; an empty value
-    is one invalid ``Address`` with ``all`` "".
+    and empty list elements.
+
+    Broken values, as Pigeonhole 0.5 (checked entry by entry with its
+    sieve-test): an entry without a domain (``nonsense``) or with a
+    broken ``<...>`` is skipped and the list goes on; a hard error (a bad
+    domain after ``@``, text after an address or after a group's ``;``
+    without a comma, a group inside a group, an unterminated quote or
+    comment) ends the list, keeping the addresses before it.  A value
+    that yields no valid address at all is one invalid ``Address``
+    holding the whole (unfolded, trimmed) value: ``:all`` compares it as
+    a whole, ``:localpart``/``:domain`` never match (RFC 5228 §2.7.4).
+    An empty value is one invalid ``Address`` with ``all`` "".
     """
     value = unfold(value).strip(_WSP)
-    try:
-        toks = _tokens(value)
-    except ValueError:
-        return [_invalid(value)]
-    if not toks:
-        return [_invalid(value)]
+    toks = _tokens(value)
     out = []
+    broken = not toks
     i, n = 0, len(toks)
     in_group = False
     while i < n:
@@ -531,25 +560,39 @@ def parse_address_list(value):
         if kind == ",":
             i += 1
             continue
-        if kind == ";" and in_group:
+        if kind == ";":
+            if not in_group:
+                broken = True
+                break
             in_group = False
             i += 1
+            if i < n and toks[i][0] != ",":
+                broken = True
+                break
             continue
         r = _mailbox(toks, i)
         if r is None:
-            return [_invalid(value)]
+            broken = True
+            j = _skip_entry(toks, i + 1)
+            kinds = {k for k, _ in toks[i:j]}
+            if "!" in kinds or ("@" in kinds and "<" not in kinds and kind != "@"):
+                break  # hard error: the rest of the value is lost
+            i = j  # soft: no domain, or a broken <...>
+            continue
         if r[0] == "group":
             if in_group:
-                return [_invalid(value)]
+                broken = True
+                break
             in_group = True
             i = r[2]
             continue
         out.append(r[0])
         i = r[1]
         if i < n and toks[i][0] not in (",", ";"):
-            return [_invalid(value)]
-        if i < n and toks[i][0] == ";" and not in_group:
-            return [_invalid(value)]
+            broken = True
+            break  # text after an address
+    if not out and broken:
+        return [_invalid(value)]
     return out
 
 

@@ -79,6 +79,7 @@ def test_day_change_across_zone():
 
 @pytest.mark.parametrize("text, iso", [
     ("Mon, 20 Jul 2009 21:44:43 CEST", "2009-07-20T21:44:43Z"),  # unknown name = -0000
+    ("Mon, 20 Jul 2009 21:44:43 +0300 junk", "2009-07-20T21:44:43+03:00"),  # as sieve-test
     ("Mon, 20 Jul 2009 21:44:43 +0300", "2009-07-20T21:44:43+03:00"),
     ("20 Jul 2009 21:44:43 +0300", "2009-07-20T21:44:43+03:00"),
     ("Mon,20 Jul 2009 21:44 +0300", "2009-07-20T21:44:00+03:00"),
@@ -121,6 +122,8 @@ def test_unknown_zone_prints_as_utc():
     "Mon, 20 Jul 2009 21:44:43 +03", "Mon, 20 Jul 2009 21:44:43 +0360",
     "Mon, 20 Jul 2009 21:44:43 +9900", "Mon, 20 Jul 20090 21:44:43 +0000",
     "Mon, 20 Jul 2009 21:44:43 C3ST", "Mon, x Jul 2009 21:44:43 +0000",
+    "Wed 29 May 2019 06:09:22 PM EDT", "Mon, 20 Jul 2009 21:44:43 PM",
+    "Mon, 30 Feb 2009 21:44:43 +0300",
     "Mon, 20 Jul 2009 2a:44:43 +0000", "Mon, \u0662\u0660 Jul 2009 21:44:43 +0000",
 ])
 def test_parse_date_rejects(text):
