@@ -493,12 +493,12 @@ class _Validator:
                 continue
             if pos:
                 self.error_once(aline, "%s: tag ':%s' after positional arguments"
-                           % (what, value))
+                                % (what, value))
                 ok = False
             spec = tags.get(value)
             if spec is None or spec[0] not in allowed or not self.has(spec[3]):
                 self.error_once(aline, "unknown tagged argument ':%s' for the %s"
-                           % (value, what))
+                                % (value, what))
                 ok = False
                 continue
             slot, akind, tval, _ext = spec
@@ -506,7 +506,7 @@ class _Validator:
                     slot == "mod20" and "mod20b" in opts):
                 if not slot.startswith("mod") or opts.get(slot) != tval:
                     self.error_once(aline, "%s: conflicting or repeated tag ':%s'"
-                               % (what, value))
+                                    % (what, value))
                     ok = False
                 continue
             if akind is None:
@@ -514,7 +514,7 @@ class _Validator:
                 continue
             if i >= n or not self.kind_ok(args[i][0], akind):
                 self.error_once(aline, "%s: tag ':%s' needs a %s argument"
-                           % (what, value, akind))
+                                % (what, value, akind))
                 ok = False
                 continue
             arg = self.value(args[i], akind)
@@ -522,7 +522,7 @@ class _Validator:
             if slot == "match":
                 if not isinstance(arg, str) or arg.lower() not in MATCH_OPS:
                     self.error_once(aline, "%s: invalid relational operator '%s'"
-                               % (what, arg))
+                                    % (what, arg))
                     ok = False
                     continue
                 opts[slot] = "%s:%s" % (tval, arg.lower())
@@ -543,14 +543,14 @@ class _Validator:
         need = len(kinds)
         if not (need - optional <= len(pos) <= need):
             self.error_once(line, "the %s needs %d positional argument(s), but %d given"
-                       % (what, need, len(pos)))
+                            % (what, need, len(pos)))
             return None, ()
         kinds = kinds[need - len(pos):]
         out = []
         for (kind, value, aline), want in zip(pos, kinds):
             if not self.kind_ok(kind, want):
                 self.error_once(aline, "the %s expects a %s, but a %s was given"
-                           % (what, want, kind if kind != "list" else L))
+                                % (what, want, kind if kind != "list" else L))
                 ok = False
                 continue
             out.append(self.value((kind, value, aline), want))
@@ -565,7 +565,7 @@ class _Validator:
         if (opts.get("comparator") == "i;ascii-numeric" and
                 opts.get("match") in ("contains", "matches", "regex")):
             self.error_once(line, "%s: the i;ascii-numeric comparator does not "
-                       "support :%s" % (what, opts["match"]))
+                            "support :%s" % (what, opts["match"]))
             ok = False
         return (opts if ok else None), tuple(out)
 

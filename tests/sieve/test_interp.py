@@ -80,7 +80,8 @@ fileinto "${first}-${n}";
 
 
 def test_flags():
-    script = REQ + 'addflag "\\\\Seen"; addflag ["$Label1", "\\\\seen"]; keep; fileinto :flags "\\\\Flagged" "F";'
+    script = REQ + ('addflag "\\\\Seen"; addflag ["$Label1", "\\\\seen"]; keep; '
+                    'fileinto :flags "\\\\Flagged" "F";')
     out = run(script)
     assert out.actions[0].flags == ("\\Seen", "$Label1")
     assert out.actions[1].flags == ("\\Flagged",)
@@ -88,7 +89,8 @@ def test_flags():
 
 def test_mailboxexists_uses_the_callback():
     env = interp.Environment(mailbox_exists=lambda name: name == "Yes")
-    script = REQ + 'if mailboxexists "Yes" { fileinto "Y"; } if mailboxexists "No" { fileinto "N"; }'
+    script = REQ + ('if mailboxexists "Yes" { fileinto "Y"; } '
+                    'if mailboxexists "No" { fileinto "N"; }')
     assert kinds(run(script, env=env)) == [("fileinto", "Y")]
 
 
@@ -125,7 +127,8 @@ def test_bad_utf8_folder_is_a_runtime_error():
 
 
 def test_variable_size_cap():
-    script = REQ + 'set "a" "0123456789"; ' + 'set "a" "${a}${a}"; ' * 12 + 'set :length "n" "${a}"; fileinto "${n}";'
+    script = (REQ + 'set "a" "0123456789"; ' + 'set "a" "${a}${a}"; ' * 12
+              + 'set :length "n" "${a}"; fileinto "${n}";')
     assert kinds(run(script))[0] == ("fileinto", "4096")
     out = run(script, opts=interp.Options(max_variable_size=100))
     assert kinds(out)[0] == ("fileinto", "100")
