@@ -117,8 +117,15 @@ class Interpreter:
         return self.outcome()
 
     def outcome(self):
+        implicit = self.implicit_keep
+        if implicit:
+            # fileinto :copy "INBOX" already stores into the implicit-keep
+            # target: one copy per folder
+            keep_key = _folder_key(self.opts.keep_folder)
+            implicit = not any(a.kind == "fileinto" and _folder_key(a.folder) == keep_key
+                               for a in self.actions)
         return R.Outcome(actions=tuple(self.actions),
-                         implicit_keep=self.implicit_keep,
+                         implicit_keep=implicit,
                          implicit_flags=self.flags, script=self.filename,
                          warnings=tuple(self.warnings))
 

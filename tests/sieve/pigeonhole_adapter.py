@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pymda.sieve import cache, interp, match, result, validate
+from pymda.sieve import cache, interp, match, validate
 from pymda.sieve.errors import SieveCompileError, SieveError, SieveRuntimeError
 from pymda.sieve.mail import MailView, parse_address_list
 
@@ -296,10 +296,7 @@ class Suite:
         return True
 
     def execute_result(self):
-        main = self.main
-        out = result.Outcome(actions=tuple(main.actions),
-                             implicit_keep=main.implicit_keep,
-                             implicit_flags=main.flags)
+        out = self.main.outcome()
         ok = True
         self.errors = []
         for action in out.final_actions():

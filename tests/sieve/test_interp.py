@@ -229,3 +229,10 @@ def run_error(script):
     with pytest.raises(SieveCompileError) as info:
         run(script)
     return info.value
+
+
+def test_fileinto_copy_of_the_keep_folder_is_the_implicit_keep():
+    out = run(REQ + 'fileinto :copy "INBOX";')
+    assert kinds(out) == [("fileinto", "INBOX")]
+    out = run(REQ + 'fileinto :copy "Work";', opts=interp.Options(keep_folder="Work"))
+    assert kinds(out) == [("fileinto", "Work")]
