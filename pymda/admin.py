@@ -248,6 +248,8 @@ def _add_quota_command():
 
 
 _add_quota_command()
+from pymda.sieve.tool import sieve_group  # noqa: E402 - pymda-admin sieve ...
+cli.add_command(sieve_group)
 
 
 # --- entry point --------------------------------------------------------------------------

@@ -1,0 +1,370 @@
+"""Comparators, match types and relational tests for Sieve.
+
+Comparators (RFC 4790, RFC 5228 §2.7.3): ``"i;octet"``,
+``"i;ascii-casemap"``, ``"i;ascii-numeric"`` (a value's leading digits;
+a value not starting with a digit is positive infinity, as Pigeonhole).
+
+Match types: ``:is``, ``:contains``, ``:matches`` (glob with ``*``,
+``?`` and ``\\`` escapes), relational (RFC 5231) ``:value`` /
+``:count`` with ``gt ge lt le eq ne``, and ``:regex`` (delegated to
+``pymda.sieve.regex``, imported only then).
+
+Entry points:
+
+- ``match_values(match_type, comparator, values, keys, relation=None)``
+  -> ``(matched, captures)``: true when any value matches any key (RFC
+  5228 §2.7.1); ``captures`` is the list of match variables (``${0}``,
+  ``${1}``...) of the first ``:matches`` success, else None.
+- ``count_matches(comparator, relation, count, keys)``: ``:count``.
+- ``glob_match(pattern, text, casefold=False)`` -> captures or None.
+- ``compare(comparator, a, b)`` -> -1/0/1; ``relation_holds(relation,
+  order)``.
+- ``check(comparator, match_type)`` -> error string or None (for the
+  validator: e.g. ``i;ascii-numeric`` with ``:contains``).
+
+Time: ``:matches`` never backtracks over stars (each segment between
+stars is placed once, leftmost; non-greedy captures as RFC 5229 §3.2);
+a segment is found with ``str.find`` or, when that keeps failing, with
+bit masks: at most about O(len(text) * len(pattern) / 64) word
+operations whatever the pattern.
+
+Raises ``ValueError`` only for unknown comparator/match-type/relation
+names (the validator rejects those first).
+"""
+
+COMPARATORS = ("i;octet", "i;ascii-casemap", "i;ascii-numeric")
+MATCH_TYPES = ("is", "contains", "matches", "value", "count", "regex")
+RELATIONS = ("gt", "ge", "lt", "le", "eq", "ne")
+
+# ASCII-only case folding that keeps string lengths (str.lower() may not:
+# "\u0130".lower() is two characters), so capture offsets stay valid.
+_ASCII_LOWER = {c: c + 32 for c in range(65, 91)}
+
+# What each comparator supports (RFC 4790 §9, RFC 5231 §4): i;ascii-numeric
+# has equality and ordering only, no substring operation.
+_SUBSTRING = ("contains", "matches", "regex")
+
+
+def fold(text):
+    """ASCII lower-case of ``text`` (same length: offsets stay valid)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def check(comparator, match_type):
+    """Error text when ``comparator`` cannot do ``match_type``, else None."""
+    if comparator not in COMPARATORS:
+        return f"unknown comparator {comparator!r}"
+    if match_type not in MATCH_TYPES:
+        return f"unknown match type {match_type!r}"
+    if comparator == "i;ascii-numeric" and match_type in _SUBSTRING:
+        return (f"comparator {comparator!r} does not support "
+                f"the :{match_type} match type")
+    return None
+
+
+def numeric_key(value):
+    """i;ascii-numeric value: the leading digits without leading zeros
+    (a str, "0" for zero), or None for positive infinity (no leading digit).
+
+    A str, not an int: ``int()`` of a long digit string is slow and
+    Python 3.11 refuses more than 4300 digits.  Compare with
+    ``_numeric_order``.
+    """
+    n = len(value)
+    i = 0
+    while i < n and "0" <= value[i] <= "9":
+        i += 1
+    if i == 0:
+        return None
+    digits = value[:i].lstrip("0")
+    return digits or "0"
+
+
+def _numeric_order(a, b):
+    ka, kb = numeric_key(a), numeric_key(b)
+    if ka is None or kb is None:
+        # Infinity equals infinity and is above every number (RFC 4790 §9.1.1).
+        return (ka is None) - (kb is None)
+    if len(ka) != len(kb):
+        return -1 if len(ka) < len(kb) else 1
+    return (ka > kb) - (ka < kb)
+
+
+def compare(comparator, a, b):
+    """Order of ``a`` and ``b`` under ``comparator``: -1, 0 or 1.
+
+    i;octet orders by code point, which is the order of the UTF-8 octets.
+    """
+    if comparator == "i;ascii-casemap":
+        a, b = fold(a), fold(b)
+    elif comparator == "i;ascii-numeric":
+        return _numeric_order(a, b)
+    elif comparator != "i;octet":
+        raise ValueError(f"unknown comparator {comparator!r}")
+    return (a > b) - (a < b)
+
+
+_RELATIONS = {
+    "gt": (1,), "ge": (0, 1), "lt": (-1,), "le": (-1, 0),
+    "eq": (0,), "ne": (-1, 1),
+}
+
+
+def relation_holds(relation, order):
+    """True when ``order`` (-1/0/1 of value vs key) satisfies ``relation``."""
+    try:
+        return order in _RELATIONS[relation]
+    except KeyError:
+        raise ValueError(f"unknown relation {relation!r}") from None
+
+
+def _parse_glob(pattern):
+    """Segments of a glob pattern split at each ``*``.
+
+    Returns (segments, stars_before): each segment a list of items, an item
+    either a literal str of one character or None for ``?``.  ``\\`` makes
+    the next character literal; a trailing ``\\`` is a literal backslash.
+    """
+    segments = [[]]
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 1
+            segments[-1].append(pattern[i] if i < n else "\\")
+        elif c == "*":
+            segments.append([])
+        elif c == "?":
+            segments[-1].append(None)
+        else:
+            segments[-1].append(c)
+        i += 1
+    return segments
+
+
+def _runs(segment):
+    """[(offset, literal run)] of a segment: its maximal runs of literals."""
+    runs = []
+    k, m = 0, len(segment)
+    while k < m:
+        if segment[k] is None:
+            k += 1
+            continue
+        j = k
+        while j < m and segment[j] is not None:
+            j += 1
+        runs.append((k, "".join(segment[k:j])))
+        k = j
+    return runs
+
+
+def _segment_at(segment, runs, text, pos):
+    """Does ``segment`` (with its ``runs``) match ``text`` at ``pos``?"""
+    if pos < 0 or pos + len(segment) > len(text):
+        return False
+    for offset, run in runs:
+        if not text.startswith(run, pos + offset):
+            return False
+    return True
+
+
+def _occurrences(text, run, start, end):
+    """Bit mask of the positions in [start, end) where ``run`` starts."""
+    n = len(text)
+    bits = bytearray(b"0") * n  # most significant first: bit i at n-1-i
+    pos = text.find(run, start, end)
+    while pos >= 0:
+        bits[n - 1 - pos] = 0x31
+        pos = text.find(run, pos + 1, end)
+    return int(bits, 2) if n else 0  # base 2: linear, no digit limit
+
+
+def _segment_mask(runs, text, start, limit):
+    """Bit mask of every p in [start, limit] where all ``runs`` match.
+
+    Bit-parallel: AND of each run's occurrence mask shifted by its
+    offset; the work is O(len(text) * distinct runs) plus
+    O(len(text) / 64) word operations per run.
+    """
+    cache = {}
+    mask = ((1 << (limit + 1)) - 1) >> start << start
+    for offset, run in runs:
+        occ = cache.get(run)
+        if occ is None:
+            occ = cache[run] = _occurrences(text, run, start, len(text))
+        mask &= occ >> offset
+        if not mask:
+            break
+    return mask
+
+
+# Failed verifications after which _find_segment switches to bit masks.
+_SCAN_BUDGET = 256
+
+
+def _find_segment(segment, runs, text, start, limit):
+    """Leftmost position p in [start, limit] where ``segment`` matches.
+
+    Searches for the segment's longest literal run with ``str.find`` and
+    verifies the other runs with ``str.startswith``: O(len(text)) in the
+    usual case.  A segment that keeps failing verification (hostile
+    ``a?a?a?...`` on "aaaa...") is finished with bit masks
+    (``_segment_mask``), so no pattern costs more than
+    O(len(text) * len(segment) / 64) plus one ``find`` pass per
+    distinct run.
+    """
+    if start > limit:
+        return -1
+    if not runs:  # only '?': any position with room
+        return start
+    k, run = max(runs, key=lambda r: len(r[1]))
+    pos = start
+    budget = _SCAN_BUDGET
+    while pos <= limit:
+        q = text.find(run, pos + k, limit + k + len(run))
+        if q < 0:
+            return -1
+        p = q - k
+        if _segment_at(segment, runs, text, p):
+            return p
+        pos = p + 1
+        budget -= 1
+        if not budget:
+            mask = _segment_mask(runs, text, pos, limit) if pos <= limit else 0
+            if not mask:
+                return -1
+            return (mask & -mask).bit_length() - 1
+    return -1
+
+
+def _captures(segment, text, pos, out):
+    for k, item in enumerate(segment):
+        if item is None:
+            out.append(text[pos + k])
+
+
+def glob_match(pattern, text, casefold=False):
+    """Captures of a ``:matches`` pattern on ``text`` or None.
+
+    Returns ``[text, w1, w2, ...]``: ``${0}`` and one string per ``*`` and
+    ``?`` wildcard, non-greedy (RFC 5229 §3.2).  ``\\`` escapes the next
+    character.  ``casefold``: ASCII case-insensitive (i;ascii-casemap).
+
+    Why this is never exponential: between two stars the pattern is a
+    fixed-length segment; the leftmost place of each middle segment is
+    always as good as any later place (it leaves the most text for the
+    rest), so each segment is searched once, left to right, and the
+    first and last segments are anchored.  That is also what "each
+    wildcard matches as little as possible, left to right" asks.
+    """
+    segments = _parse_glob(fold(pattern) if casefold else pattern)
+    subject = fold(text) if casefold else text
+    n = len(subject)
+    caps = [text]
+    first = segments[0]
+    if len(segments) == 1:
+        if len(first) != n or not _segment_at(first, _runs(first), subject, 0):
+            return None
+        _captures(first, text, 0, caps)
+        return caps
+    last = segments[-1]
+    tail = n - len(last)
+    if len(first) > tail or not _segment_at(first, _runs(first), subject, 0):
+        return None
+    if not _segment_at(last, _runs(last), subject, tail):
+        return None
+    _captures(first, text, 0, caps)
+    pos = len(first)
+    for segment in segments[1:-1]:
+        p = _find_segment(segment, _runs(segment), subject, pos,
+                          tail - len(segment))
+        if p < 0:
+            return None
+        caps.append(text[pos:p])
+        _captures(segment, text, p, caps)
+        pos = p + len(segment)
+    caps.append(text[pos:tail])
+    _captures(last, text, tail, caps)
+    return caps
+
+
+def match_one(match_type, comparator, value, key):
+    """Does ``value`` match ``key``?  -> captures list (``:matches``),
+    True/False for the other match types (not ``:count`` nor
+    ``:value``)."""
+    if match_type == "is":
+        if comparator == "i;ascii-numeric":
+            return _numeric_order(value, key) == 0
+        if comparator == "i;ascii-casemap":
+            return fold(value) == fold(key)
+        return value == key
+    if match_type == "contains":
+        if comparator == "i;ascii-casemap":
+            return fold(key) in fold(value)
+        if comparator == "i;octet":
+            return key in value
+    elif match_type == "matches":
+        if comparator in ("i;ascii-casemap", "i;octet"):
+            return glob_match(key, value, comparator == "i;ascii-casemap")
+    else:
+        raise ValueError(f"unknown match type {match_type!r}")
+    raise ValueError(check(comparator, match_type) or "bad comparator")
+
+
+def match_values(match_type, comparator, values, keys, relation=None):
+    """(matched, captures) of a Sieve test over lists of values and keys.
+
+    ``match_type``: ``"is"``, ``"contains"``, ``"matches"``, ``"value"``
+    (needs ``relation``), ``"count"`` (needs ``relation``; compares
+    ``len(values)``) or ``"regex"`` (imports ``pymda.sieve.regex``; may
+    raise its ``RegexError``).  ``captures`` is the list of match
+    variables of the first successful ``:matches`` or ``:regex`` (values
+    in order, then keys in order), else None.
+    """
+    if match_type == "count":
+        return count_matches(comparator, relation, len(values), keys), None
+    if match_type == "regex":
+        return _regex_values(comparator, values, keys)
+    if match_type == "value":
+        for value in values:
+            for key in keys:
+                if relation_holds(relation, compare(comparator, value, key)):
+                    return True, None
+        return False, None
+    for value in values:
+        for key in keys:
+            result = match_one(match_type, comparator, value, key)
+            if result is True:
+                return True, None
+            if result:
+                return True, result
+    return False, None
+
+
+def _regex_values(comparator, values, keys):
+    if comparator not in ("i;octet", "i;ascii-casemap"):
+        raise ValueError(check(comparator, "regex") or "bad comparator")
+    if not values:
+        return False, None
+    from pymda.sieve import regex
+    casefold = comparator == "i;ascii-casemap"
+    compiled = [regex.compile_regex(key, casefold) for key in keys]
+    for value in values:
+        for rx in compiled:
+            caps = regex.search(rx, value)
+            if caps is not None:
+                return True, caps
+    return False, None
+
+
+def count_matches(comparator, relation, count, keys):
+    """``:count``: does the number ``count`` satisfy ``relation`` with a key?
+
+    The count is compared as its decimal string under ``comparator``
+    (RFC 5231 §4.2; scripts use i;ascii-numeric).
+    """
+    text = str(count)
+    for key in keys:
+        if relation_holds(relation, compare(comparator, text, key)):
+            return True
+    return False

@@ -1,0 +1,111 @@
+"""The real peer: Pigeonhole's ``sieve-test`` and pymda file the same
+corpus messages into the same folders.
+
+For every script below and every 8th message of the real corpus
+(``$PYMDA_CORPUS``), ``sieve-test`` (Debian dovecot-sieve, run as
+``nobody``: it refuses root) prints the folders it would store into; pymda's
+interpreter must choose the same set (``INBOX`` for keep and the implicit
+keep).  Needs root (to switch to nobody) and ``sieve-test``.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from pymda.sieve import interp, validate
+from support import paths
+from sievekit import view
+
+SIEVE_TEST = shutil.which("sieve-test")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runs sieve-test as nobody)"),
+    pytest.mark.skipif(SIEVE_TEST is None, reason="sieve-test (dovecot-sieve) not installed"),
+]
+
+SENDER = "alice@example.com"
+RECIPIENT = "bob+news@example.net"
+
+SCRIPTS = {
+    "roundcube": '''require ["fileinto", "relational", "comparator-i;ascii-numeric"];
+# rule:[lists]
+if exists "list-id" { fileinto "Lists"; }
+# rule:[dev]
+if address :domain :is "from" ["github.com", "gitlab.com"] { fileinto "Dev"; }
+if header :contains "subject" ["invoice", "order", "receipt", "re:"] { fileinto "Shop"; }
+if header :count "ge" :comparator "i;ascii-numeric" "received" "4" { fileinto "Hops"; }
+if size :over 20K { fileinto "Big"; stop; }
+if address :localpart :contains ["from", "sender", "reply-to"] ["noreply", "no-reply"] { fileinto "Robots"; }
+''',
+    "variables": '''require ["fileinto", "variables", "envelope", "subaddress"];
+if header :matches "subject" "*[*]*" { fileinto "Tagged"; }
+if header :matches "from" "*<*@*>*" { if string :is "${3}" "" { fileinto "NoDomain"; } }
+if address :all :matches "to" "*@*.org" { fileinto "Org"; }
+if not anyof (exists "date", exists "message-id") { fileinto "Broken"; }
+if allof (header :contains "content-type" "multipart",
+          not header :contains "content-type" "alternative") { fileinto "Multi"; }
+if envelope :detail "to" "other" { fileinto "Other"; }
+if address :is :all "cc" "" { fileinto "EmptyCc"; }
+''',
+    "body": '''require ["fileinto", "body"];
+if body :text :contains "unsubscribe" { fileinto "Unsub"; }
+if body :raw :contains "base64" { fileinto "B64"; }
+if body :content "text/html" :contains "<table" { fileinto "Table"; }
+if body :content "text" :contains "http" { fileinto "Links"; } else { keep; }
+''',
+}
+
+
+def peer_folders(workdir, script, message):
+    proc = subprocess.run(
+        ["runuser", "-u", "nobody", "--", SIEVE_TEST, "-O",
+         "-o", "mail_location=maildir:%s/mail" % workdir, "-o", "mail_home=%s" % workdir,
+         "-o", "postmaster_address=postmaster@example.org",
+         "-a", RECIPIENT, "-r", RECIPIENT, "-f", SENDER, script, message],
+        capture_output=True, text=True, timeout=60)
+    assert "final result: success" in proc.stdout + proc.stderr, proc.stderr
+    return {line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()
+            if line.strip().startswith("* store message in folder:")}
+
+
+def pymda_folders(text, message):
+    with open(message, "rb") as f:
+        data = f.read()
+    if data.startswith(b"From "):
+        data = data[data.find(b"\n") + 1:]
+    out = interp.execute(validate.compile_script(text), view(data),
+                         interp.Environment(sender=SENDER, recipient=RECIPIENT))
+    assert out.error is None, out.error
+    return {a.folder if a.kind == "fileinto" else "INBOX"
+            for a in out.final_actions() if a.kind in ("fileinto", "keep")}
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    d = tempfile.mkdtemp(prefix="pymda-sievepeer-", dir="/tmp")
+    os.chmod(d, 0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_same_folders_as_sieve_test(workdir, name):
+    messages = [str(p) for p in paths.corpus_messages()][::8]
+    if not messages:
+        pytest.skip("no corpus ($PYMDA_CORPUS)")
+    script = os.path.join(workdir, name + ".sieve")
+    with open(script, "w") as f:
+        f.write(SCRIPTS[name])
+    os.chmod(script, 0o644)
+    seen = set()
+    mismatches = []
+    for message in messages:
+        theirs = peer_folders(workdir, script, message)
+        mine = pymda_folders(SCRIPTS[name], message)
+        seen |= mine
+        if theirs != mine:
+            mismatches.append((os.path.basename(message), sorted(theirs), sorted(mine)))
+    assert mismatches == []
+    assert len(seen) >= 3           # the rules do fire on the corpus
