@@ -207,63 +207,70 @@ def _parse_word(value, start):
     if end < 0:
         return None
     text = value[q1 + 3:end]
-    if " " in text or "\t" in text:
+    if "?" in text:
+        return None  # "=?cs?q?a?b?=" is not an encoded word (dovecot agrees)
+    if encoding == "B":
+        data = _decode_b(text)
+    elif encoding == "Q":
+        data = _decode_q(text)
+    else:
         return None
-    import binascii
-    try:
-        if encoding == "B":
-            raw = text.rstrip("=").encode("ascii")
-            raw += b"=" * (-len(raw) % 4)  # missing padding is common
-            data = binascii.a2b_base64(raw, strict_mode=True)
-        elif encoding == "Q":
-            data = _decode_q(text)
-        else:
-            return None
-    except (ValueError, UnicodeError):
-        return None
-    if data is None:
-        return None
-    charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
+    charset = charset.split("*", 1)[0].lower()  # RFC 2231 language suffix
     try:
         b"a".decode(charset, "replace")  # b"" would skip the codec lookup
-    except LookupError:  # unknown, or not a text encoding ("hex", "rot13")
-        return None
-    return end + 2, charset.lower(), data
+    except LookupError:
+        # unknown ("unknown-8bit") or not a text encoding ("hex"): the
+        # bytes are read as UTF-8, as dovecot does
+        charset = "utf-8"
+    return end + 2, charset, data
+
+
+def _decode_b(text):
+    """Base64 of an encoded word, leniently as dovecot: characters outside
+    the alphabet are dropped, missing padding is added, a dangling sixth
+    bit group is ignored."""
+    import binascii
+    clean = bytes(c for c in text.encode("ascii", "ignore") if c in _B64)
+    clean = clean[:len(clean) - len(clean) % 4] if len(clean) % 4 == 1 else clean
+    clean += b"=" * (-len(clean) % 4)
+    return binascii.a2b_base64(clean)
 
 
 def _decode_q(text):
+    """Q encoding (RFC 2047 §4.2), leniently as dovecot: an "=" not
+    followed by two hex digits stays as it is."""
     out = bytearray()
     i, n = 0, len(text)
     while i < n:
         c = text[i]
         if c == "_":
             out.append(0x20)
-        elif c == "=":
-            h = text[i + 1:i + 3]
-            if len(h) != 2:
-                return None
-            try:
-                out.append(int(h, 16))
-            except ValueError:
-                return None
+        elif c == "=" and _is_hex2(text[i + 1:i + 3]):
+            out.append(int(text[i + 1:i + 3], 16))
             i += 2
         else:
-            code = ord(c)
-            if code > 126 or code < 33:
-                return None
-            out.append(code)
+            out += c.encode("utf-8")
         i += 1
     return bytes(out)
 
 
-def decode_words(value):
-    """RFC 2047-decode ``value`` (str); invalid encoded words stay raw.
+def _is_hex2(pair):
+    return len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair)
 
-    White space between two encoded words is dropped (RFC 2047 §6.2);
-    adjacent words in one charset are joined before decoding, so a
-    character split over two words survives.  Undecodable bytes become
-    U+FFFD.  Encoded words are recognised anywhere in the value, as
-    dovecot does.
+
+def decode_words(value):
+    """RFC 2047-decode ``value`` (str).
+
+    Encoded words are recognised anywhere in the value; white space
+    between two of them is dropped (RFC 2047 §6.2).  As dovecot (checked
+    with Pigeonhole's sieve-test): bad Q escapes stay literal, bad base64
+    characters are dropped, an unknown or non-text charset is read as
+    UTF-8, white space inside the encoded text is accepted; only a word
+    that is not an encoded word at all (no ``?=``, an encoding other than
+    B/Q, a ``?`` inside the text) stays as written.
+    Undecodable bytes become U+FFFD.  Deviation: adjacent words in one
+    charset are joined before decoding, so a character split over two
+    words survives (dovecot gives U+FFFD there).
     """
     if "=?" not in value:
         return value
