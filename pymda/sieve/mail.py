@@ -822,8 +822,11 @@ def _charset_decode(data, charset):
 
 
 def _html_to_text(html):
-    """Text of an HTML document: tags removed, script/style dropped,
-    the common entities decoded.  Crude on purpose (no parser import)."""
+    """Text of an HTML document, as dovecot's html2text (checked with
+    Pigeonhole's sieve-test): every tag is a word break, runs of white
+    space are one space, <script>/<style> content and comments go,
+    entities are decoded (unknown ones dropped).  A small scanner: no
+    parser import on the delivery path."""
     out = []
     i, n = 0, len(html)
     lower = html.lower()
@@ -833,34 +836,53 @@ def _html_to_text(html):
             out.append(html[i:])
             break
         out.append(html[i:lt])
+        out.append(" ")
+        if html.startswith("<!--", lt):
+            end = html.find("-->", lt + 4)
+            i = n if end < 0 else end + 3
+            continue
         for tag in ("script", "style"):
-            if lower.startswith("<" + tag, lt):
+            after = lower[lt + 1 + len(tag):lt + 2 + len(tag)]
+            if lower.startswith("<" + tag, lt) and not after.isalnum():
                 close = lower.find("</" + tag, lt)
                 gt = html.find(">", close) if close >= 0 else -1
                 i = n if gt < 0 else gt + 1
                 break
         else:
-            if html.startswith("<!--", lt):
-                end = html.find("-->", lt + 4)
-                i = n if end < 0 else end + 3
-                continue
             gt = html.find(">", lt)
-            if gt < 0:
-                break
-            tag = lower[lt + 1:gt].lstrip("/").split(None, 1)
-            name = tag[0] if tag else ""
-            if name in ("br", "p", "div", "tr", "li", "h1", "h2", "h3",
-                        "h4", "h5", "h6", "table", "br/"):
-                out.append("\n")
-            i = gt + 1
+            i = n if gt < 0 else gt + 1
     text = "".join(out)
     if "&" in text:
         text = _entities(text)
-    return text
+    # ASCII white space only: U+00A0 from &nbsp; stays, as dovecot
+    return " ".join(w for w in text.translate(_HTML_SPACE).split(" ") if w)
 
 
-_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'",
-             "nbsp": "\xa0"}
+_HTML_SPACE = str.maketrans("\t\r\n\f", "    ")
+
+
+# HTML 4 Latin-1 entities are the code points 160..255 in this order.
+_LATIN1_NAMES = (
+    "nbsp iexcl cent pound curren yen brvbar sect uml copy ordf laquo not shy "
+    "reg macr deg plusmn sup2 sup3 acute micro para middot cedil sup1 ordm "
+    "raquo frac14 frac12 frac34 iquest Agrave Aacute Acirc Atilde Auml Aring "
+    "AElig Ccedil Egrave Eacute Ecirc Euml Igrave Iacute Icirc Iuml ETH Ntilde "
+    "Ograve Oacute Ocirc Otilde Ouml times Oslash Ugrave Uacute Ucirc Uuml "
+    "Yacute THORN szlig agrave aacute acirc atilde auml aring aelig ccedil "
+    "egrave eacute ecirc euml igrave iacute icirc iuml eth ntilde ograve oacute "
+    "ocirc otilde ouml divide oslash ugrave uacute ucirc uuml yacute thorn yuml"
+).split()
+_ENTITIES = dict(zip(_LATIN1_NAMES, map(chr, range(160, 256))))
+_ENTITIES.update({
+    "lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'",
+    "ndash": "\u2013", "mdash": "\u2014", "lsquo": "\u2018", "rsquo": "\u2019",
+    "sbquo": "\u201a", "ldquo": "\u201c", "rdquo": "\u201d", "bdquo": "\u201e",
+    "bull": "\u2022", "hellip": "\u2026", "euro": "\u20ac", "trade": "\u2122",
+    "lsaquo": "\u2039", "rsaquo": "\u203a", "dagger": "\u2020", "Dagger": "\u2021",
+    "permil": "\u2030", "oelig": "\u0153", "OElig": "\u0152", "scaron": "\u0161",
+    "Scaron": "\u0160", "zwnj": "\u200c", "zwj": "\u200d", "thinsp": "\u2009",
+    "ensp": "\u2002", "emsp": "\u2003", "larr": "\u2190", "rarr": "\u2192",
+})
 
 
 def _entities(text):
@@ -871,24 +893,21 @@ def _entities(text):
         if a < 0:
             out.append(text[i:])
             break
-        semi = text.find(";", a + 1, a + 12)
         out.append(text[i:a])
-        if semi < 0:
-            out.append("&")
+        semi = text.find(";", a + 1, a + 34)
+        name = text[a + 1:semi] if semi > a + 1 else ""
+        if not (name.isalnum() or (name[:1] == "#" and name[1:].isalnum())):
+            out.append("&")  # a bare ampersand
             i = a + 1
             continue
-        name = text[a + 1:semi]
-        rep = _ENTITIES.get(name.lower())
+        rep = _ENTITIES.get(name)
         if rep is None and name.startswith("#"):
             try:
                 code = int(name[2:], 16) if name[1:2] in ("x", "X") else int(name[1:])
-                rep = chr(code) if 0 < code < 0x110000 else None
+                rep = chr(code) if 0 < code < 0x110000 else ""
             except ValueError:
-                rep = None
-        if rep is None:
-            out.append(text[a:semi + 1])
-        else:
-            out.append(rep)
+                rep = ""
+        out.append(rep or "")  # unknown entities are dropped, as dovecot
         i = semi + 1
     return "".join(out)
 

@@ -727,3 +727,31 @@ def test_rfc2047_agrees_with_pigeonhole():
     out = run_sieve_test("\n".join(lines) + "\n", message.encode())
     for i, raw in enumerate(RFC2047_PEER_CASES):
         assert f"store message in folder: T{i}\n" in out, (raw, decode_words(raw))
+
+
+HTML_PEER = ('<html><head><title>TitleWord</title><style>p {color: red}</style>'
+             '<script>var x = "ScriptWord";</script></head><body><p>Hello&nbsp;World '
+             '&amp; Friends &lt;tag&gt; caf&eacute; &#169; &#x41;BC</p><!-- CommentWord -->'
+             '<br>Line<b>Bold</b>Join A<br>B C<span>D</span>E<div>F</div>G '
+             '&eacute;&Eacute;&hellip; &#233;</body></html>')
+
+
+@needs_sieve_test
+def test_body_text_of_html_agrees_with_pigeonhole():
+    """body :text of an HTML part: what pymda finds, and what it does not,
+    is what Pigeonhole's sieve-test finds."""
+    msg = ("From: a@b.example\nSubject: x\nMIME-Version: 1.0\n"
+           "Content-Type: text/html; charset=utf-8\n\n" + HTML_PEER + "\n").encode()
+    v = MailView(msg[:msg.index(b"\n\n") + 1], len(msg), lambda: msg)
+    text = " ".join(v.body("text"))
+    probes = ["TitleWord", "ScriptWord", "CommentWord", "color", "Hello World",
+              "Hello\u00a0World", "& Friends", "<tag>", "café", "caf&eacute;", "©", "ABC",
+              "LineBoldJoin", "Line Bold Join", "A B", "B C D E", "E F G", "éÉ…",
+              "Join A", "TitleWord Hello", "Hello ", "é", "<p>", "p {"]
+    lines = ['require ["fileinto", "body"];']
+    lines += [f'if body :text :contains {_sieve_string(p)} {{ fileinto "P{i}"; }}'
+              for i, p in enumerate(probes)]
+    out = run_sieve_test("\n".join(lines) + "\n", msg)
+    for i, probe in enumerate(probes):
+        theirs = f"store message in folder: P{i}\n" in out
+        assert (probe.lower() in text.lower()) == theirs, probe
