@@ -134,6 +134,8 @@ def _interval(p, i):
     if not (lo.isdigit() or (comma and lo == "")) or (hi and not hi.isdigit()) \
             or not (lo.isascii() and hi.isascii()):
         raise RegexError("invalid content of {} in regular expression")
+    if len(lo) > 6 or len(hi) > 6:  # before int(): no huge digit strings
+        raise RegexError("repetition count too large in regular expression")
     lo_n = int(lo) if lo else 0
     if lo_n > _DUP_MAX or (hi and int(hi) > _DUP_MAX):
         raise RegexError("repetition count too large in regular expression")

@@ -48,6 +48,7 @@ def test_translate(ere, translated):
     # as glibc's regcomp (Pigeonhole): a "{" that is no interval, and a
     # repetition of nothing, are errors
     "x{", "x{a}", "{", "a{1", "a{1,", "*a", "a|*b", "(*a)", "^*", "(?i)x",
+    "a{" + "9" * 5000 + "}",  # int() would refuse it: still a RegexError
 ])
 @pytest.mark.parametrize("engine", ENGINES)
 def test_invalid_patterns(ere, engine):
