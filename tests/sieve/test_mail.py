@@ -672,6 +672,12 @@ def _peer_checks(v, header):
              if len(w) > 6 and '"' not in w and "\\" not in w and "\ufffd" not in w]
     if words:
         checks.append((f'body :content "text/plain" :contains {q(words[len(words) // 2])}', True))
+    for transform in ("text", "raw"):
+        parts = v.body(transform)
+        words = [w for w in (parts[-1].split() if parts else [])
+                 if len(w) > 6 and '"' not in w and "\\" not in w and "\ufffd" not in w]
+        if words:
+            checks.append((f'body :{transform} :contains {q(words[-1])}', True))
     return checks
 
 
