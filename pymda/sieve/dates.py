@@ -94,7 +94,8 @@ def _strip_comments(text):
 
 
 def _int(text):
-    if text.isdigit() and text.isascii():
+    # short ASCII digit strings only: int() of 4300+ digits raises
+    if text.isdigit() and text.isascii() and len(text) <= 9:
         return int(text)
     return None
 

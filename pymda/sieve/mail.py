@@ -207,63 +207,70 @@ def _parse_word(value, start):
     if end < 0:
         return None
     text = value[q1 + 3:end]
-    if " " in text or "\t" in text:
+    if "?" in text:
+        return None  # "=?cs?q?a?b?=" is not an encoded word (dovecot agrees)
+    if encoding == "B":
+        data = _decode_b(text)
+    elif encoding == "Q":
+        data = _decode_q(text)
+    else:
         return None
-    import binascii
-    try:
-        if encoding == "B":
-            raw = text.rstrip("=").encode("ascii")
-            raw += b"=" * (-len(raw) % 4)  # missing padding is common
-            data = binascii.a2b_base64(raw, strict_mode=True)
-        elif encoding == "Q":
-            data = _decode_q(text)
-        else:
-            return None
-    except (ValueError, UnicodeError):
-        return None
-    if data is None:
-        return None
-    charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
+    charset = charset.split("*", 1)[0].lower()  # RFC 2231 language suffix
     try:
         b"a".decode(charset, "replace")  # b"" would skip the codec lookup
-    except LookupError:  # unknown, or not a text encoding ("hex", "rot13")
-        return None
-    return end + 2, charset.lower(), data
+    except LookupError:
+        # unknown ("unknown-8bit") or not a text encoding ("hex"): the
+        # bytes are read as UTF-8, as dovecot does
+        charset = "utf-8"
+    return end + 2, charset, data
+
+
+def _decode_b(text):
+    """Base64 of an encoded word, leniently as dovecot: characters outside
+    the alphabet are dropped, missing padding is added, a dangling sixth
+    bit group is ignored."""
+    import binascii
+    clean = bytes(c for c in text.encode("ascii", "ignore") if c in _B64)
+    clean = clean[:len(clean) - len(clean) % 4] if len(clean) % 4 == 1 else clean
+    clean += b"=" * (-len(clean) % 4)
+    return binascii.a2b_base64(clean)
 
 
 def _decode_q(text):
+    """Q encoding (RFC 2047 §4.2), leniently as dovecot: an "=" not
+    followed by two hex digits stays as it is."""
     out = bytearray()
     i, n = 0, len(text)
     while i < n:
         c = text[i]
         if c == "_":
             out.append(0x20)
-        elif c == "=":
-            h = text[i + 1:i + 3]
-            if len(h) != 2:
-                return None
-            try:
-                out.append(int(h, 16))
-            except ValueError:
-                return None
+        elif c == "=" and _is_hex2(text[i + 1:i + 3]):
+            out.append(int(text[i + 1:i + 3], 16))
             i += 2
         else:
-            code = ord(c)
-            if code > 126 or code < 33:
-                return None
-            out.append(code)
+            out += c.encode("utf-8")
         i += 1
     return bytes(out)
 
 
-def decode_words(value):
-    """RFC 2047-decode ``value`` (str); invalid encoded words stay raw.
+def _is_hex2(pair):
+    return len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair)
 
-    White space between two encoded words is dropped (RFC 2047 §6.2);
-    adjacent words in one charset are joined before decoding, so a
-    character split over two words survives.  Undecodable bytes become
-    U+FFFD.  Encoded words are recognised anywhere in the value, as
-    dovecot does.
+
+def decode_words(value):
+    """RFC 2047-decode ``value`` (str).
+
+    Encoded words are recognised anywhere in the value; white space
+    between two of them is dropped (RFC 2047 §6.2).  As dovecot (checked
+    with Pigeonhole's sieve-test): bad Q escapes stay literal, bad base64
+    characters are dropped, an unknown or non-text charset is read as
+    UTF-8, white space inside the encoded text is accepted; only a word
+    that is not an encoded word at all (no ``?=``, an encoding other than
+    B/Q, a ``?`` inside the text) stays as written.
+    Undecodable bytes become U+FFFD.  Deviation: adjacent words in one
+    charset are joined before decoding, so a character split over two
+    words survives (dovecot gives U+FFFD there).
     """
     if "=?" not in value:
         return value
@@ -815,8 +822,11 @@ def _charset_decode(data, charset):
 
 
 def _html_to_text(html):
-    """Text of an HTML document: tags removed, script/style dropped,
-    the common entities decoded.  Crude on purpose (no parser import)."""
+    """Text of an HTML document, as dovecot's html2text (checked with
+    Pigeonhole's sieve-test): every tag is a word break, runs of white
+    space are one space, <script>/<style> content and comments go,
+    entities are decoded (unknown ones dropped).  A small scanner: no
+    parser import on the delivery path."""
     out = []
     i, n = 0, len(html)
     lower = html.lower()
@@ -826,34 +836,53 @@ def _html_to_text(html):
             out.append(html[i:])
             break
         out.append(html[i:lt])
+        out.append(" ")
+        if html.startswith("<!--", lt):
+            end = html.find("-->", lt + 4)
+            i = n if end < 0 else end + 3
+            continue
         for tag in ("script", "style"):
-            if lower.startswith("<" + tag, lt):
+            after = lower[lt + 1 + len(tag):lt + 2 + len(tag)]
+            if lower.startswith("<" + tag, lt) and not after.isalnum():
                 close = lower.find("</" + tag, lt)
                 gt = html.find(">", close) if close >= 0 else -1
                 i = n if gt < 0 else gt + 1
                 break
         else:
-            if html.startswith("<!--", lt):
-                end = html.find("-->", lt + 4)
-                i = n if end < 0 else end + 3
-                continue
             gt = html.find(">", lt)
-            if gt < 0:
-                break
-            tag = lower[lt + 1:gt].lstrip("/").split(None, 1)
-            name = tag[0] if tag else ""
-            if name in ("br", "p", "div", "tr", "li", "h1", "h2", "h3",
-                        "h4", "h5", "h6", "table", "br/"):
-                out.append("\n")
-            i = gt + 1
+            i = n if gt < 0 else gt + 1
     text = "".join(out)
     if "&" in text:
         text = _entities(text)
-    return text
+    # ASCII white space only: U+00A0 from &nbsp; stays, as dovecot
+    return " ".join(w for w in text.translate(_HTML_SPACE).split(" ") if w)
 
 
-_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'",
-             "nbsp": "\xa0"}
+_HTML_SPACE = str.maketrans("\t\r\n\f", "    ")
+
+
+# HTML 4 Latin-1 entities are the code points 160..255 in this order.
+_LATIN1_NAMES = (
+    "nbsp iexcl cent pound curren yen brvbar sect uml copy ordf laquo not shy "
+    "reg macr deg plusmn sup2 sup3 acute micro para middot cedil sup1 ordm "
+    "raquo frac14 frac12 frac34 iquest Agrave Aacute Acirc Atilde Auml Aring "
+    "AElig Ccedil Egrave Eacute Ecirc Euml Igrave Iacute Icirc Iuml ETH Ntilde "
+    "Ograve Oacute Ocirc Otilde Ouml times Oslash Ugrave Uacute Ucirc Uuml "
+    "Yacute THORN szlig agrave aacute acirc atilde auml aring aelig ccedil "
+    "egrave eacute ecirc euml igrave iacute icirc iuml eth ntilde ograve oacute "
+    "ocirc otilde ouml divide oslash ugrave uacute ucirc uuml yacute thorn yuml"
+).split()
+_ENTITIES = dict(zip(_LATIN1_NAMES, map(chr, range(160, 256))))
+_ENTITIES.update({
+    "lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'",
+    "ndash": "\u2013", "mdash": "\u2014", "lsquo": "\u2018", "rsquo": "\u2019",
+    "sbquo": "\u201a", "ldquo": "\u201c", "rdquo": "\u201d", "bdquo": "\u201e",
+    "bull": "\u2022", "hellip": "\u2026", "euro": "\u20ac", "trade": "\u2122",
+    "lsaquo": "\u2039", "rsaquo": "\u203a", "dagger": "\u2020", "Dagger": "\u2021",
+    "permil": "\u2030", "oelig": "\u0153", "OElig": "\u0152", "scaron": "\u0161",
+    "Scaron": "\u0160", "zwnj": "\u200c", "zwj": "\u200d", "thinsp": "\u2009",
+    "ensp": "\u2002", "emsp": "\u2003", "larr": "\u2190", "rarr": "\u2192",
+})
 
 
 def _entities(text):
@@ -864,24 +893,21 @@ def _entities(text):
         if a < 0:
             out.append(text[i:])
             break
-        semi = text.find(";", a + 1, a + 12)
         out.append(text[i:a])
-        if semi < 0:
-            out.append("&")
+        semi = text.find(";", a + 1, a + 34)
+        name = text[a + 1:semi] if semi > a + 1 else ""
+        if not (name.isalnum() or (name[:1] == "#" and name[1:].isalnum())):
+            out.append("&")  # a bare ampersand
             i = a + 1
             continue
-        name = text[a + 1:semi]
-        rep = _ENTITIES.get(name.lower())
+        rep = _ENTITIES.get(name)
         if rep is None and name.startswith("#"):
             try:
                 code = int(name[2:], 16) if name[1:2] in ("x", "X") else int(name[1:])
-                rep = chr(code) if 0 < code < 0x110000 else None
+                rep = chr(code) if 0 < code < 0x110000 else ""
             except ValueError:
-                rep = None
-        if rep is None:
-            out.append(text[a:semi + 1])
-        else:
-            out.append(rep)
+                rep = ""
+        out.append(rep or "")  # unknown entities are dropped, as dovecot
         i = semi + 1
     return "".join(out)
 

@@ -17,15 +17,16 @@ installed; otherwise, and for the patterns RE2 cannot run
 ``re`` under a CPU timer (``ITIMER_PROF``, ``MATCH_CPU_LIMIT`` seconds
 per match).  Both engines use leftmost-first (Perl/PCRE2) semantics, as
 dovecot 2.4 does; Pigeonhole 0.5 used glibc's POSIX leftmost-longest,
-which can give other captures for alternations such as ``(a|ab)``.
+which can give other matches for alternations such as ``x(a|ab)``.
 This module, ``re`` and ``re2`` are imported only when a script uses
 regex.
 
 SECURITY: patterns and subjects are attacker-controlled.  Matching never
 takes exponential time: RE2 is linear; ``re`` is stopped by the timer.
 The translation emits no engine-specific construct a script could use
-(inline flags, lookarounds, lazy or possessive quantifiers are not ERE
-and come out as literals or groups).
+(inline flags and lookarounds are errors, as in glibc; lazy or
+possessive quantifiers come out as repeated groups).  Which patterns
+compile follows glibc's regcomp, the engine Pigeonhole uses.
 
 LIMITATIONS: the ``re`` fallback needs the main thread (a signal
 handler); in another thread a pattern that needs ``re`` is refused with
@@ -51,7 +52,7 @@ _CLASSES = {
 _GNU_ESCAPES = {"w": "\\w", "W": "\\W", "s": "\\s", "S": "\\S",
                 "b": "\\b", "B": "\\B", "<": "\\b", ">": "\\b", "`": "\\A"}
 
-_DUP_MAX = 255  # RE_DUP_MAX
+_DUP_MAX = 1000  # RE2's limit (glibc allows 32767)
 
 
 class RegexError(ValueError):
@@ -122,23 +123,24 @@ def _bracket(p, i):
 
 
 def _interval(p, i):
-    """(quantifier text, index after) of a valid ``{m}``, ``{m,}``,
-    ``{m,n}`` or ``{,n}`` at p[i], else None (then '{' is a literal,
-    as glibc)."""
+    """(quantifier text, index after) of the interval ``{m}``, ``{m,}``,
+    ``{m,n}`` or ``{,n}`` at p[i]; RegexError for any other ``{`` (as
+    glibc's regcomp, which Pigeonhole uses: "x{" is "Unmatched \\{")."""
     end = p.find("}", i)
     if end < 0:
-        return None
+        raise RegexError("unmatched { in regular expression")
     body = p[i + 1:end]
     lo, comma, hi = body.partition(",")
-    if not (lo.isdigit() or (comma and lo == "")) or (hi and not hi.isdigit()):
-        return None
-    if not (lo.isascii() and hi.isascii()):
-        return None
+    if not (lo.isdigit() or (comma and lo == "")) or (hi and not hi.isdigit()) \
+            or not (lo.isascii() and hi.isascii()):
+        raise RegexError("invalid content of {} in regular expression")
+    if len(lo) > 6 or len(hi) > 6:  # before int(): no huge digit strings
+        raise RegexError("repetition count too large in regular expression")
     lo_n = int(lo) if lo else 0
     if lo_n > _DUP_MAX or (hi and int(hi) > _DUP_MAX):
         raise RegexError("repetition count too large in regular expression")
     if hi and int(hi) < lo_n:
-        raise RegexError("invalid repetition count in regular expression")
+        raise RegexError("invalid content of {} in regular expression")
     if not comma:
         return "{%d}" % lo_n, end + 1
     return ("{%d,%s}" % (lo_n, hi)), end + 1
@@ -164,15 +166,13 @@ def translate_ere(pattern, end_anchor="\\Z"):
     while i < n:
         c = p[i]
         atoms = stack[-1]
-        if c in "*+?" or (c == "{" and _interval(p, i)):
+        if c in "*+?{":
             if c == "{":
                 q, i = _interval(p, i)
             else:
                 q, i = c, i + 1
             if not atoms or atoms[-1][0] in ("|", "^"):
-                # Nothing to repeat: glibc takes it literally.
-                atoms.append([_escape_char(q[0]) + "".join(_escape_char(x) for x in q[1:]), False])
-                continue
+                raise RegexError("invalid preceding regular expression")
             atom = atoms[-1]
             if atom[1]:  # a** or a*? : repeat the repeated atom, never lazy
                 atom[0] = "(?:" + atom[0] + ")"
@@ -189,9 +189,11 @@ def translate_ere(pattern, end_anchor="\\Z"):
             stack.append([])
             i += 1
             continue
+        if c == ")" and len(stack) == 1:
+            atoms.append(["\\)", False])  # glibc: an unmatched ) is a literal
+            i += 1
+            continue
         if c == ")":
-            if len(stack) == 1:
-                raise RegexError("unmatched ) in regular expression")
             inner = "".join(a[0] for a in stack.pop())
             open_groups.pop()
             stack[-1].append(["(" + inner + ")", False])

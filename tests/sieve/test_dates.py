@@ -180,3 +180,10 @@ def test_hostile_dates_never_raise():
         if got is not None:
             assert date_part("iso8601", got[0], got[1])
         received_date("a;" + text)
+
+
+def test_huge_numbers_are_invalid_not_errors():
+    big = "9" * 5000  # int() refuses more than 4300 digits
+    assert parse_date(f"Mon, {big} Jul 2009 21:44:43 +0000") is None
+    assert parse_date(f"Mon, 20 Jul {big} 21:44:43 +0000") is None
+    assert parse_date(f"Mon, 20 Jul 2009 {big}:44:43 +0000") is None
