@@ -99,6 +99,9 @@ class RequestParser:
                 "utf-8", "surrogateescape")
 
 
+DEFER_USERDB = "DEFER_IF_PERMIT Service temporarily unavailable"
+
+
 def format_response(action):
     return f"action={action}\n\n".encode("utf-8", "surrogateescape")
 
@@ -141,6 +144,8 @@ def decide(cfg, attrs):
     except DeliveryError as exc:
         if exc.status == "5.1.1":
             return cfg.policy_nouser or DUNNO
+        if exc.status.startswith("4."):  # the userdb cannot answer now (SPEC 7)
+            return DEFER_USERDB
         raise
     storage, messages = quota.limits(cfg, identity)
     if not storage and not messages:
