@@ -26,7 +26,8 @@ Python).  Each is imported only when a source needs it.
 CONNECTIONS: one per process and source, kept open (the daemons),
 guarded by a lock (pymda-lmtpd asks from worker threads).  A connection
 inherited through fork() is abandoned, never closed (closing would end
-the parent's session) nor used.  A failure on a kept connection is
+the parent's session) nor used.  A sqlite file that was replaced (rename
+of a new version) or removed since it was opened is opened again.  A failure on a kept connection is
 retried once on a new one (the server was restarted); a failure then is
 TempFail, and the next lookup connects again: the daemons recover by
 themselves when the database is back.
@@ -219,12 +220,16 @@ def _query(cfg, name, values):
         if entry is not None and entry[0] != os.getpid():
             _abandoned.append(_conns.pop(name))
             entry = None
+        if entry is not None and entry[3] is not None and entry[3] != _file_id(table):
+            _discard(name, entry)  # the sqlite file was replaced (or removed)
+            entry = None
         for attempt in (0, 1):
             fresh = entry is None
             try:
                 if fresh:
+                    file_id = _file_id(table)
                     conn, style = _connect(cfg, table)
-                    entry = (os.getpid(), conn, style)
+                    entry = (os.getpid(), conn, style, file_id)
                     _conns[name] = entry
                 sql, names = compile_query(table["user_query"], entry[2])
                 return _run(entry[1], sql, [values[v] for v in names])
@@ -249,6 +254,17 @@ def _run(conn, sql, params):
     finally:
         cur.close()
     return [dict(zip(columns, row)) for row in rows]
+
+
+def _file_id(table):
+    """sqlite: the database file's identity (a replaced file is reopened)."""
+    if table["driver"] != "sqlite":
+        return None
+    try:
+        st = os.stat(table["connect"])
+    except OSError:
+        return (0, 0)
+    return (st.st_dev, st.st_ino)
 
 
 def _discard(name, entry):
