@@ -6,7 +6,8 @@ protocols (no listener on any port), a passwd-file passdb/userdb read
 from ``users`` in that directory — and runs ``dovecot -F`` in the
 foreground as a child.  ``socket_path`` is the auth-userdb socket (0600
 root), the one dovecot-lda talks to.  ``write_users(text)`` replaces the
-passwd-file (dovecot re-reads it when it changes); ``stop()`` /
+passwd-file (dovecot re-reads it when its mtime changes, checking at most
+once a second: a running server gets a second to notice); ``stop()`` /
 ``start()`` again; ``destroy()``.
 """
 
@@ -74,7 +75,14 @@ class DovecotAuth:
         with open(tmp, "w") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
+        # dovecot re-reads the file when its mtime (seconds) changes: make
+        # every version's mtime distinct even within one second
+        self.version = getattr(self, "version", 0) + 1
+        stamp = int(time.time()) + self.version
+        os.utime(tmp, (stamp, stamp))
         os.rename(tmp, path)
+        if getattr(self, "proc", None) is not None:
+            time.sleep(1.1)  # dovecot looks at the file at most once a second
 
     def start(self, timeout=30):
         self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.conf], stdin=subprocess.DEVNULL,
