@@ -69,14 +69,14 @@ class PgServer:
 
     def start(self):
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockdir} "
-                   "-c fsync=off -c synchronous_commit=off")
+                   "-c fsync=off")
         self._as_postgres([f"{BIN}/pg_ctl", "-D", self.data, "-o", options, "-l", self.log,
                            "-w", "-t", "60", "start"])
         return self
 
     def stop(self):
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
-            self._as_postgres([f"{BIN}/pg_ctl", "-D", self.data, "-m", "immediate", "-w",
+            self._as_postgres([f"{BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-w",
                                "stop"])
 
     def sql(self, text, database="postgres"):
