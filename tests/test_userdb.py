@@ -738,3 +738,41 @@ def test_default_userdb_does_not_import_the_package():
             "assert 'pymda.userdb' not in sys.modules, sorted(sys.modules)")
     subprocess.run([str(paths.prefix() / "bin" / "python3"), "-c", code], check=True,
                    cwd="/")
+
+
+# --- pymda-admin -------------------------------------------------------------------------
+
+
+def _admin(*args, env=None):
+    proc = subprocess.run([str(paths.prefix() / "bin" / "pymda-admin"), *map(str, args)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", **(env or {})}, check=False)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_admin_user_and_check_config(tmp_path):
+    db = tmp_path / "u.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE u (email TEXT, uid INT, gid INT, home TEXT, mailbox TEXT, "
+                  "quota_storage INT, quota_messages INT)")
+        c.execute("INSERT INTO u VALUES ('a@x.example', 4000, 4001, '/h/a', 'Maildir/', "
+                  "1048576, 50)")
+    c.close()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'userdb = ["sql:s", "passwd", "dovecot:{tmp_path}/no-socket"]\n'
+        '[sql.s]\ndriver = "sqlite"\n'
+        f'connect = "{db}"\nuser_query = "SELECT * FROM u WHERE email = $user"\n')
+    env = {"PYMDA_CACHE_DIR": str(tmp_path / "cache")}
+    code, out, err = _admin("user", "-c", cfg, "a+tag@x.example", env=env)
+    assert (code, err) == (0, "")
+    assert out == ("user:     a@x.example\nsource:   sql:s\nuid:      4000\ngid:      4001\n"
+                   "home:     /h/a\nmailbox:  /h/a/Maildir/ (maildir)\n"
+                   "storage:  limit 1.0 MiB [1048576 bytes]\nmessages: limit 50\n")
+    code, out, err = _admin("user", "-c", cfg, "nobody-here@x.example", env=env)
+    assert code == EX_TEMPFAIL and err.startswith("4.3.0 userdb dovecot:")  # passwd: no
+    code, out, err = _admin("check-config", "-c", cfg, env=env)
+    assert code == EX_TEMPFAIL, err
+    assert "# userdb sql:s: ok, connected, query ran" in out
+    assert "# userdb passwd: ok" in out
+    assert f"# userdb dovecot:{tmp_path}/no-socket: 4.3.0 " in out
