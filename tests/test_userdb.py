@@ -776,3 +776,63 @@ def test_admin_user_and_check_config(tmp_path):
     assert "# userdb sql:s: ok, connected, query ran" in out
     assert "# userdb passwd: ok" in out
     assert f"# userdb dovecot:{tmp_path}/no-socket: 4.3.0 " in out
+
+
+# --- contrib -------------------------------------------------------------------------------
+
+
+CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "userdb"
+
+
+@pytest.mark.parametrize("name", ["postfixadmin-mysql.toml", "postfixadmin-postgresql.toml"])
+def test_postfixadmin_examples_are_valid(tmp_path, name):
+    from pymda.userdb.sql import compile_query
+
+    cfg = config.load(str(CONTRIB / name), environ={"PYMDA_CACHE_DIR": str(tmp_path)},
+                      write_cache=False)
+    sql, names = compile_query(cfg.sql["postfixadmin"]["user_query"], "format")
+    assert names == ["user"] and "%s" in sql
+
+
+def test_postfixadmin_query_against_its_schema_in_sqlite(tmp_path, monkeypatch):
+    """The PostgreSQL example's query, run on postfixadmin's mailbox table."""
+    from pymda import users
+
+    db = tmp_path / "postfix.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE mailbox (username TEXT PRIMARY KEY, password TEXT, name TEXT, "
+                  "maildir TEXT, quota BIGINT, local_part TEXT, domain TEXT, "
+                  "active BOOLEAN)")
+        c.execute("INSERT INTO mailbox VALUES ('alice@example.org', 'x', 'Alice', "
+                  "'example.org/alice/', 1073741824, 'alice', 'example.org', 1)")
+        c.execute("INSERT INTO mailbox VALUES ('gone@example.org', 'x', 'Gone', "
+                  "'example.org/gone/', 0, 'gone', 'example.org', 0)")
+    c.close()
+    text = (CONTRIB / "postfixadmin-postgresql.toml").read_text()
+    text = text.replace('driver = "postgresql"', 'driver = "sqlite"')
+    text = "\n".join(f'connect = "{db}"' if line.startswith("connect =") else line
+                     for line in text.splitlines())
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    cfg = config.load(str(path), environ={"PYMDA_CACHE_DIR": str(tmp_path)}, write_cache=False)
+    alice = users.lookup(cfg, "alice@example.org")
+    assert (alice.uid, alice.home) == (5000, "/srv/vmail/example.org/alice/")
+    assert alice.settings == {"mailbox": "/srv/vmail/example.org/alice/",
+                              "quota_storage": 1 << 30}
+    with pytest.raises(PermFail):
+        users.lookup(cfg, "gone@example.org")
+
+
+def test_passwd_file_example(tmp_path, monkeypatch):
+    from pymda import users
+
+    monkeypatch.setenv("PYMDA_CACHE_DIR", str(tmp_path))
+    cfg = config.load(None, [f'userdb=["passwd-file:{CONTRIB}/users.passwd"]',
+                             "virtual_uid=5000", "virtual_gid=5000",
+                             'virtual_home="/srv/vmail/$domain/$local"'], environ={})
+    alice = users.lookup(cfg, "alice@example.org")
+    assert alice.settings == {"quota_storage": 1 << 30, "mailbox": "$home/Maildir/"}
+    bob = users.lookup(cfg, "bob@example.org")
+    assert (bob.uid, bob.home) == (5000, "/srv/vmail/example.org/bob")
+    assert bob.settings == {"quota_messages": 10000, "quota_storage": 500 << 20}
+    assert users.lookup(cfg, "postmaster@example.net").home == "/srv/vmail/postmaster"

@@ -19,7 +19,7 @@ Contract:
 
 CACHE: answers (and "unknown") are kept ``userdb_cache_ttl`` seconds per
 process (daemons; 0 turns it off), keyed by the name asked and the name
-answered.  Failures are never cached.
+answered, for the Config object that asked.  Failures are never cached.
 
 LIMITATIONS: ``mail`` locations other than ``maildir:`` and ``mbox:`` with
 ``INBOX=`` (dbox, imapc...) are refused with a temporary failure: pymda
@@ -31,38 +31,37 @@ import time
 from pymda.errors import TempFail
 from pymda.users import Identity, check, from_config, from_passwd
 
-_cache = {}  # name -> (expires, Identity or None)
-_handoff = {}  # name -> Identity or None, from name_for to the next find
-_MISS = object()
+# Entries hold the Config they were found with and count only for it (a
+# reloaded or another configuration asks again).
+_cache = {}  # name -> (expires, Identity or None, cfg)
+_handoff = {}  # name -> (cfg, Identity or None), from name_for to the next find
 
 
 def find(cfg, name):
-    identity = _handoff.pop(name, _MISS)
-    if identity is not _MISS:
-        return identity
+    handed = _handoff.pop(name, None)
+    if handed is not None and handed[0] is cfg:
+        return handed[1]
     ttl = cfg.userdb_cache_ttl
     now = time.monotonic()
     if ttl:
         hit = _cache.get(name)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > now and hit[2] is cfg:
             return hit[1]
     identity = _ask(cfg, name)
     if ttl:
         if len(_cache) > 100000:
             _cache.clear()
-        _cache[name] = (now + ttl, identity)
+        _cache[name] = (now + ttl, identity, cfg)
         if identity is not None:
-            _cache[identity.name] = (now + ttl, identity)
+            _cache[identity.name] = (now + ttl, identity, cfg)
     return identity
 
 
 def name_for(cfg, address):
     identity = find(cfg, address)
-    if identity is None:
-        _handoff[address] = None
-        return address
-    _handoff[identity.name] = identity
-    return identity.name
+    name = address if identity is None else identity.name
+    _handoff[name] = (cfg, identity)
+    return name
 
 
 def _ask(cfg, name):
