@@ -411,22 +411,31 @@ def _write_cache(cache, stamp, table):
         data = marshal.dumps((stamp, table))
     except ValueError:  # e.g. TOML dates: not cacheable, not valid either
         return
-    directory = os.path.dirname(cache)
-    tmp = f"{cache}.{os.getpid()}.tmp"
+    write_cache_file(cache, data)
+
+
+def write_cache_file(path, data):
+    """Replace ``path`` (0644, its directory made) with ``data``, atomically;
+    best effort: False on failure (also for pymda.userdb.passwdfile)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fchmod(fd, 0o644)
         finally:
             os.close(fd)
-        os.rename(tmp, cache)
+        os.rename(tmp, path)
+        return True
     except OSError:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        return False
 
 
 # --- templates -------------------------------------------------------------

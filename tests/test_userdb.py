@@ -48,6 +48,7 @@ class Source:
     """One userdb source under test: ``add`` users, ``stop``/``start`` it."""
 
     kind = None
+    server = None  # a private server (tests/support), or None: a file
 
     def __init__(self, top):
         self.top = Path(top)
@@ -56,13 +57,20 @@ class Source:
         raise NotImplementedError
 
     def stop(self):
-        raise NotImplementedError
+        if self.server is None:  # a file: take it away
+            os.rename(self.path, str(self.path) + ".away")
+        else:
+            self.server.stop()
 
     def start(self):
-        raise NotImplementedError
+        if self.server is None:
+            os.rename(str(self.path) + ".away", self.path)
+        else:
+            self.server.start()
 
     def close(self):
-        pass
+        if self.server is not None:
+            self.server.destroy()
 
 
 class PasswdFileSource(Source):
@@ -89,12 +97,6 @@ class PasswdFileSource(Source):
     def config(self):
         return f'userdb = ["passwd-file:{self.path}"]\n'
 
-    def stop(self):
-        os.rename(self.path, str(self.path) + ".away")
-
-    def start(self):
-        os.rename(str(self.path) + ".away", self.path)
-
 
 class SqlSource(Source):
     COLUMNS = "(username, uid, gid, home, mailbox, quota_storage)"
@@ -107,6 +109,9 @@ class SqlSource(Source):
                      "quota_storage) VALUES (" + ", ".join(
                          _literal(v) for v in (user, domain, uid, gid, home, mailbox,
                                                quota_storage)) + ")")
+
+    def execute(self, sql):
+        self.server.sql(sql, database="mail")
 
     def config(self):
         return (f'userdb = ["sql:mail"]\n[sql.mail]\ndriver = "{self.driver}"\n'
@@ -141,12 +146,6 @@ class SqliteSource(SqlSource):
             db.execute(sql)
         db.close()
 
-    def stop(self):
-        os.rename(self.path, str(self.path) + ".away")
-
-    def start(self):
-        os.rename(str(self.path) + ".away", self.path)
-
 
 class PostgresSource(SqlSource):
     kind = driver = "postgresql"
@@ -162,18 +161,6 @@ class PostgresSource(SqlSource):
         # TCP, with a password that needs libpq quoting
         self.connect = (f"host=127.0.0.1 port={self.server.port} dbname=mail user=pymda "
                         f"password='se cret\\\\'s'")
-
-    def execute(self, sql):
-        self.server.sql(sql, database="mail")
-
-    def stop(self):
-        self.server.stop()
-
-    def start(self):
-        self.server.start()
-
-    def close(self):
-        self.server.destroy()
 
 
 class MariaSource(SqlSource):
@@ -191,18 +178,6 @@ class MariaSource(SqlSource):
         self.server.sql(TABLE, database="mail")
         # the unix socket, a real password
         self.connect = f"socket={self.server.socket_path} dbname=mail user=pymda password=pw-x"
-
-    def execute(self, sql):
-        self.server.sql(sql, database="mail")
-
-    def stop(self):
-        self.server.stop()
-
-    def start(self):
-        self.server.start()
-
-    def close(self):
-        self.server.destroy()
 
 
 class DovecotSource(PasswdFileSource):
@@ -224,15 +199,6 @@ class DovecotSource(PasswdFileSource):
 
     def config(self):
         return f'userdb = ["dovecot:{self.server.socket_path}"]\n'
-
-    def stop(self):
-        self.server.stop()
-
-    def start(self):
-        self.server.start()
-
-    def close(self):
-        self.server.destroy()
 
 
 def _available(kind):

@@ -225,21 +225,6 @@ def _write_index(path, stamp, table):
             i = (i + 1) & mask
         cells[8 * i: 8 * i + 8] = (pos + 1).to_bytes(8, "little")
     header = MAGIC + b"".join(n.to_bytes(8, "little") for n in (*stamp, buckets))
-    target = index_path(path)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-        ifd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            data = memoryview(header + bytes(cells))
-            while data:
-                data = data[os.write(ifd, data):]
-            os.fchmod(ifd, 0o644)
-        finally:
-            os.close(ifd)
-        os.rename(tmp, target)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    from pymda.config import write_cache_file
+
+    write_cache_file(index_path(path), header + bytes(cells))

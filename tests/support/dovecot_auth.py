@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 import time
 
+from support.procs import tail, terminate
+
 DOVECOT = "/usr/sbin/dovecot"
 
 CONF = """\
@@ -98,20 +100,10 @@ class DovecotAuth:
         raise AssertionError(f"dovecot did not create {self.socket_path}: {self.log()}")
 
     def log(self):
-        try:
-            with open(os.path.join(self.top, "dovecot.log"), errors="replace") as f:
-                return f.read()[-3000:]
-        except OSError:
-            return ""
+        return tail(os.path.join(self.top, "dovecot.log"))
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 30)
         self.proc = None
         # dovecot leaves its sockets behind: a stopped server refuses connections
         for name in os.listdir(os.path.join(self.top, "run")):

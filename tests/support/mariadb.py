@@ -13,10 +13,10 @@ import os
 import pwd
 import shutil
 import subprocess
-import tempfile
 import time
 
 from support.pgsql import free_port
+from support.procs import private_top, tail, terminate
 
 INSTALL_DB = "/usr/bin/mariadb-install-db"
 SERVER = "/usr/sbin/mariadbd"
@@ -33,11 +33,7 @@ def installed():
 
 class MariaServer:
     def __init__(self):
-        pw = pwd.getpwnam("mysql")
-        self.uid, self.gid = pw.pw_uid, pw.pw_gid
-        self.top = tempfile.mkdtemp(prefix="pymda-mariadb-")
-        os.chmod(self.top, 0o755)
-        os.chown(self.top, self.uid, self.gid)
+        self.top, self.uid, self.gid = private_top("pymda-mariadb-", "mysql")
         self.data = os.path.join(self.top, "data")
         self.socket_path = os.path.join(self.top, "mysqld.sock")
         self.pid_file = os.path.join(self.top, "mysqld.pid")
@@ -76,20 +72,10 @@ class MariaServer:
         raise AssertionError(f"mariadbd did not start: {self._log()}")
 
     def _log(self):
-        try:
-            with open(self.log, errors="replace") as f:
-                return f.read()[-3000:]
-        except OSError:
-            return ""
+        return tail(self.log)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def sql(self, text, database=None):

@@ -14,7 +14,8 @@ import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
+
+from support.procs import private_top
 
 BIN = "/usr/lib/postgresql/15/bin"
 
@@ -39,15 +40,11 @@ def free_port():
 
 class PgServer:
     def __init__(self):
-        pw = pwd.getpwnam("postgres")
-        self.uid, self.gid = pw.pw_uid, pw.pw_gid
-        self.top = tempfile.mkdtemp(prefix="pymda-pgsql-")
-        os.chmod(self.top, 0o755)
+        self.top, self.uid, self.gid = private_top("pymda-pgsql-", "postgres")
         self.data = os.path.join(self.top, "data")
         self.sockdir = os.path.join(self.top, "sock")
         os.mkdir(self.sockdir, 0o755)
         os.chown(self.sockdir, self.uid, self.gid)
-        os.chown(self.top, self.uid, self.gid)
         self.port = free_port()
         self.log = os.path.join(self.top, "postgres.log")
         self._as_postgres([f"{BIN}/initdb", "-D", self.data, "-U", "postgres", "-E", "UTF8",
