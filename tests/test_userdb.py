@@ -802,3 +802,33 @@ def test_passwd_file_example(tmp_path, monkeypatch):
     assert (bob.uid, bob.home) == (5000, "/srv/vmail/example.org/bob")
     assert bob.settings == {"quota_messages": 10000, "quota_storage": 500 << 20}
     assert users.lookup(cfg, "postmaster@example.net").home == "/srv/vmail/postmaster"
+
+
+@needs_root
+def test_passwd_file_delivery_imports_nothing_heavy(vmail):
+    from test_cli import heavy_in
+
+    top = _public_dir("pymda-userdb-imports-")
+    try:
+        home = top / "home"
+        home.mkdir()
+        vmail.chown(home)
+        (top / "users").write_text(f"v@x.example::{vmail.uid}:{vmail.gid}::{home}\n")
+        cfg = top / "pymda.toml"
+        cfg.write_text(f'userdb = ["passwd-file:{top}/users"]\nmailbox = "Maildir/"\n')
+        env = {"PYMDA_CACHE_DIR": str(top / "cache"), "PATH": "/usr/bin:/bin"}
+        argv = [str(paths.prefix() / "bin" / "python3"), "-X", "importtime", "-I", "-S",
+                str(paths.pymda_bin()), "-c", str(cfg), "-f", SENDER, "-a", "v@x.example"]
+        names = set()
+        for _ in range(2):  # the first writes the config cache and the index
+            proc = subprocess.run(argv, input=MESSAGE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, env=env, cwd="/", timeout=60)
+            assert proc.returncode == EX_OK, proc
+        for line in proc.stderr.decode().splitlines():
+            if line.startswith("import time:") and "|" in line:
+                names.add(line.rsplit("|", 1)[1].strip())
+        assert "pymda.userdb.passwdfile" in names
+        assert heavy_in(names) == []
+        assert len(delivered(home)) == 2
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
