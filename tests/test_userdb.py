@@ -832,3 +832,45 @@ def test_passwd_file_delivery_imports_nothing_heavy(vmail):
         assert len(delivered(home)) == 2
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+# --- a database that does not answer --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "dovecot"])
+def test_a_silent_server_is_a_temporary_failure_within_the_timeout(tmp_path, kind):
+    """A server that accepts the connection and then says nothing."""
+    import socket as socketmod
+
+    from pymda import users
+
+    if kind == "dovecot":
+        listener = socketmod.socket(socketmod.AF_UNIX)
+        listener.bind(str(tmp_path / "auth-userdb"))
+        userdb = f'["dovecot:{tmp_path}/auth-userdb"]'
+        extra = False
+    else:
+        listener = socketmod.socket()
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        userdb = '["sql:s"]'
+        extra = True
+    listener.listen(5)
+    try:
+        path = tmp_path / "c.toml"
+        text = f"userdb = {userdb}\nuserdb_timeout = 1\n"
+        if extra:
+            text += ("[sql.s]\n" f'driver = "{kind}"\n'
+                     f'connect = "host=127.0.0.1 port={port} dbname=x user=y password=z"\n'
+                     'user_query = "SELECT 1 WHERE $user"\n')
+        path.write_text(text)
+        cfg = config.load(str(path), environ={"PYMDA_CACHE_DIR": str(tmp_path)},
+                          write_cache=False)
+        start = time.monotonic()
+        with pytest.raises(TempFail) as exc:
+            users.lookup(cfg, "a@x.example")
+        elapsed = time.monotonic() - start
+        assert exc.value.status == "4.3.0"
+        assert elapsed < 15, elapsed  # connect_timeout is at least 2 s for libpq
+    finally:
+        listener.close()
