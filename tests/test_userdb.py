@@ -874,3 +874,18 @@ def test_a_silent_server_is_a_temporary_failure_within_the_timeout(tmp_path, kin
         assert elapsed < 15, elapsed  # connect_timeout is at least 2 s for libpq
     finally:
         listener.close()
+
+
+def test_sql_address_no_database_can_hold_is_unknown(tmp_path):
+    from pymda.userdb import sql
+
+    db = tmp_path / "u.db"
+    sqlite3.connect(db).close()
+    cfg = config.load(None, environ={}).replace(userdb=("sql:s",), sql={"s": {
+        "driver": "sqlite", "connect": str(db), "user_query": "SELECT * FROM nothing "
+        "WHERE x = $user"}})
+    # the table does not exist: asking at all would be a temporary failure
+    assert sql.lookup(cfg, "s", "a\0b@x.example") is None
+    assert sql.lookup(cfg, "s", "a\udcffb@x.example") is None
+    with pytest.raises(TempFail):
+        sql.lookup(cfg, "s", "ab@x.example")

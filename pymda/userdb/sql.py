@@ -7,7 +7,8 @@ socket``, plus ``sslmode`` etc. passed to psycopg as they are) and
 ``user_query``.
 
 Contract: ``lookup(cfg, name, address)`` -> row dict (column name ->
-value) or None when the query returns no row; TempFail 4.3.0 when the
+value) or None when the query returns no row (or the address has a NUL
+or bytes that are not UTF-8: no database can hold it); TempFail 4.3.0 when the
 database cannot be reached, does not answer within ``userdb_timeout``,
 returns more than one row, or anything else goes wrong.  ``probe(cfg,
 name)`` connects and runs the query for a user that does not exist
@@ -197,6 +198,8 @@ def _table(cfg, name):
 
 
 def lookup(cfg, name, address):
+    if "\0" in address or not _encodable(address):
+        return None  # no database holds such a name; asking would be an error
     local, _, domain = address.partition("@")
     values = {"user": address, "local": local, "domain": domain}
     rows = _query(cfg, name, values)
@@ -205,6 +208,14 @@ def lookup(cfg, name, address):
     if len(rows) > 1:
         raise TempFail(f"userdb sql:{name}: {len(rows)} rows for {address}", "4.3.0")
     return rows[0]
+
+
+def _encodable(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (surrogateescape)
+        return False
+    return True
 
 
 def probe(cfg, name):
