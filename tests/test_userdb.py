@@ -889,3 +889,26 @@ def test_sql_address_no_database_can_hold_is_unknown(tmp_path):
     assert sql.lookup(cfg, "s", "a\udcffb@x.example") is None
     with pytest.raises(TempFail):
         sql.lookup(cfg, "s", "ab@x.example")
+
+
+def test_daemon_cache_keeps_answers_not_unknown(tmp_path):
+    """userdb_cache_ttl: a known user is answered from the cache while the
+    database is away; an unknown one is asked again (it may exist now)."""
+    from test_policy import Server
+
+    source = SqliteSource(tmp_path)
+    cfg = tmp_path / "pymda.toml"
+    cfg.write_text('policy_nouser = "550 5.1.1 User unknown"\nuserdb_cache_ttl = 600\n'
+                   'virtual_uid = 4000\nvirtual_gid = 4000\n'
+                   'virtual_home = "/nonexistent/$local"\n' + source.config())
+    policyd = Server(cfg)
+    try:
+        assert _policy(policyd.port, "new@x.example", 10) == b"action=550 5.1.1 User unknown\n\n"
+        source.add("new@x.example", None, None, None)
+        assert _policy(policyd.port, "new@x.example", 10) == DUNNO
+        source.stop()  # the file is gone: only the cache can answer
+        assert _policy(policyd.port, "new@x.example", 10) == DUNNO
+        assert _policy(policyd.port, "other@x.example", 10) == DEFER
+        source.start()
+    finally:
+        policyd.stop()

@@ -17,9 +17,11 @@ Contract:
   quota_rule quota_rule2``, ``userdb_`` prefix optional) and pymda's own
   (``mailbox quota_storage quota_messages``) -> row.
 
-CACHE: answers (and "unknown") are kept ``userdb_cache_ttl`` seconds per
-process (daemons; 0 turns it off), keyed by the name asked and the name
-answered, for the Config object that asked.  Failures are never cached.
+CACHE: answers are kept ``userdb_cache_ttl`` seconds per process
+(daemons; 0 turns it off), keyed by the name asked and the name
+answered, for the Config object that asked.  "Unknown" is not cached: a
+mailbox created a moment ago must not bounce its first mail (5.1.1 is
+permanent) for the rest of the TTL.  Failures are never cached.
 
 LIMITATIONS: ``mail`` locations other than ``maildir:`` and ``mbox:`` with
 ``INBOX=`` (dbox, imapc...) are refused with a temporary failure: pymda
@@ -33,7 +35,7 @@ from pymda.users import Identity, check, from_config, from_passwd
 
 # Entries hold the Config they were found with and count only for it (a
 # reloaded or another configuration asks again).
-_cache = {}  # name -> (expires, Identity or None, cfg)
+_cache = {}  # name -> (expires, Identity, cfg)
 _handoff = {}  # name -> (cfg, Identity or None), from name_for to the next find
 
 
@@ -48,12 +50,11 @@ def find(cfg, name):
         if hit is not None and hit[0] > now and hit[2] is cfg:
             return hit[1]
     identity = _ask(cfg, name)
-    if ttl:
+    if ttl and identity is not None:
         if len(_cache) > 100000:
             _cache.clear()
         _cache[name] = (now + ttl, identity, cfg)
-        if identity is not None:
-            _cache[identity.name] = (now + ttl, identity, cfg)
+        _cache[identity.name] = (now + ttl, identity, cfg)
     return identity
 
 

@@ -264,7 +264,17 @@ def _run(conn, sql, params):
         rows = cur.fetchmany(2)
     finally:
         cur.close()
-    return [dict(zip(columns, row)) for row in rows]
+    return [dict(zip(columns, map(_text, row))) for row in rows]
+
+
+def _text(value):
+    """MySQL gives bytes for binary strings (CONCAT with a number...)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
 
 
 def _file_id(table):
