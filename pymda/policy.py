@@ -142,7 +142,7 @@ def decide(cfg, attrs):
     try:
         identity, target = mailbox_for(cfg, recipient)
     except DeliveryError as exc:
-        if exc.status == "5.1.1":
+        if exc.status in ("5.1.1", "5.7.1"):  # unknown, or a refused userdb row
             return cfg.policy_nouser or DUNNO
         if exc.status.startswith("4."):  # the userdb cannot answer now (SPEC 7)
             return DEFER_USERDB

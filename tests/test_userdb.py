@@ -906,6 +906,8 @@ def test_daemon_cache_keeps_answers_not_unknown(tmp_path):
         assert _policy(policyd.port, "new@x.example", 10) == b"action=550 5.1.1 User unknown\n\n"
         source.add("new@x.example", None, None, None)
         assert _policy(policyd.port, "new@x.example", 10) == DUNNO
+        source.add("root@x.example", 0, 0, "/root")  # refused: as policy_nouser says
+        assert _policy(policyd.port, "root@x.example", 10) == b"action=550 5.1.1 User unknown\n\n"
         source.stop()  # the file is gone: only the cache can answer
         assert _policy(policyd.port, "new@x.example", 10) == DUNNO
         assert _policy(policyd.port, "other@x.example", 10) == DEFER
