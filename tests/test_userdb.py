@@ -395,6 +395,26 @@ def test_database_down_defers_and_delivery_resumes(site):
 # --- the daemons ---------------------------------------------------------------------------
 
 
+class Policyd:
+    """The installed pymda-policyd on 127.0.0.1 (its caches in the test's dir)."""
+
+    def __init__(self, cfg):
+        from test_policy import free_port, policyd_bin, wait_port
+
+        self.port = free_port()
+        env = {"PATH": "/usr/bin:/bin", "PYMDA_CACHE_DIR": str(Path(cfg).parent / "cache")}
+        self.proc = subprocess.Popen(
+            [str(policyd_bin()), "-c", str(cfg), "--listen", f"inet:127.0.0.1:{self.port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        wait_port(self.port, self.proc)
+
+    def stop(self):
+        from support.procs import terminate
+
+        terminate(self.proc, 10)
+        self.proc.stdout.close()
+
+
 def _policy(port, recipient, size):
     import socket
 
@@ -413,12 +433,11 @@ def _policy(port, recipient, size):
 @needs_root
 def test_daemons_defer_while_down_and_recover_without_restart(site, vmail):
     from test_e2e_lmtp import BODY, SENDER as LMTP_SENDER, Daemon
-    from test_policy import Server
 
     address, home = site.user()
     full, full_home = site.user(quota_storage=1024)
     lmtpd = Daemon(site.cfg).wait_ready()
-    policyd = Server(site.cfg)
+    policyd = Policyd(site.cfg)
     try:
         big = 4096
         # all three agree on the over-quota user
@@ -894,14 +913,12 @@ def test_sql_address_no_database_can_hold_is_unknown(tmp_path):
 def test_daemon_cache_keeps_answers_not_unknown(tmp_path):
     """userdb_cache_ttl: a known user is answered from the cache while the
     database is away; an unknown one is asked again (it may exist now)."""
-    from test_policy import Server
-
     source = SqliteSource(tmp_path)
     cfg = tmp_path / "pymda.toml"
     cfg.write_text('policy_nouser = "550 5.1.1 User unknown"\nuserdb_cache_ttl = 600\n'
                    'virtual_uid = 4000\nvirtual_gid = 4000\n'
                    'virtual_home = "/nonexistent/$local"\n' + source.config())
-    policyd = Server(cfg)
+    policyd = Policyd(cfg)
     try:
         assert _policy(policyd.port, "new@x.example", 10) == b"action=550 5.1.1 User unknown\n\n"
         source.add("new@x.example", None, None, None)
