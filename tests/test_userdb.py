@@ -196,6 +196,20 @@ class DovecotSource(PasswdFileSource):
         self.lines += line.replace(" mailbox=", " userdb_mailbox=").replace(
             "::mailbox=", "::userdb_mailbox=")
         self.server.write_users(self.lines)
+        if 0 not in (uid, gid):  # dovecot never serves those: nothing to wait for
+            self.wait_known(user)
+
+    def wait_known(self, user, timeout=15):
+        """Until dovecot has re-read its file (a loaded machine may take a while)."""
+        from pymda.userdb import dovecot
+
+        class Cfg:
+            userdb_timeout = 5
+
+        deadline = time.monotonic() + timeout
+        while dovecot.lookup(Cfg, self.server.socket_path, user) is None:
+            assert time.monotonic() < deadline, f"dovecot did not pick up {user}"
+            time.sleep(0.2)
 
     def config(self):
         return f'userdb = ["dovecot:{self.server.socket_path}"]\n'
