@@ -12,7 +12,11 @@ Commands:
   formatter.
 - ``check-config [-c FILE]`` -> config.load(); every SPEC 5 key with its
   effective value (TOML syntax) and where it came from (default, file,
-  override), then the ``[users."..."]`` tables.
+  override), then the ``[sql.NAME]`` (passwords hidden) and ``[users."..."]``
+  tables, then one line per ``userdb`` source asked once
+  (admin_user.probe_sources).
+- ``user ADDRESS`` (pymda/admin_user.py): uid, gid, home, mailbox,
+  limits and the source that answered.
 - ``quota`` (pymda/admin_quota.py) when that module is installed.
 
 Every command takes ``-c FILE`` (else $PYMDA_CONFIG, else
@@ -213,12 +217,25 @@ def format_settings(cfg):
         origin = cfg.origins.get(key, "default")
         where = f"file {cfg.path}" if origin == "file" else origin
         lines.append(f"{text.ljust(width + 40)} # {where}")
+    for name, table in sorted(cfg.sql.items()):
+        lines += ["", f"[sql.{name}]  # file {cfg.path}"]
+        lines += [f"{k} = {format_toml_value(hide_password(table, k, v))}"
+                  for k, v in table.items()]
     for name, table in sorted(cfg.users.items()):
         lines.append("")
         lines.append(f"[users.{format_toml_value(name)}]  # file {cfg.path}")
         for key, value in table.items():
             lines.append(f"{key} = {format_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def hide_password(table, key, value):
+    if key != "connect" or table["driver"] == "sqlite":
+        return value
+    from pymda.userdb.sql import parse_connect
+
+    pairs = parse_connect(value)
+    return " ".join(f"{k}=***" if k == "password" else f"{k}={v}" for k, v in pairs.items())
 
 
 @cli.command("check-config")
@@ -234,7 +251,11 @@ def check_config(config_path, overrides):
         click.echo(f"check-config: {exc.text}", err=True)
         return EX_CONFIG
     click.echo(format_settings(cfg), nl=False)
-    return 0
+    from pymda.admin_user import probe_sources
+
+    lines, status = probe_sources(cfg)
+    click.echo("\n".join(lines))
+    return status
 
 
 def _add_quota_command():
@@ -250,6 +271,8 @@ def _add_quota_command():
 _add_quota_command()
 from pymda.sieve.tool import sieve_group  # noqa: E402 - pymda-admin sieve ...
 cli.add_command(sieve_group)
+from pymda.admin_user import user_command  # noqa: E402
+cli.add_command(user_command, "user")
 
 
 # --- entry point --------------------------------------------------------------------------

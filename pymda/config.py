@@ -1,7 +1,8 @@
 """Configuration: /etc/pymda/pymda.toml -> frozen Config.
 
 Contract: ``load(path, overrides)`` returns a Config whose attributes are the
-SPEC 5 keys, plus ``users`` (name -> dict of per-user settings), ``path``
+SPEC 5 keys, plus ``users`` (name -> dict of per-user settings), ``sql``
+(NAME -> dict of a ``[sql.NAME]`` table, SPEC 7), ``path``
 (the file read, or None) and ``origins`` (key -> "default" | "file" |
 "override").  Every problem (unreadable file, TOML syntax, unknown key,
 wrong type) raises ConfigError naming the file and key: a delivery defers
@@ -147,6 +148,26 @@ def _abspath(v):
     return v
 
 
+def _userdb(v):
+    v = _strlist(v)
+    for source in v:
+        kind, sep, arg = source.partition(":")
+        if source in ("config", "passwd", "dovecot") or (
+            sep and kind == "sql" and arg
+        ) or (sep and kind in ("passwd-file", "dovecot") and arg.startswith("/")):
+            continue
+        raise ValueError(
+            'a list of "config", "passwd", "passwd-file:/PATH", "sql:NAME", '
+            f'"dovecot:/PATH" (got {source!r})'
+        )
+    return v
+
+
+# [sql.NAME] tables (SPEC 7): key -> validator; all three are required.
+SQL_KEYS = {"driver": _enum("sqlite", "postgresql", "mysql"), "connect": _str,
+            "user_query": _str}
+
+
 # key -> (default, validator).  The single source of truth for SPEC 5.
 KEYS = {
     "mailbox": ("", _str),
@@ -189,6 +210,14 @@ KEYS = {
     "policy_nouser": ("DUNNO", _str),
     # issue 3: per-user record of completed targets (state.py, README ".forward")
     "state_file": ("$home/.pymda-state.sqlite", _str),
+    # issue 13: where users come from (SPEC 7, users.py, pymda/userdb/, docs/users.md)
+    "userdb": (("config", "passwd"), _userdb),
+    "virtual_uid": (0, _id),  # 0: none (a row without uid is then refused)
+    "virtual_gid": (0, _id),
+    "virtual_home": ("", _str),
+    "first_valid_uid": (500, _id),
+    "userdb_timeout": (10, _number),
+    "userdb_cache_ttl": (60, _number),
     # issue 5: pymda-admin redeliver's record of redelivered messages
     # (redeliver.py, README "Redelivering mail"); its lock is this path + ".lock"
     "redeliver_record": ("$home/.pymda-redeliver", _str),
@@ -206,9 +235,9 @@ USER_KEYS = {
 
 
 class Config(Record):
-    __slots__ = tuple(KEYS) + ("users", "path", "origins")
+    __slots__ = tuple(KEYS) + ("users", "sql", "path", "origins")
     _defaults = {k: d for k, (d, _) in KEYS.items()}
-    _defaults.update(users={}, path=None, origins={})
+    _defaults.update(users={}, sql={}, path=None, origins={})
 
     def user(self, name):
         """Per-user table for ``name`` (exact, then lower-cased), or {}."""
@@ -238,11 +267,16 @@ def load(path=None, overrides=(), environ=os.environ, write_cache=None):
         values[key] = default
         origins[key] = "default"
     users = {}
+    sql = {}
     where = path or "built-in defaults"
     for key, value in raw.items():
         if key == "users":
             users = _validate_users(value, where)
             origins["users"] = "file"
+            continue
+        if key == "sql":
+            sql = _validate_sql(value, where)
+            origins["sql"] = "file"
             continue
         values[key] = _validate(key, value, where)
         origins[key] = "file"
@@ -257,7 +291,10 @@ def load(path=None, overrides=(), environ=os.environ, write_cache=None):
             raise ConfigError(f"-o {key}: unknown configuration key")
         values[key] = _validate(key, parse_value(text, f"-o {key}"), "-o")
         origins[key] = "override"
-    return Config(users=users, path=path, origins=origins, **values)
+    for source in values["userdb"]:
+        if source.startswith("sql:") and source[4:] not in sql:
+            raise ConfigError(f"{where}: userdb {source!r} needs a [sql.{source[4:]}] table")
+    return Config(users=users, sql=sql, path=path, origins=origins, **values)
 
 
 def _validate(key, value, where):
@@ -300,6 +337,28 @@ def _validate_users(table, where):
             )
         users[name] = clean
     return users
+
+
+def _validate_sql(table, where):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: sql must be a table of tables ([sql.NAME])")
+    out = {}
+    for name, settings in table.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{where}: sql.{name} must be a table")
+        clean = {}
+        for key, check in SQL_KEYS.items():
+            if key not in settings:
+                raise ConfigError(f"{where}: sql.{name} needs {key}")
+            try:
+                clean[key] = check(settings[key])
+            except ValueError as exc:
+                raise ConfigError(f"{where}: sql.{name}.{key} must be {exc}") from None
+        unknown = set(settings) - set(SQL_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: sql.{name}: unknown key {sorted(unknown)[0]!r}")
+        out[name] = clean
+    return out
 
 
 def parse_value(text, where="-o"):
@@ -429,22 +488,31 @@ def _write_cache(cache, stamp, table):
         data = marshal.dumps((stamp, table))
     except ValueError:  # e.g. TOML dates: not cacheable, not valid either
         return
-    directory = os.path.dirname(cache)
-    tmp = f"{cache}.{os.getpid()}.tmp"
+    write_cache_file(cache, data)
+
+
+def write_cache_file(path, data):
+    """Replace ``path`` (0644, its directory made) with ``data``, atomically;
+    best effort: False on failure (also for pymda.userdb.passwdfile)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             os.fchmod(fd, 0o644)
         finally:
             os.close(fd)
-        os.rename(tmp, cache)
+        os.rename(tmp, path)
+        return True
     except OSError:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        return False
 
 
 # --- templates -------------------------------------------------------------

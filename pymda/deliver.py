@@ -106,7 +106,9 @@ def check_loop(message, envelope, leading_is_ours=True):
 def _limits_apply(cfg, target):
     if cfg.quota_storage or cfg.quota_messages:
         return True
-    table = cfg.user(target.identity.name) if target.identity else {}
+    from pymda.users import settings
+
+    table = settings(cfg, target.identity)
     return bool(table.get("quota_storage") or table.get("quota_messages"))
 
 

@@ -168,6 +168,8 @@ class DeliveryHandler:
             return INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
         if action in (policy.FULL_PERM, policy.FULL_TEMP):
             return action, None
+        if action == policy.DEFER_USERDB:  # the userdb failed on the second look
+            return "451 4.3.0 User database temporarily unavailable", None
         return RCPT_OK, None
 
     # -- DATA ------------------------------------------------------------------

@@ -99,6 +99,9 @@ class RequestParser:
                 "utf-8", "surrogateescape")
 
 
+DEFER_USERDB = "DEFER_IF_PERMIT Service temporarily unavailable"
+
+
 def format_response(action):
     return f"action={action}\n\n".encode("utf-8", "surrogateescape")
 
@@ -139,8 +142,10 @@ def decide(cfg, attrs):
     try:
         identity, target = mailbox_for(cfg, recipient)
     except DeliveryError as exc:
-        if exc.status == "5.1.1":
+        if exc.status in ("5.1.1", "5.7.1"):  # unknown, or a refused userdb row
             return cfg.policy_nouser or DUNNO
+        if exc.status.startswith("4."):  # the userdb cannot answer now (SPEC 7)
+            return DEFER_USERDB
         raise
     storage, messages = quota.limits(cfg, identity)
     if not storage and not messages:

@@ -97,7 +97,9 @@ FULL_TEMP = "4.2.2"
 
 def limits(cfg, identity):
     """(storage_bytes, messages) for ``identity``; 0 means no limit."""
-    table = cfg.user(identity.name) if identity is not None else {}
+    from pymda.users import settings
+
+    table = settings(cfg, identity)
     storage = table.get("quota_storage", cfg.quota_storage)
     messages = table.get("quota_messages", cfg.quota_messages)
     return storage, messages

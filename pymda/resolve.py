@@ -104,7 +104,9 @@ def mailbox_location(cfg, envelope, identity, override=None):
     """(kind, path, spool_dir) of the user's main mailbox (SPEC 1.2)."""
     template = override
     if template is None:
-        template = cfg.user(identity.name).get("mailbox", cfg.mailbox)
+        from pymda.users import settings
+
+        template = settings(cfg, identity).get("mailbox", cfg.mailbox)
     if template == "":
         spool = cfg.mail_spool_directory
         return "mbox", os.path.join(spool, identity.name), spool

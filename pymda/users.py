@@ -1,15 +1,28 @@
 """Who mail is delivered as: Identity lookup and the one place ids change.
 
 Contract:
-- ``lookup(cfg, name)`` -> Identity for a virtual user (``[users."name"]``
-  with uid, gid, home) or a system user (passwd); PermFail 5.1.1 when
-  there is none.
+- ``lookup(cfg, name)`` -> Identity from the first ``userdb`` source that
+  knows ``name`` (SPEC 7): ``config`` (a ``[users."name"]`` table with uid,
+  gid, home), ``passwd`` (system users), or a database source of the
+  ``pymda.userdb`` package.  PermFail 5.1.1 when none does; TempFail 4.3.0
+  when a source cannot answer; PermFail 5.7.1 for a refused row.
+- ``name_for_recipient(cfg, base, domain)`` -> the name ``lookup`` takes.
+- ``settings(cfg, identity)`` -> the user's own ``mailbox`` /
+  ``quota_storage`` / ``quota_messages`` (the database row's, else the
+  ``[users."name"]`` table).
+- ``check(cfg, identity)`` refuses (5.7.1) a database user with a uid
+  below ``first_valid_uid``, uid or gid 0, a relative home, or a mailbox
+  outside its home.
 - ``current()`` -> Identity of the invoking (real) user.
 - ``switch_to(identity)`` drops root for good: supplementary groups, then
   gid, then uid.  Any failure raises TempFail (the MTA retries) and is
   fatal: nothing is delivered with the wrong ids.
 
-SECURITY: pymda never delivers pipes or files as root.  A root caller
+PERFORMANCE: with the default ``userdb = ["config", "passwd"]`` both
+sources are answered here and ``pymda.userdb`` is not imported.
+
+SECURITY: pymda never delivers pipes or files as root, nor as a uid below
+``first_valid_uid`` for a user from a database (``check``).  A root caller
 switches before reading .forward or touching any user file; an ordinary
 user delivers only as itself (see ``authorise``).
 """
@@ -23,8 +36,13 @@ from pymda.record import Record
 class Identity(Record):
     """A user mail is delivered for.  ``name`` is the lookup key."""
 
-    __slots__ = ("name", "uid", "gid", "home", "shell", "virtual")
-    _defaults = {"shell": "/bin/sh", "virtual": False}
+    # settings: the user's mailbox/quota dict (None: the [users] table);
+    # source: the userdb source that answered (pymda-admin user/explain).
+    __slots__ = ("name", "uid", "gid", "home", "shell", "virtual", "settings", "source")
+    _defaults = {"shell": "/bin/sh", "virtual": False, "settings": None, "source": "passwd"}
+
+
+DEFAULT_SOURCES = ("config", "passwd")
 
 
 def _from_pwent(name, pw):
@@ -34,18 +52,34 @@ def _from_pwent(name, pw):
 
 
 def lookup(cfg, name):
-    """Identity for ``name``: a virtual user first, then the passwd database."""
+    """Identity for ``name`` from the ``userdb`` sources, first hit wins."""
+    if cfg.userdb == DEFAULT_SOURCES:
+        identity = from_config(cfg, name) or from_passwd(name)
+    else:
+        from pymda.userdb.core import find
+
+        identity = find(cfg, name)
+    if identity is None:
+        raise PermFail(f"User unknown: {name}", "5.1.1")
+    return identity
+
+
+def from_config(cfg, name):
+    """The ``config`` source: a ``[users."name"]`` table with uid/gid/home."""
     table = cfg.user(name)
-    if "uid" in table:
-        return Identity(
-            name=name,
-            uid=table["uid"],
-            gid=table["gid"],
-            home=table["home"],
-            virtual=True,
-        )
+    if "uid" not in table:
+        return None
+    identity = Identity(name=name, uid=table["uid"], gid=table["gid"], home=table["home"],
+                        virtual=True, source="config")
+    check(cfg, identity)
+    return identity
+
+
+def from_passwd(name):
+    """The ``passwd`` source: a system user named by the local part."""
     import pwd
 
+    name = name.partition("@")[0] if "@" in name else name
     for candidate in (name, name.lower()):
         try:
             return _from_pwent(candidate, pwd.getpwnam(candidate))
@@ -53,7 +87,48 @@ def lookup(cfg, name):
             continue
         except (OSError, ValueError):
             break
-    raise PermFail(f"User unknown: {name}", "5.1.1")
+    return None
+
+
+def settings(cfg, identity):
+    """The user's own mailbox/quota settings ({} when none)."""
+    if identity is None:
+        return {}
+    if identity.settings is None:
+        return cfg.user(identity.name)
+    return identity.settings
+
+
+def check(cfg, identity):
+    """Refuse (5.7.1) a database user pymda must never write as."""
+    problem = None
+    if identity.uid == 0 or identity.gid == 0:
+        problem = "uid or gid 0"
+    elif identity.uid < cfg.first_valid_uid:
+        problem = f"uid {identity.uid} below first_valid_uid {cfg.first_valid_uid}"
+    elif not identity.home.startswith("/"):
+        problem = f"home {identity.home!r} is not absolute"
+    else:
+        mailbox = settings(cfg, identity).get("mailbox", "")
+        if mailbox and _escapes(mailbox, identity):
+            problem = f"mailbox {mailbox!r} is outside the home {identity.home}"
+    if problem:
+        raise PermFail(f"userdb {identity.source}: user {identity.name} refused: {problem}",
+                       "5.7.1")
+
+
+def _escapes(mailbox, identity):
+    from pymda.config import expand
+
+    local, _, domain = identity.name.partition("@")
+    path = expand(mailbox, {"user": identity.name, "home": identity.home,
+                            "local": local, "domain": domain})
+    if not path.startswith("/"):
+        path = identity.home.rstrip("/") + "/" + path
+    if "/../" in path + "/" or "/./" in path + "/":
+        return True
+    home = identity.home.rstrip("/") + "/"
+    return not (path + "/").startswith(home)
 
 
 def default_privs(cfg):
@@ -75,11 +150,17 @@ def name_for_recipient(cfg, base, domain):
     """The user a recipient (extension already stripped) is delivered to.
 
     A virtual user configured by full address (``[users."bob@example.org"]``)
-    wins; otherwise the local part names a system (or virtual) user.
+    wins; otherwise the local part names a system (or virtual) user.  With
+    database sources in ``userdb``, the name of the user they find for
+    ``base@domain`` (which ``lookup`` then answers without asking again).
     """
     if domain and cfg.user(f"{base}@{domain}"):
         return f"{base}@{domain}"
-    return base
+    if cfg.userdb == DEFAULT_SOURCES or not domain:
+        return base
+    from pymda.userdb.core import name_for
+
+    return name_for(cfg, f"{base}@{domain}")
 
 
 def current():
@@ -115,7 +196,17 @@ def authorise(identity):
 
 
 def switch_to(identity):
-    """Become ``identity`` for good.  No-op when already that uid and not root."""
+    """Become ``identity`` for good.  No-op when already that uid and not root.
+
+    A database user's missing home is then created (0700, as the user)
+    when its parent lets the user do so, else TempFail 4.2.0 (SPEC 7).
+    """
+    _switch(identity)
+    if identity.virtual:
+        ensure_home(identity)
+
+
+def _switch(identity):
     if os.geteuid() != 0:
         if os.geteuid() != identity.uid:
             raise PermFail(f"cannot deliver as {identity.name} without root", "5.7.1")
@@ -133,3 +224,16 @@ def switch_to(identity):
         raise TempFail(f"cannot switch to {identity.name}: {exc.strerror}", "4.3.0") from None
     if os.getuid() != identity.uid or os.geteuid() != identity.uid:
         raise TempFail(f"cannot switch to {identity.name}", "4.3.0")
+
+
+def ensure_home(identity):
+    """Create a missing home as the (already switched-to) user."""
+    home = identity.home
+    try:
+        os.mkdir(home, 0o700)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise TempFail(
+            f"home {home} of {identity.name} is missing and cannot be created: "
+            f"{exc.strerror}", "4.2.0") from None

@@ -510,7 +510,7 @@ def test_identity_and_mailbox_come_from_resolve(virtual_home):
     cfg = load(write_config(virtual_home.parent, virtual_home))
     identity, target = policy.mailbox_for(cfg, "usuario+ext@example.net")
     assert identity == Identity(name=VIRTUAL, uid=65534, gid=65534, home=str(virtual_home),
-                                virtual=True)
+                                virtual=True, source="config")
     assert (target.kind, target.path, target.folder) == (
         "maildir", f"{virtual_home}/Maildir/", "INBOX")
     assert quota.usage(cfg, identity, target) == (0, 0)

@@ -1,0 +1,88 @@
+"""A private PostgreSQL 15 server for tests (root only).
+
+``PgServer().start()`` runs Debian's ``initdb`` and ``pg_ctl`` as the
+``postgres`` user on a fresh data directory under a temporary directory,
+with its own unix socket directory and a free port on 127.0.0.1 only; no
+system cluster or service is touched.  Local (socket) connections are
+``trust`` for the ``postgres`` superuser; TCP connections need a password
+(scram-sha-256).  ``sql(text)`` runs SQL through ``psql`` as postgres;
+``stop()`` / ``start()`` again (same data, same port) and ``destroy()``.
+"""
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+
+from support.procs import private_top
+
+BIN = "/usr/lib/postgresql/15/bin"
+
+
+def installed():
+    return os.access(os.path.join(BIN, "initdb"), os.X_OK) and _has_user("postgres")
+
+
+def _has_user(name):
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PgServer:
+    def __init__(self):
+        self.top, self.uid, self.gid = private_top("pymda-pgsql-", "postgres")
+        self.data = os.path.join(self.top, "data")
+        self.sockdir = os.path.join(self.top, "sock")
+        os.mkdir(self.sockdir, 0o755)
+        os.chown(self.sockdir, self.uid, self.gid)
+        self.port = free_port()
+        self.log = os.path.join(self.top, "postgres.log")
+        self._as_postgres([f"{BIN}/initdb", "-D", self.data, "-U", "postgres", "-E", "UTF8",
+                           "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256"])
+
+    def _as_postgres(self, argv, input_bytes=None, timeout=120):
+        proc = subprocess.run(argv, input=input_bytes, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, user=self.uid, group=self.gid,
+                              extra_groups=[], cwd=self.top, timeout=timeout,
+                              env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}, check=False)
+        if proc.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)}: exit {proc.returncode}: "
+                                 f"{proc.stdout.decode(errors='replace')}")
+        return proc.stdout
+
+    @property
+    def socket_path(self):
+        return os.path.join(self.sockdir, f".s.PGSQL.{self.port}")
+
+    def start(self):
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockdir} "
+                   "-c fsync=off")
+        self._as_postgres([f"{BIN}/pg_ctl", "-D", self.data, "-o", options, "-l", self.log,
+                           "-w", "-t", "60", "start"])
+        return self
+
+    def stop(self):
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            self._as_postgres([f"{BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-w",
+                               "stop"])
+
+    def sql(self, text, database="postgres"):
+        return self._as_postgres(["/usr/bin/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                                  "-h", self.sockdir, "-p", str(self.port), "-U", "postgres",
+                                  "-d", database, "-f", "-"], input_bytes=text.encode())
+
+    def destroy(self):
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.top, ignore_errors=True)
