@@ -14,7 +14,13 @@ crash leaves at most a file in ``tmp/``, which Maildir readers clean up.
 
 Names: ``<sec>.M<usec>P<pid>Q<n>R<random>.<host>,S=<size>,W=<vsize>``
 (host with '/' and ':' escaped as \\057 and \\072).  S= is the stored
-size, W= the size with CRLF line ends (dovecot's IMAP size).
+size, W= the size with CRLF line ends (dovecot's IMAP ``RFC822.SIZE``,
+which it takes from the name without reading the file): the stored size
+plus one for every LF not already preceded by a CR.  A line that ends in
+CR LF as stored (a ``\\r\\r\\n`` line end in the input, after intake's
+CRLF -> LF) needs no extra byte.  The count is taken while the file is
+written, so the final name (with W=) is made after the write; the
+``tmp/`` name carries S= only.
 
 Missing directories (root, tmp/new/cur, folders) are created 0700; a
 folder also gets an empty ``maildirfolder`` file (Maildir++).  They are
@@ -34,16 +40,32 @@ def _host():
     return os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
 
 
-def unique_name(size, vsize):
-    """A Maildir unique name with S= and W= sizes."""
+def unique_name(size, vsize=None):
+    """A Maildir unique name with S= (and W= unless ``vsize`` is None)."""
     now = time.time_ns()
     sec, usec = divmod(now // 1000, 1_000_000)
     _counter[0] += 1
     rand = os.urandom(4).hex()
-    return (
-        f"{sec}.M{usec}P{os.getpid()}Q{_counter[0]}R{rand}.{_host()}"
-        f",S={size},W={vsize}"
-    )
+    name = f"{sec}.M{usec}P{os.getpid()}Q{_counter[0]}R{rand}.{_host()},S={size}"
+    return name if vsize is None else f"{name},W={vsize}"
+
+
+def count_bare_lf(pieces):
+    """Number of LF not preceded by CR in the concatenation of ``pieces``.
+
+    (What W= adds to the size; a CR LF split across two pieces counts as
+    CR LF.)
+    """
+    bare = 0
+    last = b""
+    for piece in pieces:
+        if not piece:
+            continue
+        bare += piece.count(b"\n") - piece.count(b"\r\n")
+        if last == b"\r" and piece[:1] == b"\n":
+            bare -= 1
+        last = piece[-1:]
+    return bare
 
 
 def ensure_maildir(directory, folder=False):
@@ -108,6 +130,15 @@ def _write_all(fd, data):
         view = view[n:]
 
 
+def _written(fd, *sources):
+    """Write every piece of ``sources`` (bytes or iterables of bytes) to
+    ``fd``, yielding each piece once it is written."""
+    for source in sources:
+        for piece in (source,) if isinstance(source, bytes) else source:
+            _write_all(fd, piece)
+            yield piece
+
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -119,9 +150,7 @@ def _fsync_dir(path):
 def deliver(directory, message, prefix, folder=False, flags=None):
     """Write one message into Maildir ``directory``; return its final path."""
     size = len(prefix) + message.size
-    vsize = size + prefix.count(b"\n") + message.lines
-    name = unique_name(size, vsize)
-    tmp = os.path.join(directory, "tmp", name)
+    tmp = os.path.join(directory, "tmp", unique_name(size))
     flags_open = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(tmp, flags_open, 0o600)
@@ -136,14 +165,15 @@ def deliver(directory, message, prefix, folder=False, flags=None):
     try:
         try:
             if message.data is not None:
-                _write_all(fd, prefix + message.data)
+                data = prefix + message.data
+                _write_all(fd, data)
+                vsize = size + count_bare_lf((data,))
             else:
-                _write_all(fd, prefix)
-                for piece in message.chunks():
-                    _write_all(fd, piece)
+                vsize = size + count_bare_lf(_written(fd, prefix, message.chunks()))
             os.fsync(fd)
         finally:
             os.close(fd)
+        name = unique_name(size, vsize)
         sub = "new" if flags is None else "cur"
         while True:
             final = os.path.join(directory, sub, name if flags is None else f"{name}:2,{flags}")

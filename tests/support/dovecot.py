@@ -144,6 +144,32 @@ def read_mbox(path):
         shutil.rmtree(top, ignore_errors=True)
 
 
+def computed_virtual_sizes(path, folder="INBOX"):
+    """{file name: size.virtual} as dovecot COMPUTES it from the content.
+
+    dovecot takes ``W=`` from a Maildir name without reading the file, so
+    the copy's names lose their ``,W=`` (and ``,S=``) first; the result is
+    keyed by the original names.
+    """
+    top, uid, gid = _private_copy(path, "maildir")
+    try:
+        sub_dir = os.path.join(top, "Maildir") if folder == "INBOX" else \
+            os.path.join(top, "Maildir", "." + folder)
+        originals = []
+        for sub in ("new", "cur"):
+            for name in sorted(os.listdir(os.path.join(sub_dir, sub))):
+                base, _, info = name.partition(":")
+                bare = base.split(",")[0] + (":" + info if info else "")
+                os.rename(os.path.join(sub_dir, sub, name), os.path.join(sub_dir, sub, bare))
+                originals.append((bare, name))
+        out = doveadm(top, uid, gid, f"maildir:{top}/Maildir",
+                      ["-f", "tab", "fetch", "guid size.virtual", "mailbox", folder, "all"])
+        sizes = dict(line.split("\t") for line in out.decode().splitlines()[1:])
+        return {name: int(sizes[bare.split(":")[0]]) for bare, name in originals}
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def folders(path):
     """Folder names dovecot sees in Maildir ``path``."""
     top, uid, gid = _private_copy(path, "maildir")
