@@ -12,7 +12,9 @@ Delivered-To for this recipient in the header means the message has been
 here before: 5.4.6, nothing delivered.
 
 QUOTA (SPEC 1.6): checked before any byte is written, only when a limit
-applies (quota.py is not even imported otherwise).
+applies (quota.py is not even imported otherwise); the check's hold on a
+Maildir's quota lock is kept until the message's ``maildirsize`` line is
+written.
 
 OUTCOME of several targets: all delivered -> 0.  Otherwise the first
 temporary failure wins (exit 75: the MTA retries the whole message), then
@@ -179,8 +181,17 @@ def _write(target, message, envelope, cfg, log, prefix, flags=None):
     if target.kind in ("maildir", "mbox") and _limits_apply(cfg, target):
         from pymda import quota
 
-        size = len(prefix) + message.size
-        quota.check(target, size, cfg)
+        # The hold (a shared lock) lasts until the maildirsize line is
+        # written: no quota rebuild can run in between (quota.py).
+        hold = quota.check(target, len(prefix) + message.size, cfg)
+        try:
+            return _write_target(target, message, envelope, cfg, log, prefix, flags)
+        finally:
+            quota.release(hold)
+    return _write_target(target, message, envelope, cfg, log, prefix, flags)
+
+
+def _write_target(target, message, envelope, cfg, log, prefix, flags=None):
     if target.kind == "maildir":
         from pymda import maildir
 

@@ -31,6 +31,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import textwrap
 
 DOVEADM = "/usr/bin/doveadm"
 
@@ -178,3 +179,46 @@ def folders(path):
         return sorted(out.decode().split())
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+class QuotaDovecot:
+    """doveadm against one user's Maildir with the `maildir` quota backend."""
+
+    def __init__(self, tmp_path, user, maildir, rule):
+        self.user = user
+        self.conf = tmp_path / "dovecot.conf"
+        self.conf.write_text(textwrap.dedent(f"""
+            base_dir = {tmp_path}/dovecot-run
+            state_dir = {tmp_path}/dovecot-state
+            log_path = /dev/stderr
+            ssl = no
+            mail_location = maildir:{maildir}
+            mail_plugins = quota
+            plugin {{
+              quota = maildir:User quota
+              quota_rule = *:{rule}
+            }}
+        """))
+
+    def run(self, *args, input_bytes=None):
+        env = {"PATH": "/usr/bin:/bin", "USER": self.user.name, "HOME": str(self.user.home)}
+        return subprocess.run(
+            [DOVEADM, "-c", str(self.conf), "-o", f"mail_uid={self.user.uid}",
+             "-o", f"mail_gid={self.user.gid}", *args],
+            input=input_bytes, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            check=False,
+        )
+
+    def quota_get(self):
+        """{"STORAGE": (kilobytes, limit), "MESSAGE": (count, limit)}"""
+        proc = self.run("-f", "tab", "quota", "get")
+        assert proc.returncode == 0, proc.stderr
+        rows = [line.split("\t") for line in proc.stdout.decode().splitlines()[1:]]
+        return {r[1]: (int(r[2]), int(r[3]) if r[3] != "-" else None) for r in rows}
+
+    def recalc(self):
+        proc = self.run("quota", "recalc")
+        assert proc.returncode == 0, proc.stderr
+
+    def save(self, data):
+        return self.run("save", input_bytes=data)
