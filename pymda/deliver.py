@@ -195,9 +195,10 @@ def _write_target(target, message, envelope, cfg, log, prefix, flags=None):
     if target.kind == "maildir":
         from pymda import maildir
 
+        folder = target.directory != target.path
         where = maildir.deliver(
-            target.directory, message, prefix,
-            folder=target.directory != target.path, flags=flags,
+            target.directory, message, prefix, folder=folder, flags=flags,
+            created=_subscriber(target, cfg, log) if folder else None,
         )
         # Maildir++: whoever delivers keeps an existing maildirsize current,
         # limits or not (dovecot or courier may be the ones enforcing them).
@@ -222,6 +223,23 @@ def _write_target(target, message, envelope, cfg, log, prefix, flags=None):
         forward.send(target, message, envelope, cfg)
         return target.address
     raise TempFail(f"unknown target kind {target.kind!r}")
+
+
+def _subscriber(target, cfg, log):
+    """The ``created`` callback of maildir.deliver: subscribe a new folder
+    (``subscribe_created_folders``); a failure is logged, never fatal."""
+    if not cfg.subscribe_created_folders:
+        return None
+
+    def created(directory):
+        from pymda import subscriptions
+
+        try:
+            subscriptions.subscribe(target.path, directory, timeout=cfg.lock_timeout)
+        except DeliveryError as exc:
+            log.warning(f"folder {target.folder} not subscribed: {exc.line()}")
+
+    return created
 
 
 def run(targets, message, envelope, cfg, log, check_loops=True, flags=None):

@@ -23,7 +23,9 @@ written, so the final name (with W=) is made after the write; the
 ``tmp/`` name carries S= only.
 
 Missing directories (root, tmp/new/cur, folders) are created 0700; a
-folder also gets an empty ``maildirfolder`` file (Maildir++).  They are
+folder also gets an empty ``maildirfolder`` file (Maildir++), and the
+caller's ``created`` callback is told about a folder this delivery made
+(subscriptions.py).  They are
 created only on the first failed open, so a normal delivery costs no
 extra system calls.
 """
@@ -69,12 +71,22 @@ def count_bare_lf(pieces):
 
 
 def ensure_maildir(directory, folder=False):
-    """Create ``directory`` with tmp/new/cur (0700) and maildirfolder."""
+    """Create ``directory`` with tmp/new/cur (0700) and maildirfolder.
+
+    Returns True when it created the directory itself (a new folder).
+    """
+    created = False
     try:
         if folder:
             root = os.path.dirname(directory.rstrip("/"))
             ensure_maildir(root, False)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(directory, 0o700)
+                created = True
+            except FileExistsError:
+                pass
+        else:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
         for sub in ("tmp", "new", "cur"):
             try:
                 os.mkdir(os.path.join(directory, sub), 0o700)
@@ -88,6 +100,7 @@ def ensure_maildir(directory, folder=False):
                 pass
     except OSError as exc:
         raise from_oserror(exc, f"cannot create Maildir {directory}") from None
+    return created
 
 
 MAILDIRSIZE = "maildirsize"
@@ -147,15 +160,20 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def deliver(directory, message, prefix, folder=False, flags=None):
-    """Write one message into Maildir ``directory``; return its final path."""
+def deliver(directory, message, prefix, folder=False, flags=None, created=None):
+    """Write one message into Maildir ``directory``; return its final path.
+
+    ``created(directory)`` is called when this delivery created the folder
+    (deliver.py subscribes it).
+    """
     size = len(prefix) + message.size
     tmp = os.path.join(directory, "tmp", unique_name(size))
     flags_open = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(tmp, flags_open, 0o600)
     except FileNotFoundError:
-        ensure_maildir(directory, folder)
+        if ensure_maildir(directory, folder) and created is not None:
+            created(directory)
         try:
             fd = os.open(tmp, flags_open, 0o600)
         except OSError as exc:

@@ -110,7 +110,7 @@ def test_modes_even_with_umask_0(test_user):
 def test_folder_work_reports(test_user):
     assert_ok(deliver(test_user, ["--mailbox", "Maildir/", "-m", "Work/Reports"]))
     root = test_user.path("Maildir")
-    assert sorted(os.listdir(root)) == [".Work.Reports", "cur", "new", "tmp"]
+    assert sorted(os.listdir(root)) == [".Work.Reports", "cur", "new", "subscriptions", "tmp"]
     folder = root / ".Work.Reports"
     assert sorted(os.listdir(folder)) == ["cur", "maildirfolder", "new", "tmp"]
     assert (folder / "maildirfolder").read_bytes() == b""

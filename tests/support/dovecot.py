@@ -182,23 +182,28 @@ def folders(path):
 
 
 class QuotaDovecot:
-    """doveadm against one user's Maildir with the `maildir` quota backend."""
+    """doveadm against one user's Maildir (as that user, no auth service),
+    with the `maildir` quota backend when a rule is given."""
 
-    def __init__(self, tmp_path, user, maildir, rule):
+    def __init__(self, tmp_path, user, maildir, rule=None):
+        """``rule``: dovecot's quota_rule (``storage=10K:messages=5``); None:
+        no quota plugin (a plain mail user, as for subscriptions)."""
         self.user = user
         self.conf = tmp_path / "dovecot.conf"
+        quota = textwrap.dedent(f"""
+            mail_plugins = quota
+            plugin {{
+              quota = maildir:User quota
+              quota_rule = *:{rule}
+            }}
+        """) if rule else ""
         self.conf.write_text(textwrap.dedent(f"""
             base_dir = {tmp_path}/dovecot-run
             state_dir = {tmp_path}/dovecot-state
             log_path = /dev/stderr
             ssl = no
             mail_location = maildir:{maildir}
-            mail_plugins = quota
-            plugin {{
-              quota = maildir:User quota
-              quota_rule = *:{rule}
-            }}
-        """))
+        """) + quota)
 
     def run(self, *args, input_bytes=None):
         env = {"PATH": "/usr/bin:/bin", "USER": self.user.name, "HOME": str(self.user.home)}
@@ -220,5 +225,15 @@ class QuotaDovecot:
         proc = self.run("quota", "recalc")
         assert proc.returncode == 0, proc.stderr
 
-    def save(self, data):
-        return self.run("save", input_bytes=data)
+    def save(self, data, mailbox="INBOX"):
+        return self.run("save", "-m", mailbox, input_bytes=data)
+
+    def ok(self, *args):
+        """stdout of a doveadm command that must succeed."""
+        proc = self.run(*args)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def subscribed(self):
+        """Folder names dovecot lists as subscribed (``mailbox list -s``)."""
+        return sorted(self.ok("mailbox", "list", "-s").decode().splitlines())
