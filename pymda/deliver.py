@@ -183,9 +183,13 @@ def _write(target, message, envelope, cfg, log, prefix, flags=None):
 
         # The hold (a shared lock) lasts until the maildirsize line is
         # written: no quota rebuild can run in between (quota.py).
-        hold = quota.check(target, len(prefix) + message.size, cfg)
+        size = len(prefix) + message.size
+        hold = quota.check(target, size, cfg)
         try:
-            return _write_target(target, message, envelope, cfg, log, prefix, flags)
+            where = _write_target(target, message, envelope, cfg, log, prefix, flags)
+            if cfg.quota_warnings and hold is not None:
+                _quota_warnings(target, hold, size, envelope, cfg, log)
+            return where
         finally:
             quota.release(hold)
     return _write_target(target, message, envelope, cfg, log, prefix, flags)
@@ -223,6 +227,21 @@ def _write_target(target, message, envelope, cfg, log, prefix, flags=None):
         forward.send(target, message, envelope, cfg)
         return target.address
     raise TempFail(f"unknown target kind {target.kind!r}")
+
+
+def _quota_warnings(target, hold, size, envelope, cfg, log):
+    """Quota warnings (quota_warn.py) after a delivery: never fatal, the
+    message is already written (a retry would duplicate it)."""
+    from pymda import quota_warn
+
+    try:
+        for resource, percent in quota_warn.after_delivery(
+                target, hold, size, envelope, cfg, log):
+            log.warning(f"quota warning sent: {resource} at {percent}%")
+    except DeliveryError as exc:
+        log.warning(f"quota warning not sent: {exc.line()}")
+    except Exception as exc:  # noqa: BLE001 - after delivery nothing may defer
+        log.warning(f"quota warning not sent: internal error {type(exc).__name__}: {exc}")
 
 
 def _subscriber(target, cfg, log):

@@ -4,12 +4,13 @@ Contract (deliver.py, policy.py and admin_quota.py are the callers):
 
 - ``limits(cfg, identity) -> (storage_bytes, messages)``: ``[users."name"]``
   overrides the global ``quota_storage`` / ``quota_messages``; 0 = none.
-- ``check(target, size, cfg) -> hold``: before ``size`` bytes go to a
+- ``check(target, size, cfg) -> Hold``: before ``size`` bytes go to a
   Maildir or mbox target, raise PermFail("Mailbox is full", "5.2.2")
   (exit 77), or TempFail(..., "4.2.2") with ``quota_full_tempfail``, when
   the message would exceed a limit.  No limit -> returns None at once: no
-  file I/O, no import.  Other target kinds are not counted.  For a
-  Maildir it returns a *hold* (the quota lock, shared) that the caller
+  file I/O, no import.  Other target kinds are not counted.  It returns
+  a Hold (usage before the message; for a Maildir the quota lock, held
+  shared) that the caller
   keeps until the message is written and its line appended
   (``record``/``maildir.account``), then gives to ``release(hold)``.  A
   Maildir that does not exist yet is created (root, tmp/new/cur) and gets
@@ -102,6 +103,8 @@ import os
 import stat
 import time
 
+from pymda.record import Record
+
 MAILDIRSIZE = "maildirsize"
 LOCK_NAME = "pymda-quota.lock"
 MAX_FILE_SIZE = 5120
@@ -148,39 +151,49 @@ def exceeds(storage, messages, used_bytes, used_count, size, count=1):
 # --- the delivery-path API ---------------------------------------------------
 
 
+class Hold(Record):
+    """What ``check()`` found: the quota lock's fd (Maildir, held shared;
+    None for an mbox) and the usage before this delivery."""
+
+    __slots__ = ("fd", "used_bytes", "used_count", "storage", "messages")
+
+
 def check(target, size, cfg):
     """Raise the 'Mailbox is full' error if ``size`` bytes do not fit.
 
-    Returns the quota hold of a Maildir (None otherwise): the caller keeps
-    it until the message is written and accounted, then ``release()``s it.
+    Returns a Hold (None when no limit applies): the caller keeps it until
+    the message is written and accounted, then ``release()``s it.
     """
     storage, messages = limits(cfg, target.identity)
     if not storage and not messages:
         return None
     kind = target.kind
     if kind == "mbox":
-        if storage and exceeds(storage, 0, mbox_size(target.path), None, size):
+        used = mbox_size(target.path)
+        if storage and exceeds(storage, 0, used, None, size):
             raise full_error(cfg)
-    elif kind == "maildir":
-        root = target.path
-        hold = _hold(root, target.identity, cfg.lock_timeout)
-        try:
-            used_bytes, used_count = _usage_held(
-                hold, root, storage, messages, size, target.identity, cfg.lock_timeout,
-            )
-            if exceeds(storage, messages, used_bytes, used_count, size):
-                raise full_error(cfg)
-        except BaseException:
-            release(hold)
-            raise
-        return hold
-    return None
+        return Hold(fd=None, used_bytes=used, used_count=None, storage=storage, messages=0)
+    if kind != "maildir":
+        return None
+    root = target.path
+    fd = _hold(root, target.identity, cfg.lock_timeout)
+    try:
+        used_bytes, used_count = _usage_held(
+            fd, root, storage, messages, size, target.identity, cfg.lock_timeout,
+        )
+        if exceeds(storage, messages, used_bytes, used_count, size):
+            raise full_error(cfg)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Hold(fd=fd, used_bytes=used_bytes, used_count=used_count, storage=storage,
+                messages=messages)
 
 
 def release(hold):
-    """Give up a hold from ``check()`` (None is fine)."""
-    if hold is not None:
-        os.close(hold)
+    """Give up a Hold from ``check()`` (None is fine)."""
+    if hold is not None and hold.fd is not None:
+        os.close(hold.fd)
 
 
 def record(target, size, cfg=None):

@@ -18,6 +18,9 @@ Contract:
   ``ledger.done(msg, target)`` -> bool; ``ledger.record(msg, target)``
   (commits durably); ``ledger.forget(msg)`` (all targets done: the retry
   scenario is over); ``ledger.close()``.
+- ``ledger.quota_marks(resource, above, thresholds)`` -> the thresholds
+  newly marked (quota warnings, quota_warn.py; table ``quota_marks``, never
+  expired: a mark lasts until usage is seen below its threshold).
 - ``state_path(cfg, identity)``: ``cfg.state_file`` (default
   ``$home/.pymda-state.sqlite``) expanded with $home and $user.
 
@@ -54,6 +57,16 @@ CREATE TABLE IF NOT EXISTS done (
     target TEXT NOT NULL,
     stamp REAL NOT NULL,
     PRIMARY KEY (message, target)
+)
+"""
+
+
+QUOTA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quota_marks (
+    resource TEXT NOT NULL,
+    threshold INTEGER NOT NULL,
+    stamp REAL NOT NULL,
+    PRIMARY KEY (resource, threshold)
 )
 """
 
@@ -152,6 +165,37 @@ class Ledger:
             self.db.execute("DELETE FROM done WHERE message = ?", (message,))
         except sqlite3.Error as exc:
             raise TempFail(f"delivery state {self.path}: {_reason(exc)}", "4.3.0") from None
+
+    def quota_marks(self, resource, above, thresholds, now=None):
+        """Quota warnings (quota_warn.py): mark every threshold in ``above``,
+        re-arm the other ``thresholds``; returns the ones newly marked.
+        One transaction: of concurrent callers one gets each new mark."""
+        import sqlite3
+
+        stamp = time.time() if now is None else now
+        new = []
+        try:
+            self.db.execute(QUOTA_SCHEMA)
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for t in thresholds:
+                    if t in above:
+                        cur = self.db.execute(
+                            "INSERT OR IGNORE INTO quota_marks (resource, threshold, stamp)"
+                            " VALUES (?, ?, ?)", (resource, t, stamp))
+                        if cur.rowcount == 1:
+                            new.append(t)
+                    else:
+                        self.db.execute(
+                            "DELETE FROM quota_marks WHERE resource = ? AND threshold = ?",
+                            (resource, t))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise TempFail(f"delivery state {self.path}: {_reason(exc)}", "4.3.0") from None
+        return new
 
     def close(self):
         try:
