@@ -16,7 +16,9 @@ from pymda import quota
 from support import dovecot, paths
 from support.run import EX_OK, finish, run_pymda, start_pymda
 from support.users import create_user, delete_user
+from support.lmtpclient import transaction
 from test_cli import heavy_in, imported_modules
+from test_e2e_lmtp import DELIVERED, daemons, write_config  # noqa: F401 - daemons: a fixture
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates users)"),
@@ -178,3 +180,17 @@ def test_no_warnings_configured_imports_nothing_new(mailuser, tmp_path):
     names = imported_modules(mailuser, ["-f", "s@example.org", "--mailbox", "Maildir/"], MESSAGE)
     assert heavy_in(names) == []
     assert not {"pymda.quota", "pymda.quota_warn", "pymda.subscriptions"} & names
+
+
+def test_pymda_lmtpd_sends_the_warning_too(mailuser, tmp_path, daemons):
+    md = prefill(mailuser, 3)
+    cfg = write_config(tmp_path, 'mailbox = "Maildir/"\nquota_messages = 5\n'
+                                 'quota_warnings = [80]\n')
+    d = daemons(cfg)
+    body = b"From: a@example.org\r\nSubject: over lmtp\r\n\r\nbody\r\n"
+    with d.connect() as c:
+        _, replies = transaction(c, "s@example.org", [f"{mailuser.name}@localhost"], body)
+        assert replies == [DELIVERED]
+    (warning,) = warnings_in(md)
+    assert b"Subject: Mailbox quota warning: 80% of messages used" in warning
+    assert count(md) == 5
