@@ -237,7 +237,7 @@ def _quota_warnings(target, hold, size, envelope, cfg, log):
     try:
         for resource, percent in quota_warn.after_delivery(
                 target, hold, size, envelope, cfg, log):
-            log.warning(f"quota warning sent: {resource} at {percent}%")
+            log.info(f"quota warning sent: {resource} at {percent}%")
     except DeliveryError as exc:
         log.warning(f"quota warning not sent: {exc.line()}")
     except Exception as exc:  # noqa: BLE001 - after delivery nothing may defer

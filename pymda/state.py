@@ -169,26 +169,28 @@ class Ledger:
     def quota_marks(self, resource, above, thresholds, now=None):
         """Quota warnings (quota_warn.py): mark every threshold in ``above``,
         re-arm the other ``thresholds``; returns the ones newly marked.
-        One transaction: of concurrent callers one gets each new mark."""
+        Read first, write only on a change (the usual delivery changes
+        nothing); a change is one transaction that re-reads, so of
+        concurrent callers one gets each new mark."""
         import sqlite3
 
         stamp = time.time() if now is None else now
-        new = []
+        query = "SELECT threshold FROM quota_marks WHERE resource = ?"
         try:
             self.db.execute(QUOTA_SCHEMA)
+            marked = {row[0] for row in self.db.execute(query, (resource,))}
+            if marked == (set(above) & set(thresholds)) | (marked - set(thresholds)):
+                return []
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for t in thresholds:
-                    if t in above:
-                        cur = self.db.execute(
-                            "INSERT OR IGNORE INTO quota_marks (resource, threshold, stamp)"
-                            " VALUES (?, ?, ?)", (resource, t, stamp))
-                        if cur.rowcount == 1:
-                            new.append(t)
-                    else:
-                        self.db.execute(
-                            "DELETE FROM quota_marks WHERE resource = ? AND threshold = ?",
-                            (resource, t))
+                marked = {row[0] for row in self.db.execute(query, (resource,))}
+                new = [t for t in thresholds if t in above and t not in marked]
+                self.db.executemany(
+                    "INSERT INTO quota_marks (resource, threshold, stamp) VALUES (?, ?, ?)",
+                    [(resource, t, stamp) for t in new])
+                self.db.executemany(
+                    "DELETE FROM quota_marks WHERE resource = ? AND threshold = ?",
+                    [(resource, t) for t in thresholds if t not in above and t in marked])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
