@@ -152,7 +152,7 @@ def _written(fd, *sources):
             yield piece
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -204,7 +204,7 @@ def deliver(directory, message, prefix, folder=False, flags=None, created=None):
                 if os.path.isdir(os.path.join(directory, sub)):
                     raise
                 ensure_maildir(directory, folder)  # tmp/ was there, new/ was not
-        _fsync_dir(os.path.join(directory, sub))
+        fsync_dir(os.path.join(directory, sub))
     except OSError as exc:
         _remove(tmp)
         raise from_oserror(exc, f"cannot write to Maildir {directory}") from None

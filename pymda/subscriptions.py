@@ -42,6 +42,7 @@ import time
 
 from pymda import fastos as os
 from pymda.errors import TempFail
+from pymda.maildir import fsync_dir
 
 FILE_NAME = "subscriptions"
 LOCK_SUFFIX = ".lock"
@@ -88,7 +89,7 @@ def subscribe(root, folder_dir, timeout=60):
         os.fsync(lock_fd)
         os.rename(lock_path, path)  # the new file; the lock is gone with it
         lock_path = None
-        _fsync_dir(root)
+        fsync_dir(root)
         return True
     except OSError as exc:
         raise TempFail(f"cannot update {path}: {exc.strerror}", "4.3.0") from None
@@ -160,10 +161,3 @@ def _lock(path, timeout):
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
 
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,7 +18,6 @@ from pymda import quota
 from support import paths
 from support.dovecot import QuotaDovecot, installed as dovecot_installed
 from support.run import EX_OK, finish, run_pymda, start_pymda
-from support.users import create_user, delete_user
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates users)"),
@@ -32,12 +31,8 @@ MESSAGES = 1000
 
 
 @pytest.fixture
-def mailuser():
-    user = create_user()
-    try:
-        yield user
-    finally:
-        delete_user(user)
+def mailuser(test_user):
+    return test_user
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import pytest
 from pymda import quota
 from support import dovecot, paths
 from support.run import EX_OK, finish, run_pymda, start_pymda
-from support.users import create_user, delete_user
 from support.lmtpclient import transaction
 from test_cli import heavy_in, imported_modules
 from test_e2e_lmtp import DELIVERED, daemons, write_config  # noqa: F401 - daemons: a fixture
@@ -32,12 +31,8 @@ WARNING_SUBJECT = b"Subject: Mailbox quota warning: "
 
 
 @pytest.fixture
-def mailuser():
-    user = create_user()
-    try:
-        yield user
-    finally:
-        delete_user(user)
+def mailuser(test_user):
+    return test_user
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from pymda import subscriptions
 from support import paths
 from support.dovecot import QuotaDovecot, installed as dovecot_installed
 from support.run import EX_OK, finish, run_pymda, start_pymda
-from support.users import create_user, delete_user
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates users)")
 needs_pymda = pytest.mark.skipif(not os.access(paths.pymda_bin(), os.X_OK),
@@ -25,14 +24,8 @@ V2 = b"V\t2\n\n"
 
 
 @pytest.fixture
-def mailuser():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (creates users)")
-    user = create_user()
-    try:
-        yield user
-    finally:
-        delete_user(user)
+def mailuser(test_user):
+    return test_user
 
 
 def deliver(user, *args, extension=None):
@@ -143,14 +136,20 @@ def test_a_held_dovecot_lock_is_waited_for_and_a_stale_one_removed(mailuser):
 # --- with dovecot ---------------------------------------------------------------
 
 
+@pytest.fixture
+def dovecot_sent(mailuser, tmp_path):
+    """A Maildir where dovecot created and subscribed "Sent"."""
+    assert deliver(mailuser) == (EX_OK, b"")
+    dovecot = QuotaDovecot(tmp_path, mailuser, str(mailuser.home / "Maildir") + "/")
+    dovecot.ok("mailbox", "create", "-s", "Sent")
+    return dovecot
+
+
 @needs_root
 @needs_pymda
 @needs_dovecot
-def test_dovecot_lists_them_and_its_own_survive(mailuser, tmp_path):
-    md = mailuser.home / "Maildir"
-    assert deliver(mailuser) == (EX_OK, b"")
-    dovecot = QuotaDovecot(tmp_path, mailuser, str(md) + "/")
-    dovecot.ok("mailbox", "create", "-s", "Sent")
+def test_dovecot_lists_them_and_its_own_survive(mailuser, dovecot_sent):
+    dovecot = dovecot_sent
     dovecot.ok("mailbox", "subscribe", "Shared.Thing")         # no such folder: still kept
     assert subs_file(mailuser).read_bytes().startswith(V2)     # what dovecot 2.3 writes
     assert deliver(mailuser, "-m", "Work/Reports") == (EX_OK, b"")
@@ -163,11 +162,8 @@ def test_dovecot_lists_them_and_its_own_survive(mailuser, tmp_path):
 @needs_root
 @needs_pymda
 @needs_dovecot
-def test_twenty_concurrent_deliveries_lose_no_subscription(mailuser, tmp_path):
-    md = mailuser.home / "Maildir"
-    assert deliver(mailuser) == (EX_OK, b"")
-    dovecot = QuotaDovecot(tmp_path, mailuser, str(md) + "/")
-    dovecot.ok("mailbox", "create", "-s", "Sent")
+def test_twenty_concurrent_deliveries_lose_no_subscription(mailuser, dovecot_sent):
+    dovecot = dovecot_sent
     procs = [start_pymda(["-d", mailuser.name, "-f", "s@example.org", "-a",
                           f"{mailuser.name}@localhost", "--mailbox", "Maildir/", "-m", f"F{i}"],
                          MESSAGE) for i in range(20)]
