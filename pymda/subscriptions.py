@@ -33,7 +33,10 @@ O_NOFOLLOW; a ``subscriptions`` that is a symlink or not a regular file
 is refused (TempFail), never read through or replaced; the file is read
 up to MAX_FILE_SIZE.
 
-LIMITATIONS: dovecot with ``mail_location`` options that move the
+LIMITATIONS: two processes that both find the same stale lock may race
+(the second can remove the lock the first just made); stale locks are
+rare (a writer died) and 30 seconds old, dovecot has the same window.
+Dovecot with ``mail_location`` options that move the
 subscriptions file (CONTROL=, SUBSCRIPTIONS=) or a namespace prefix is not
 followed: the file is always ``<root>/subscriptions``.
 """
