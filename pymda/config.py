@@ -141,6 +141,13 @@ def _locks(v):
     return v
 
 
+def _percentages(v):
+    if not isinstance(v, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 100 for x in v):
+        raise ValueError("a list of whole percentages from 1 to 100")
+    return tuple(sorted(set(v)))
+
+
 def _abspath(v):
     v = _str(v)
     if not v.startswith("/"):
@@ -194,6 +201,13 @@ KEYS = {
     "quota_storage": (0, parse_size),
     "quota_messages": (0, _count),
     "quota_full_tempfail": (False, _bool),
+    # issue 14 (quota.py, docs/quotas.md): warning thresholds in percent of
+    # either limit, and the file with the warning's text ("" = built-in)
+    "quota_warnings": ((), _percentages),
+    "quota_warning_message": ("", _str),
+    # issue 14 (subscriptions.py): Maildir++ folders pymda creates are
+    # added to the Maildir's dovecot "subscriptions" file
+    "subscribe_created_folders": (True, _bool),
     "message_size_limit": (0, parse_size),
     "lmtp_forward": (False, _bool),
     # pymda-lmtpd (lmtp.py, README "LMTP: pymda-lmtpd"): seconds without a byte from the

@@ -12,7 +12,9 @@ Delivered-To for this recipient in the header means the message has been
 here before: 5.4.6, nothing delivered.
 
 QUOTA (SPEC 1.6): checked before any byte is written, only when a limit
-applies (quota.py is not even imported otherwise).
+applies (quota.py is not even imported otherwise); the check's hold on a
+Maildir's quota lock is kept until the message's ``maildirsize`` line is
+written.
 
 OUTCOME of several targets: all delivered -> 0.  Otherwise the first
 temporary failure wins (exit 75: the MTA retries the whole message), then
@@ -181,14 +183,28 @@ def _write(target, message, envelope, cfg, log, prefix, flags=None):
     if target.kind in ("maildir", "mbox") and _limits_apply(cfg, target):
         from pymda import quota
 
+        # The hold (a shared lock) lasts until the maildirsize line is
+        # written: no quota rebuild can run in between (quota.py).
         size = len(prefix) + message.size
-        quota.check(target, size, cfg)
+        hold = quota.check(target, size, cfg)
+        try:
+            where = _write_target(target, message, envelope, cfg, log, prefix, flags)
+            if cfg.quota_warnings and hold is not None:
+                _quota_warnings(target, hold, size, envelope, cfg, log)
+            return where
+        finally:
+            quota.release(hold)
+    return _write_target(target, message, envelope, cfg, log, prefix, flags)
+
+
+def _write_target(target, message, envelope, cfg, log, prefix, flags=None):
     if target.kind == "maildir":
         from pymda import maildir
 
+        folder = target.directory != target.path
         where = maildir.deliver(
-            target.directory, message, prefix,
-            folder=target.directory != target.path, flags=flags,
+            target.directory, message, prefix, folder=folder, flags=flags,
+            created=_subscriber(target, cfg, log) if folder else None,
         )
         # Maildir++: whoever delivers keeps an existing maildirsize current,
         # limits or not (dovecot or courier may be the ones enforcing them).
@@ -213,6 +229,38 @@ def _write(target, message, envelope, cfg, log, prefix, flags=None):
         forward.send(target, message, envelope, cfg)
         return target.address
     raise TempFail(f"unknown target kind {target.kind!r}")
+
+
+def _quota_warnings(target, hold, size, envelope, cfg, log):
+    """Quota warnings (quota_warn.py) after a delivery: never fatal, the
+    message is already written (a retry would duplicate it)."""
+    from pymda import quota_warn
+
+    try:
+        for resource, percent in quota_warn.after_delivery(
+                target, hold, size, envelope, cfg, log):
+            log.info(f"quota warning sent: {resource} at {percent}%")
+    except DeliveryError as exc:
+        log.warning(f"quota warning not sent: {exc.line()}")
+    except Exception as exc:  # noqa: BLE001 - after delivery nothing may defer
+        log.warning(f"quota warning not sent: internal error {type(exc).__name__}: {exc}")
+
+
+def _subscriber(target, cfg, log):
+    """The ``created`` callback of maildir.deliver: subscribe a new folder
+    (``subscribe_created_folders``); a failure is logged, never fatal."""
+    if not cfg.subscribe_created_folders:
+        return None
+
+    def created(directory):
+        from pymda import subscriptions
+
+        try:
+            subscriptions.subscribe(target.path, directory, timeout=cfg.lock_timeout)
+        except DeliveryError as exc:
+            log.warning(f"folder {target.folder} not subscribed: {exc.line()}")
+
+    return created
 
 
 def run(targets, message, envelope, cfg, log, check_loops=True, flags=None):

@@ -14,10 +14,18 @@ crash leaves at most a file in ``tmp/``, which Maildir readers clean up.
 
 Names: ``<sec>.M<usec>P<pid>Q<n>R<random>.<host>,S=<size>,W=<vsize>``
 (host with '/' and ':' escaped as \\057 and \\072).  S= is the stored
-size, W= the size with CRLF line ends (dovecot's IMAP size).
+size, W= the size with CRLF line ends (dovecot's IMAP ``RFC822.SIZE``,
+which it takes from the name without reading the file): the stored size
+plus one for every LF not already preceded by a CR.  A line that ends in
+CR LF as stored (a ``\\r\\r\\n`` line end in the input, after intake's
+CRLF -> LF) needs no extra byte.  The count is taken while the file is
+written, so the final name (with W=) is made after the write; the
+``tmp/`` name carries S= only.
 
 Missing directories (root, tmp/new/cur, folders) are created 0700; a
-folder also gets an empty ``maildirfolder`` file (Maildir++).  They are
+folder also gets an empty ``maildirfolder`` file (Maildir++), and the
+caller's ``created`` callback is told about a folder this delivery made
+(subscriptions.py).  They are
 created only on the first failed open, so a normal delivery costs no
 extra system calls.
 """
@@ -34,25 +42,51 @@ def _host():
     return os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
 
 
-def unique_name(size, vsize):
-    """A Maildir unique name with S= and W= sizes."""
+def unique_name(size, vsize=None):
+    """A Maildir unique name with S= (and W= unless ``vsize`` is None)."""
     now = time.time_ns()
     sec, usec = divmod(now // 1000, 1_000_000)
     _counter[0] += 1
     rand = os.urandom(4).hex()
-    return (
-        f"{sec}.M{usec}P{os.getpid()}Q{_counter[0]}R{rand}.{_host()}"
-        f",S={size},W={vsize}"
-    )
+    name = f"{sec}.M{usec}P{os.getpid()}Q{_counter[0]}R{rand}.{_host()},S={size}"
+    return name if vsize is None else f"{name},W={vsize}"
+
+
+def count_bare_lf(pieces):
+    """Number of LF not preceded by CR in the concatenation of ``pieces``.
+
+    (What W= adds to the size; a CR LF split across two pieces counts as
+    CR LF.)
+    """
+    bare = 0
+    last = b""
+    for piece in pieces:
+        if not piece:
+            continue
+        bare += piece.count(b"\n") - piece.count(b"\r\n")
+        if last == b"\r" and piece[:1] == b"\n":
+            bare -= 1
+        last = piece[-1:]
+    return bare
 
 
 def ensure_maildir(directory, folder=False):
-    """Create ``directory`` with tmp/new/cur (0700) and maildirfolder."""
+    """Create ``directory`` with tmp/new/cur (0700) and maildirfolder.
+
+    Returns True when it created the directory itself (a new folder).
+    """
+    created = False
     try:
         if folder:
             root = os.path.dirname(directory.rstrip("/"))
             ensure_maildir(root, False)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(directory, 0o700)
+                created = True
+            except FileExistsError:
+                pass
+        else:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
         for sub in ("tmp", "new", "cur"):
             try:
                 os.mkdir(os.path.join(directory, sub), 0o700)
@@ -66,6 +100,7 @@ def ensure_maildir(directory, folder=False):
                 pass
     except OSError as exc:
         raise from_oserror(exc, f"cannot create Maildir {directory}") from None
+    return created
 
 
 MAILDIRSIZE = "maildirsize"
@@ -108,7 +143,16 @@ def _write_all(fd, data):
         view = view[n:]
 
 
-def _fsync_dir(path):
+def _written(fd, *sources):
+    """Write every piece of ``sources`` (bytes or iterables of bytes) to
+    ``fd``, yielding each piece once it is written."""
+    for source in sources:
+        for piece in (source,) if isinstance(source, bytes) else source:
+            _write_all(fd, piece)
+            yield piece
+
+
+def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -116,17 +160,20 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def deliver(directory, message, prefix, folder=False, flags=None):
-    """Write one message into Maildir ``directory``; return its final path."""
+def deliver(directory, message, prefix, folder=False, flags=None, created=None):
+    """Write one message into Maildir ``directory``; return its final path.
+
+    ``created(directory)`` is called when this delivery created the folder
+    (deliver.py subscribes it).
+    """
     size = len(prefix) + message.size
-    vsize = size + prefix.count(b"\n") + message.lines
-    name = unique_name(size, vsize)
-    tmp = os.path.join(directory, "tmp", name)
+    tmp = os.path.join(directory, "tmp", unique_name(size))
     flags_open = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(tmp, flags_open, 0o600)
     except FileNotFoundError:
-        ensure_maildir(directory, folder)
+        if ensure_maildir(directory, folder) and created is not None:
+            created(directory)
         try:
             fd = os.open(tmp, flags_open, 0o600)
         except OSError as exc:
@@ -136,14 +183,15 @@ def deliver(directory, message, prefix, folder=False, flags=None):
     try:
         try:
             if message.data is not None:
-                _write_all(fd, prefix + message.data)
+                data = prefix + message.data
+                _write_all(fd, data)
+                vsize = size + count_bare_lf((data,))
             else:
-                _write_all(fd, prefix)
-                for piece in message.chunks():
-                    _write_all(fd, piece)
+                vsize = size + count_bare_lf(_written(fd, prefix, message.chunks()))
             os.fsync(fd)
         finally:
             os.close(fd)
+        name = unique_name(size, vsize)
         sub = "new" if flags is None else "cur"
         while True:
             final = os.path.join(directory, sub, name if flags is None else f"{name}:2,{flags}")
@@ -156,7 +204,7 @@ def deliver(directory, message, prefix, folder=False, flags=None):
                 if os.path.isdir(os.path.join(directory, sub)):
                     raise
                 ensure_maildir(directory, folder)  # tmp/ was there, new/ was not
-        _fsync_dir(os.path.join(directory, sub))
+        fsync_dir(os.path.join(directory, sub))
     except OSError as exc:
         _remove(tmp)
         raise from_oserror(exc, f"cannot write to Maildir {directory}") from None

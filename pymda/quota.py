@@ -4,11 +4,17 @@ Contract (deliver.py, policy.py and admin_quota.py are the callers):
 
 - ``limits(cfg, identity) -> (storage_bytes, messages)``: ``[users."name"]``
   overrides the global ``quota_storage`` / ``quota_messages``; 0 = none.
-- ``check(target, size, cfg)``: before ``size`` bytes go to a Maildir or
-  mbox target, raise PermFail("Mailbox is full", "5.2.2") (exit 77), or
-  TempFail(..., "4.2.2") with ``quota_full_tempfail``, when the message
-  would exceed a limit.  No limit -> returns at once: no file I/O, no
-  import.  Other target kinds are not counted.
+- ``check(target, size, cfg) -> Hold``: before ``size`` bytes go to a
+  Maildir or mbox target, raise PermFail("Mailbox is full", "5.2.2")
+  (exit 77), or TempFail(..., "4.2.2") with ``quota_full_tempfail``, when
+  the message would exceed a limit.  No limit -> returns None at once: no
+  file I/O, no import.  Other target kinds are not counted.  It returns
+  a Hold (usage before the message; for a Maildir the quota lock, held
+  shared) that the caller
+  keeps until the message is written and its line appended
+  (``record``/``maildir.account``), then gives to ``release(hold)``.  A
+  Maildir that does not exist yet is created (root, tmp/new/cur) and gets
+  its ``maildirsize``, as with dovecot.
 - ``record(target, size, cfg)``: after a message of ``size`` bytes was
   written to a Maildir, append ``"<size> 1\\n"`` to its ``maildirsize``
   with one O_APPEND write, if that file exists.  Never raises: the mail
@@ -38,18 +44,29 @@ lstat) when it
     recalculates; courier says "over 5120");
   - carries limits other than the configured ones (pymda's config is the
     authority, like dovecot's ``quota_rule = *:...``);
-  - says the mailbox is over quota and either has more than one
-    ``<bytes> <count>`` line or is older than 15 minutes.
+  - says the message being delivered would not fit (the mailbox would go
+    over a limit; for read-only views: is over) and either has more than
+    one ``<bytes> <count>`` line or is older than 15 minutes (courier's
+    rule; so mail a client deleted without updating the file makes room
+    before anything is refused, and a mailbox at exactly its limit is
+    recounted too).
 A final line without a newline is ignored (a writer may be mid-append).
 Trash and every other folder count; nothing is exempt.
 
 CONCURRENCY: appends are single ``write()`` calls on an O_APPEND
 descriptor, atomic on a local file system.  A rebuild is written to a
 temporary file and renamed over ``maildirsize``, so a reader sees the
-old file or the new one, never a mix.  Rebuilds are serialised with an
-``flock`` on ``pymda-quota.lock`` in the Maildir root (pymda-private;
-other MDAs do not take it); the second process waits, then re-reads the
-fresh file instead of scanning again.
+old file or the new one, never a mix.  ``pymda-quota.lock`` in the
+Maildir root (pymda-private; other MDAs do not take it) is an ``flock``
+that a delivery with a limit holds SHARED from its check until its line
+is appended, and a rebuild holds EXCLUSIVELY.  So a rebuild never runs
+between a delivery's message write and its line: it either counts the
+message (and the line goes to no file it replaces) or runs before the
+message exists (and the line goes to the new file).  The file therefore
+stays equal to a recount however many pymda deliveries and rebuilds
+run at once.  A delivery that must rebuild converts its hold to
+exclusive and back (not atomic, harmless: it has written nothing yet);
+a second rebuilder re-reads the fresh file instead of scanning again.
 
 SECURITY: every open is O_NOFOLLOW (a user's symlink cannot make a root
 process read, truncate or create another file) and O_NONBLOCK (a FIFO
@@ -69,9 +86,13 @@ LIMITATIONS:
 - check and write are not one atomic step: two deliveries racing near
   the limit may both pass and overshoot by one message, as with dovecot
   and courier (the Maildir++ quota is advisory by design).
-- A rebuild racing with a delivery by another MDA can lose that
+- A rebuild racing with a delivery by another MDA (or a pymda delivery
+  without any limit, which appends to an existing maildirsize without
+  taking the lock, keeping the plain path lock-free) can lose that
   delivery's appended line until the next rebuild (Maildir++ accepts
   this; dovecot rechecks directory mtimes, pymda does not).
+- A refused delivery into a Maildir that did not exist leaves the new,
+  empty Maildir (and its maildirsize) behind, as dovecot does.
 - mbox: only the target file's size counts (not other mbox folders);
   the message limit does not apply (counting means reading the file).
 - NFS: O_APPEND is not atomic there (neither for dovecot).
@@ -81,6 +102,8 @@ import errno
 import os
 import stat
 import time
+
+from pymda.record import Record
 
 MAILDIRSIZE = "maildirsize"
 LOCK_NAME = "pymda-quota.lock"
@@ -130,24 +153,49 @@ def exceeds(storage, messages, used_bytes, used_count, size, count=1):
 # --- the delivery-path API ---------------------------------------------------
 
 
+class Hold(Record):
+    """What ``check()`` found: the quota lock's fd (Maildir, held shared;
+    None for an mbox) and the usage before this delivery."""
+
+    __slots__ = ("fd", "used_bytes", "used_count", "storage", "messages")
+
+
 def check(target, size, cfg):
-    """Raise the 'Mailbox is full' error if ``size`` bytes do not fit."""
+    """Raise the 'Mailbox is full' error if ``size`` bytes do not fit.
+
+    Returns a Hold (None when no limit applies): the caller keeps it until
+    the message is written and accounted, then ``release()``s it.
+    """
     storage, messages = limits(cfg, target.identity)
     if not storage and not messages:
-        return
+        return None
     kind = target.kind
     if kind == "mbox":
-        if not storage:
-            return
-        if exceeds(storage, 0, mbox_size(target.path), None, size):
+        used = mbox_size(target.path)
+        if storage and exceeds(storage, 0, used, None, size):
             raise full_error(cfg)
-    elif kind == "maildir":
-        used_bytes, used_count = maildir_usage(
-            target.path, storage, messages, owner=target.identity,
-            timeout=cfg.lock_timeout,
+        return Hold(fd=None, used_bytes=used, used_count=None, storage=storage, messages=0)
+    if kind != "maildir":
+        return None
+    root = target.path
+    fd = _hold(root, target.identity, cfg.lock_timeout)
+    try:
+        used_bytes, used_count = _usage_held(
+            fd, root, storage, messages, size, target.identity, cfg.lock_timeout,
         )
         if exceeds(storage, messages, used_bytes, used_count, size):
             raise full_error(cfg)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Hold(fd=fd, used_bytes=used_bytes, used_count=used_count, storage=storage,
+                messages=messages)
+
+
+def release(hold):
+    """Give up a Hold from ``check()`` (None is fine)."""
+    if hold is not None and hold.fd is not None:
+        os.close(hold.fd)
 
 
 def record(target, size, cfg=None):
@@ -270,8 +318,13 @@ def parse_maildirsize(data):
     return file_limits, total_bytes, total_count, len(lines) - 1
 
 
-def read_maildirsize(root, storage, messages, now=None):
-    """Trusted (bytes, count) from ``root/maildirsize``, or None to rebuild."""
+def read_maildirsize(root, storage, messages, size=0, count=0, now=None):
+    """Trusted (bytes, count) from ``root/maildirsize``, or None to rebuild.
+
+    ``size`` / ``count``: the message about to be delivered (0 / 0 for a
+    read-only view).  A file by which it would not fit is trusted only
+    when it has one usage line and is fresh (courier's rule).
+    """
     # O_NONBLOCK: a FIFO in its place would block the open for ever
     # (and with it every pymda-policyd worker thread that asks).
     try:
@@ -299,8 +352,8 @@ def read_maildirsize(root, storage, messages, now=None):
     file_limits, used_bytes, used_count, lines = parsed
     if file_limits != (storage, messages):
         return None
-    if (storage and used_bytes > storage) or (messages and used_count > messages):
-        # Over quota: trust only a fresh single-line file (courier, dovecot).
+    if exceeds(storage, messages, used_bytes, used_count, size, count):
+        # Would not fit: trust only a fresh single-line file (courier).
         if now is None:
             now = time.time()
         if lines > 1 or mtime < now - STALE_SECONDS:
@@ -385,7 +438,7 @@ def maildir_usage(root, storage, messages, write=True, owner=None, timeout=60):
 
 
 def rebuild(root, storage, messages, owner=None, timeout=60, reuse=False):
-    """Scan and write a fresh maildirsize under the pymda lock.
+    """Scan and write a fresh maildirsize, holding the quota lock exclusively.
 
     ``reuse``: if another process rebuilt the file while we waited for the
     lock, take its numbers instead of scanning again.  A Maildir that does
@@ -393,21 +446,64 @@ def rebuild(root, storage, messages, owner=None, timeout=60, reuse=False):
     """
     if not os.path.isdir(root):
         return 0, 0
-    lock_fd = _lock(os.path.join(root, LOCK_NAME), timeout, owner)
+    lock_fd = _open_lock(root, owner)
     try:
+        _flock(lock_fd, True, timeout, root)
         if reuse:
             found = read_maildirsize(root, storage, messages)
             if found is not None:
                 return found
-        used_bytes, used_count = scan(root)
-        _write_atomically(
-            os.path.join(root, MAILDIRSIZE),
-            format_maildirsize(storage, messages, used_bytes, used_count),
-            owner,
-        )
-        return used_bytes, used_count
+        return _rebuild_locked(root, storage, messages, owner)
     finally:
         os.close(lock_fd)
+
+
+def _rebuild_locked(root, storage, messages, owner):
+    used_bytes, used_count = scan(root)
+    _write_atomically(
+        os.path.join(root, MAILDIRSIZE),
+        format_maildirsize(storage, messages, used_bytes, used_count),
+        owner,
+    )
+    return used_bytes, used_count
+
+
+def _hold(root, owner, timeout):
+    """The quota lock of ``root`` held shared (creating the Maildir root).
+
+    CONCURRENCY: a delivery holds it shared from its check until its line
+    is in ``maildirsize``; a rebuild holds it exclusively.  So no rebuild
+    ever runs between a delivery's message write and its line: a rebuild
+    either counts the message and sees no line for it later, or does not
+    see the message and the line goes to the new file.
+    """
+    fd = _open_lock(root, owner, create=True)
+    try:
+        _flock(fd, False, timeout, root)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _usage_held(fd, root, storage, messages, size, owner, timeout):
+    """(bytes, count) with the shared hold ``fd``; rebuilds when untrusted.
+
+    A rebuild converts the hold to exclusive and back (flock conversions
+    are not atomic: another rebuild may run in between, which is harmless
+    as this delivery has written nothing yet).
+    """
+    found = read_maildirsize(root, storage, messages, size, 1)
+    if found is not None:
+        return found
+    _flock(fd, True, timeout, root)
+    try:
+        found = read_maildirsize(root, storage, messages, size, 1)
+        if found is None:
+            found = _rebuild_locked(root, storage, messages, owner)
+    finally:
+        _flock(fd, False, timeout, root)
+    return found
 
 
 def _chown_to(fd, owner):
@@ -415,35 +511,55 @@ def _chown_to(fd, owner):
         os.fchown(fd, owner.uid, owner.gid)
 
 
-def _lock(path, timeout, owner):
-    """flock(LOCK_EX) on ``path`` within ``timeout`` seconds, or TempFail."""
-    import fcntl
+def _open_lock(root, owner, create=False):
+    """The lock file's descriptor (created 0600, given to ``owner``).
 
+    ``create``: a missing Maildir root is created first (the first
+    delivery into a fresh Maildir creates maildirsize, as dovecot does).
+    """
+    path = os.path.join(root, LOCK_NAME)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     0o600)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            if not create:
+                raise
+            from pymda.maildir import ensure_maildir
+
+            ensure_maildir(root)
+            fd = os.open(path, flags, 0o600)
     except OSError as exc:
         from pymda.errors import from_oserror
 
         raise from_oserror(exc, f"quota lock {path}") from None
     try:
         _chown_to(fd, owner)
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    from pymda.errors import TempFail
-
-                    raise TempFail(f"quota lock {path} busy", "4.2.0") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
     except BaseException:
         os.close(fd)
         raise
+    return fd
+
+
+def _flock(fd, exclusive, timeout, root):
+    """flock ``fd`` (exclusive or shared) within ``timeout`` seconds, or TempFail."""
+    import fcntl
+
+    operation = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                from pymda.errors import TempFail
+
+                raise TempFail(f"quota lock {os.path.join(root, LOCK_NAME)} busy",
+                               "4.2.0") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _write_atomically(path, data, owner):

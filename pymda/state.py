@@ -18,6 +18,9 @@ Contract:
   ``ledger.done(msg, target)`` -> bool; ``ledger.record(msg, target)``
   (commits durably); ``ledger.forget(msg)`` (all targets done: the retry
   scenario is over); ``ledger.close()``.
+- ``ledger.quota_marks(resource, above, thresholds)`` -> the thresholds
+  newly marked (quota warnings, quota_warn.py; table ``quota_marks``, never
+  expired: a mark lasts until usage is seen below its threshold).
 - ``state_path(cfg, identity)``: ``cfg.state_file`` (default
   ``$home/.pymda-state.sqlite``) expanded with $home and $user.
 
@@ -54,6 +57,16 @@ CREATE TABLE IF NOT EXISTS done (
     target TEXT NOT NULL,
     stamp REAL NOT NULL,
     PRIMARY KEY (message, target)
+)
+"""
+
+
+QUOTA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quota_marks (
+    resource TEXT NOT NULL,
+    threshold INTEGER NOT NULL,
+    stamp REAL NOT NULL,
+    PRIMARY KEY (resource, threshold)
 )
 """
 
@@ -152,6 +165,39 @@ class Ledger:
             self.db.execute("DELETE FROM done WHERE message = ?", (message,))
         except sqlite3.Error as exc:
             raise TempFail(f"delivery state {self.path}: {_reason(exc)}", "4.3.0") from None
+
+    def quota_marks(self, resource, above, thresholds, now=None):
+        """Quota warnings (quota_warn.py): mark every threshold in ``above``,
+        re-arm the other ``thresholds``; returns the ones newly marked.
+        Read first, write only on a change (the usual delivery changes
+        nothing); a change is one transaction that re-reads, so of
+        concurrent callers one gets each new mark."""
+        import sqlite3
+
+        stamp = time.time() if now is None else now
+        query = "SELECT threshold FROM quota_marks WHERE resource = ?"
+        try:
+            self.db.execute(QUOTA_SCHEMA)
+            marked = {row[0] for row in self.db.execute(query, (resource,))}
+            if marked == (set(above) & set(thresholds)) | (marked - set(thresholds)):
+                return []
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                marked = {row[0] for row in self.db.execute(query, (resource,))}
+                new = [t for t in thresholds if t in above and t not in marked]
+                self.db.executemany(
+                    "INSERT INTO quota_marks (resource, threshold, stamp) VALUES (?, ?, ?)",
+                    [(resource, t, stamp) for t in new])
+                self.db.executemany(
+                    "DELETE FROM quota_marks WHERE resource = ? AND threshold = ?",
+                    [(resource, t) for t in thresholds if t not in above and t in marked])
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise TempFail(f"delivery state {self.path}: {_reason(exc)}", "4.3.0") from None
+        return new
 
     def close(self):
         try:

@@ -22,7 +22,7 @@ from enginekit import (
     only_message, recipient_of, snapshot,
 )
 from pymda import maildir
-from support import paths
+from support import dovecot, paths
 from support.run import EX_OK, EX_USAGE, child_environment, run_pymda
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (test users)")
@@ -110,7 +110,7 @@ def test_modes_even_with_umask_0(test_user):
 def test_folder_work_reports(test_user):
     assert_ok(deliver(test_user, ["--mailbox", "Maildir/", "-m", "Work/Reports"]))
     root = test_user.path("Maildir")
-    assert sorted(os.listdir(root)) == [".Work.Reports", "cur", "new", "tmp"]
+    assert sorted(os.listdir(root)) == [".Work.Reports", "cur", "new", "subscriptions", "tmp"]
     folder = root / ".Work.Reports"
     assert sorted(os.listdir(folder)) == ["cur", "maildirfolder", "new", "tmp"]
     assert (folder / "maildirfolder").read_bytes() == b""
@@ -391,3 +391,73 @@ def test_missing_new_directory_is_recreated(tmp_path):
         assert f.read() == b"Return-Path: <>\nSubject: x\n\nbody\n"
     assert (root / "cur").is_dir()
     assert list((root / "tmp").iterdir()) == []
+
+
+# --- W= against dovecot's own count (issue 8 item 6) --------------------------------
+
+
+def bare_lf(data):
+    """LF not preceded by CR: what a CRLF rendering adds."""
+    return data.count(b"\n") - data.count(b"\r\n")
+
+
+def crlf_at_chunk_boundary():
+    """A >1 MiB message whose stored CR LF straddles the 1 MiB spool chunk."""
+    from pymda.message import CHUNK
+
+    head = b"Subject: big\r\r\n\r\r\n"
+    line = b"x" * 98 + b"\r\r\n"             # stored as 98 x + CR LF (100 bytes)
+    body = bytearray(head)
+    while len(body.replace(b"\r\r\n", b"\r\n")) + 100 < CHUNK - 50:
+        body += line
+    gap = CHUNK - len(body.replace(b"\r\r\n", b"\r\n")) - 1   # the CR lands on CHUNK - 1
+    body += b"y" * gap + b"\r\r\n" + line * 20
+    return bytes(body)
+
+
+@needs_root
+@pytest.mark.parametrize("raw", [
+    b"Subject: cr cr lf\r\r\n\r\r\nline one\r\r\nline two\r\r\n",
+    b"Subject: mixed\n\nlone lf\nlone\rcr\ncr lf\r\nend\r\r\n",
+    b"Subject: plain\n\nbody\n",
+], ids=["crcrlf", "mixed", "plain"])
+def test_w_counts_only_lf_without_cr(test_user, raw):
+    assert_ok(deliver(test_user, ["--mailbox", "Maildir/"], raw))
+    name, data = only_message(test_user.path("Maildir"))
+    m = NAME_RE.match(name.encode())
+    assert int(m["size"]) == len(data)
+    assert int(m["vsize"]) == len(data) + bare_lf(data), (name, data)
+
+
+@needs_root
+def test_w_of_a_spooled_message_with_crlf_across_the_chunk(test_user):
+    from pymda.message import CHUNK
+
+    raw = crlf_at_chunk_boundary()
+    assert_ok(deliver(test_user, ["--mailbox", "Maildir/"], raw))
+    name, data = only_message(test_user.path("Maildir"))
+    body = data[data.index(b"Subject: big"):]
+    assert body[CHUNK - 1:CHUNK + 1] == b"\r\n"
+    assert int(NAME_RE.match(name.encode())["vsize"]) == len(data) + bare_lf(data)
+
+
+@needs_root
+@pytest.mark.skipif(not dovecot.installed(), reason="dovecot-core missing")
+def test_w_is_what_dovecot_computes(test_user):
+    """dovecot serves W= as RFC822.SIZE without reading the file: it must
+    equal what dovecot computes from the content (names stripped of W=)."""
+    for raw in (b"Subject: a\r\r\n\r\r\nbody\r\r\n", b"Subject: b\n\nx\ry\r\nz\n",
+                b"Subject: c\r\n\r\nbody\r\n", crlf_at_chunk_boundary()):
+        assert_ok(deliver(test_user, ["--mailbox", "Maildir/"], raw))
+    md = test_user.path("Maildir")
+    computed = dovecot.computed_virtual_sizes(md)
+    names = maildir_files(md)
+    assert sorted(computed) == sorted(names)
+    for name in names:
+        assert int(NAME_RE.match(name.encode())["vsize"]) == computed[name], name
+
+
+def test_count_bare_lf_across_pieces():
+    assert maildir.count_bare_lf([b"a\r", b"\nb\n", b"", b"\r\n\n"]) == 2
+    assert maildir.count_bare_lf([b"\n\r\n"]) == 1
+    assert maildir.count_bare_lf([]) == 0

@@ -25,6 +25,7 @@ from pymda.users import Identity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import paths  # noqa: E402
+from support.dovecot import QuotaDovecot as Dovecot  # noqa: E402
 from support.run import run_pymda, start_pymda, finish  # noqa: E402
 from support.users import create_user, delete_user  # noqa: E402
 
@@ -75,6 +76,11 @@ def put(maildir, name, size, folder="", sub="new"):
     path = Path(maildir) / folder / sub / name
     path.write_bytes(b"x" * size)
     return path
+
+
+def check(target, size, cfg):
+    """quota.check, its hold released at once (as after a delivery)."""
+    quota.release(quota.check(target, size, cfg))
 
 
 def maildirsize(maildir):
@@ -170,9 +176,9 @@ def test_storage_exactly_at_limit_is_accepted_one_byte_over_refused(tmp_path):
     put(md, "1.M1P1.h,S=600", 600)
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
-    quota.check(t, 400, cfg)
+    check(t, 400, cfg)
     with pytest.raises(PermFail) as err:
-        quota.check(t, 401, cfg)
+        check(t, 401, cfg)
     assert err.value.status == FULL_PERM and err.value.text == FULL_TEXT
     assert err.value.exit == EX_NOPERM
 
@@ -183,10 +189,11 @@ def test_message_count_limit(tmp_path):
     put(md, "2.M1P1.h,S=10:2,S", 10, folder=".Work", sub="cur")
     cfg = make_cfg(tmp_path, overrides=["quota_messages=3"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
-    quota.check(t, 10, cfg)           # the 3rd message fits
+    check(t, 10, cfg)           # the 3rd message fits
+    put(md, "3.M1P1.h,S=10", 10)
     quota.record(t, 10, cfg)
-    with pytest.raises(PermFail):     # the 4th does not
-        quota.check(t, 1, cfg)
+    with pytest.raises(PermFail):     # the 4th does not (recounted: still 3)
+        check(t, 1, cfg)
 
 
 def test_tempfail_mode(tmp_path):
@@ -194,7 +201,7 @@ def test_tempfail_mode(tmp_path):
     cfg = make_cfg(tmp_path, overrides=["quota_storage=10", "quota_full_tempfail=true"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
     with pytest.raises(TempFail) as err:
-        quota.check(t, 11, cfg)
+        check(t, 11, cfg)
     assert err.value.status == FULL_TEMP and err.value.exit == EX_TEMPFAIL
     assert err.value.line() == FULL_TEMP_LINE.decode()
 
@@ -204,11 +211,11 @@ def test_mbox_uses_file_size_and_ignores_message_limit(tmp_path):
     mbox.write_bytes(b"y" * 700)
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000", "quota_messages=1"])
     t = Target(kind="mbox", path=str(mbox), identity=NOBODY)
-    quota.check(t, 300, cfg)
+    check(t, 300, cfg)
     with pytest.raises(PermFail):
-        quota.check(t, 301, cfg)
+        check(t, 301, cfg)
     missing = Target(kind="mbox", path=str(tmp_path / "none"), identity=NOBODY)
-    quota.check(missing, 1000, cfg)
+    check(missing, 1000, cfg)
     assert quota.usage(cfg, NOBODY, t) == (700, None)
 
 
@@ -239,25 +246,26 @@ def test_no_limit_means_no_file_io(tmp_path):
     _AUDIT["seen"].clear()
     _AUDIT["on"] = True
     try:
-        quota.check(Target(kind="maildir", path=md, identity=NOBODY), 10**12, cfg)
-        quota.check(Target(kind="mbox", path=str(tmp_path / "mbox"), identity=NOBODY), 10**12, cfg)
+        check(Target(kind="maildir", path=md, identity=NOBODY), 10**12, cfg)
+        check(Target(kind="mbox", path=str(tmp_path / "mbox"), identity=NOBODY), 10**12, cfg)
     finally:
         _AUDIT["on"] = False
     assert _AUDIT["seen"] == []
     assert not (Path(md) / "maildirsize").exists()
 
 
-def test_a_trusted_file_costs_one_open_and_no_scan(tmp_path):
+def test_a_trusted_file_costs_the_lock_and_one_open_and_no_scan(tmp_path):
     md = make_maildir(tmp_path / "Maildir")
     (Path(md) / "maildirsize").write_text("1000S\n10 1\n")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
     _AUDIT["seen"].clear()
     _AUDIT["on"] = True
     try:
-        quota.check(Target(kind="maildir", path=md, identity=NOBODY), 10, cfg)
+        check(Target(kind="maildir", path=md, identity=NOBODY), 10, cfg)
     finally:
         _AUDIT["on"] = False
-    assert [e for e, _ in _AUDIT["seen"]] == ["open"]
+    seen = [(e, os.path.basename(args[0])) for e, args in _AUDIT["seen"]]
+    assert seen == [("open", quota.LOCK_NAME), ("open", "maildirsize")]
 
 
 def test_check_imports_nothing_heavy():
@@ -276,7 +284,7 @@ def test_missing_file_is_built_with_configured_limits(tmp_path):
     put(md, "1,S=100", 100)
     put(md, "2", 23, sub="cur")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=2048", "quota_messages=50"])
-    quota.check(Target(kind="maildir", path=md, identity=NOBODY), 1, cfg)
+    check(Target(kind="maildir", path=md, identity=NOBODY), 1, cfg)
     assert maildirsize(md) == "2048S,50C\n123 2\n"
     assert oct(os.stat(Path(md) / "maildirsize").st_mode & 0o777) == "0o600"
     assert sorted(os.listdir(md)) == sorted(["new", "cur", "tmp", "maildirsize",
@@ -290,8 +298,8 @@ def test_trusted_file_is_not_rescanned(tmp_path):
     t = Target(kind="maildir", path=md, identity=NOBODY)
     # The directory is empty, but the file says 900: the file wins.
     with pytest.raises(PermFail):
-        quota.check(t, 101, cfg)
-    quota.check(t, 100, cfg)
+        check(t, 101, cfg)
+    check(t, 100, cfg)
     assert maildirsize(md) == "1000S\n900 1\n"
 
 
@@ -311,7 +319,7 @@ def test_untrusted_file_is_rebuilt(tmp_path, content):
     put(md, "1,S=100", 100)
     (Path(md) / "maildirsize").write_text(content)
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
-    quota.check(Target(kind="maildir", path=md, identity=NOBODY), 900, cfg)
+    check(Target(kind="maildir", path=md, identity=NOBODY), 900, cfg)
     assert maildirsize(md) == "1000S\n100 1\n"
 
 
@@ -323,11 +331,60 @@ def test_over_quota_single_line_trusted_while_fresh_rebuilt_when_stale(tmp_path)
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
     with pytest.raises(PermFail):
-        quota.check(t, 1, cfg)
+        check(t, 1, cfg)
     old = time.time() - quota.STALE_SECONDS - 5
     os.utime(size_file, (old, old))
-    quota.check(t, 1, cfg)
+    check(t, 1, cfg)
     assert maildirsize(md) == "1000S\n100 1\n"
+
+
+def test_a_file_at_exactly_the_limit_with_several_lines_is_recounted(tmp_path):
+    """Issue 8 item 5: a client deleted mail without updating maildirsize;
+    the file says exactly full (not over), the next message would not fit:
+    recount (courier) instead of refusing for ever."""
+    md = make_maildir(tmp_path / "Maildir")
+    put(md, "1,S=400", 400)
+    size_file = Path(md) / "maildirsize"
+    size_file.write_text("1000S\n400 1\n600 1\n")       # the 600 was deleted
+    cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
+    t = Target(kind="maildir", path=md, identity=NOBODY)
+    check(t, 100, cfg)
+    assert maildirsize(md) == "1000S\n400 1\n"
+
+
+def test_a_single_line_file_at_the_limit_is_trusted_while_fresh(tmp_path):
+    md = make_maildir(tmp_path / "Maildir")
+    put(md, "1,S=400", 400)
+    size_file = Path(md) / "maildirsize"
+    size_file.write_text("1000S,5C\n1000 1\n")
+    cfg = make_cfg(tmp_path, overrides=["quota_storage=1000", "quota_messages=5"])
+    t = Target(kind="maildir", path=md, identity=NOBODY)
+    with pytest.raises(PermFail):
+        check(t, 1, cfg)
+    assert maildirsize(md) == "1000S,5C\n1000 1\n"       # no scan
+    old = time.time() - quota.STALE_SECONDS - 5
+    os.utime(size_file, (old, old))
+    check(t, 600, cfg)
+    assert maildirsize(md) == "1000S,5C\n400 1\n"
+
+
+def test_a_file_at_the_message_limit_with_several_lines_is_recounted(tmp_path):
+    md = make_maildir(tmp_path / "Maildir")
+    put(md, "1,S=10", 10)
+    (Path(md) / "maildirsize").write_text("0S,2C\n10 1\n10 1\n")
+    cfg = make_cfg(tmp_path, overrides=["quota_messages=2"])
+    check(Target(kind="maildir", path=md, identity=NOBODY), 10, cfg)
+    assert maildirsize(md) == "2C\n10 1\n"
+
+
+def test_a_read_only_view_of_a_full_file_is_not_rescanned(tmp_path):
+    """pymda-policyd and pymda-admin ask without a message: exactly full
+    is not over, the file is believed (one open, no scan)."""
+    md = make_maildir(tmp_path / "Maildir")
+    (Path(md) / "maildirsize").write_text("1000S\n500 1\n500 1\n")
+    cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
+    t = Target(kind="maildir", path=md, identity=NOBODY)
+    assert quota.usage(cfg, NOBODY, t) == (1000, 2)
 
 
 def test_record_appends_one_line_only_when_the_file_exists(tmp_path):
@@ -350,7 +407,7 @@ def test_symlinked_maildirsize_is_never_followed(tmp_path):
     (Path(md) / "maildirsize").symlink_to(victim)
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
-    quota.check(t, 10, cfg)          # rebuilt: the link is replaced, not written through
+    check(t, 10, cfg)          # rebuilt: the link is replaced, not written through
     quota.record(t, 10, cfg)
     assert victim.read_text() == "1000S\n0 0\n"
     assert not (Path(md) / "maildirsize").is_symlink()
@@ -374,7 +431,7 @@ def test_a_fifo_or_directory_named_maildirsize_blocks_nothing(tmp_path):
               identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
         quota.record(t, 5, cfg)                              # no reader: skipped
         print(quota.usage(cfg, t.identity, t))               # policyd: a scan
-        quota.check(t, 900, cfg)                             # delivery: rebuilt
+        quota.release(quota.check(t, 900, cfg))              # delivery: rebuilt
         print(open(os.path.join({md!r}, "maildirsize")).read(), end="")
     """)
     os.mkfifo(fifo)
@@ -388,15 +445,15 @@ def test_a_fifo_or_directory_named_maildirsize_blocks_nothing(tmp_path):
     assert quota.usage(cfg, NOBODY, t) == (100, 1)
     quota.record(t, 5, cfg)
     with pytest.raises(TempFail):                            # cannot replace it: defer
-        quota.check(t, 1, cfg)
+        check(t, 1, cfg)
 
 
 def test_missing_maildir_counts_as_empty(tmp_path):
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
     t = Target(kind="maildir", path=str(tmp_path / "new-user" / "Maildir") + "/", identity=NOBODY)
-    quota.check(t, 1000, cfg)
+    check(t, 1000, cfg)
     with pytest.raises(PermFail):
-        quota.check(t, 1001, cfg)
+        check(t, 1001, cfg)
 
 
 # --- serialised rebuilds -----------------------------------------------------
@@ -414,7 +471,7 @@ def _check_in_child(md, storage, timeout):
         t = T(kind="maildir", path={md!r}, folder="INBOX",
               identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
         try:
-            quota.check(t, 1, cfg)
+            quota.release(quota.check(t, 1, cfg))
         except Exception as e:
             print(e.line() if hasattr(e, "line") else repr(e)); sys.exit(e.exit)
     """)
@@ -467,7 +524,7 @@ def test_concurrent_check_and_record_never_corrupt_the_file(tmp_path):
         n = int(sys.argv[1])
         for i in range(40):
             try:
-                quota.check(t, 100, cfg)
+                hold = quota.check(t, 100, cfg)
             except quota_error:
                 continue
             name = f"{{n}}.{{i}},S=100"
@@ -475,6 +532,7 @@ def test_concurrent_check_and_record_never_corrupt_the_file(tmp_path):
                 f.write(b"x" * 100)
             os.rename(os.path.join({md!r}, "tmp", name), os.path.join({md!r}, "new", name))
             quota.record(t, 100, cfg)
+            quota.release(hold)
             if i % 7 == 0:   # force rebuilds while others append
                 try:
                     os.unlink(os.path.join({md!r}, "maildirsize"))
@@ -505,49 +563,6 @@ def test_concurrent_check_and_record_never_corrupt_the_file(tmp_path):
 
 
 # --- dovecot interoperability -------------------------------------------------
-
-
-class Dovecot:
-    """doveadm against one user's Maildir with the `maildir` quota backend."""
-
-    def __init__(self, tmp_path, user, maildir, rule):
-        self.user = user
-        self.conf = tmp_path / "dovecot.conf"
-        self.conf.write_text(textwrap.dedent(f"""
-            base_dir = {tmp_path}/dovecot-run
-            state_dir = {tmp_path}/dovecot-state
-            log_path = /dev/stderr
-            ssl = no
-            mail_location = maildir:{maildir}
-            mail_plugins = quota
-            plugin {{
-              quota = maildir:User quota
-              quota_rule = *:{rule}
-            }}
-        """))
-
-    def run(self, *args, input_bytes=None):
-        env = {"PATH": "/usr/bin:/bin", "USER": self.user.name, "HOME": str(self.user.home)}
-        return subprocess.run(
-            [DOVEADM, "-c", str(self.conf), "-o", f"mail_uid={self.user.uid}",
-             "-o", f"mail_gid={self.user.gid}", *args],
-            input=input_bytes, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            check=False,
-        )
-
-    def quota_get(self):
-        """{"STORAGE": (kilobytes, limit), "MESSAGE": (count, limit)}"""
-        proc = self.run("-f", "tab", "quota", "get")
-        assert proc.returncode == 0, proc.stderr
-        rows = [line.split("\t") for line in proc.stdout.decode().splitlines()[1:]]
-        return {r[1]: (int(r[2]), int(r[3]) if r[3] != "-" else None) for r in rows}
-
-    def recalc(self):
-        proc = self.run("quota", "recalc")
-        assert proc.returncode == 0, proc.stderr
-
-    def save(self, data):
-        return self.run("save", input_bytes=data)
 
 
 @pytest.fixture
@@ -587,7 +602,7 @@ def test_dovecot_reads_pymda_maildirsize_and_pymda_agrees_after_recalc(tmp_path,
     user_put(mailuser, md, "2.M1P1.h,S=1024:2,S", 1024, folder=".Work", sub="cur")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=10K", "quota_messages=20"])
     t = Target(kind="maildir", path=md, identity=identity_of(mailuser))
-    quota.check(t, 1, cfg)                     # pymda writes maildirsize
+    check(t, 1, cfg)                     # pymda writes maildirsize
     assert os.stat(Path(md) / "maildirsize").st_uid == mailuser.uid
     quota.record(t, 4096, cfg)                 # a line no message backs
     dovecot = Dovecot(tmp_path, mailuser, md, "storage=10K:messages=20")
@@ -611,9 +626,9 @@ def test_pymda_honours_a_maildirsize_written_by_dovecot(tmp_path, mailuser):
     user_put(mailuser, md, "9.M9P9.h,S=500", 500, sub="cur")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=2K"])
     t = Target(kind="maildir", path=md, identity=identity_of(mailuser))
-    quota.check(t, 1048, cfg)
+    check(t, 1048, cfg)
     with pytest.raises(PermFail):
-        quota.check(t, 1049, cfg)
+        check(t, 1049, cfg)
 
 
 @needs_dovecot
@@ -630,11 +645,11 @@ def test_boundary_is_the_same_as_dovecots(tmp_path, mailuser):
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1K"])
     t = Target(kind="maildir", path=md, identity=identity_of(mailuser))
     with pytest.raises(PermFail):
-        quota.check(t, 25, cfg)
-    quota.check(t, 24, cfg)
+        check(t, 25, cfg)
+    check(t, 24, cfg)
     assert dovecot.save(message(24)).returncode == 0      # 1024 == 1024
     with pytest.raises(PermFail):
-        quota.check(t, 1, cfg)
+        check(t, 1, cfg)
 
 
 # --- at delivery, through the installed pymda ---------------------------------

@@ -31,6 +31,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import textwrap
 
 DOVEADM = "/usr/bin/doveadm"
 
@@ -144,6 +145,32 @@ def read_mbox(path):
         shutil.rmtree(top, ignore_errors=True)
 
 
+def computed_virtual_sizes(path, folder="INBOX"):
+    """{file name: size.virtual} as dovecot COMPUTES it from the content.
+
+    dovecot takes ``W=`` from a Maildir name without reading the file, so
+    the copy's names lose their ``,W=`` (and ``,S=``) first; the result is
+    keyed by the original names.
+    """
+    top, uid, gid = _private_copy(path, "maildir")
+    try:
+        sub_dir = os.path.join(top, "Maildir") if folder == "INBOX" else \
+            os.path.join(top, "Maildir", "." + folder)
+        originals = []
+        for sub in ("new", "cur"):
+            for name in sorted(os.listdir(os.path.join(sub_dir, sub))):
+                base, _, info = name.partition(":")
+                bare = base.split(",")[0] + (":" + info if info else "")
+                os.rename(os.path.join(sub_dir, sub, name), os.path.join(sub_dir, sub, bare))
+                originals.append((bare, name))
+        out = doveadm(top, uid, gid, f"maildir:{top}/Maildir",
+                      ["-f", "tab", "fetch", "guid size.virtual", "mailbox", folder, "all"])
+        sizes = dict(line.split("\t") for line in out.decode().splitlines()[1:])
+        return {name: int(sizes[bare.split(":")[0]]) for bare, name in originals}
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def folders(path):
     """Folder names dovecot sees in Maildir ``path``."""
     top, uid, gid = _private_copy(path, "maildir")
@@ -152,3 +179,61 @@ def folders(path):
         return sorted(out.decode().split())
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+class QuotaDovecot:
+    """doveadm against one user's Maildir (as that user, no auth service),
+    with the `maildir` quota backend when a rule is given."""
+
+    def __init__(self, tmp_path, user, maildir, rule=None):
+        """``rule``: dovecot's quota_rule (``storage=10K:messages=5``); None:
+        no quota plugin (a plain mail user, as for subscriptions)."""
+        self.user = user
+        self.conf = tmp_path / "dovecot.conf"
+        quota = textwrap.dedent(f"""
+            mail_plugins = quota
+            plugin {{
+              quota = maildir:User quota
+              quota_rule = *:{rule}
+            }}
+        """) if rule else ""
+        self.conf.write_text(textwrap.dedent(f"""
+            base_dir = {tmp_path}/dovecot-run
+            state_dir = {tmp_path}/dovecot-state
+            log_path = /dev/stderr
+            ssl = no
+            mail_location = maildir:{maildir}
+        """) + quota)
+
+    def run(self, *args, input_bytes=None):
+        env = {"PATH": "/usr/bin:/bin", "USER": self.user.name, "HOME": str(self.user.home)}
+        return subprocess.run(
+            [DOVEADM, "-c", str(self.conf), "-o", f"mail_uid={self.user.uid}",
+             "-o", f"mail_gid={self.user.gid}", *args],
+            input=input_bytes, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            check=False,
+        )
+
+    def quota_get(self):
+        """{"STORAGE": (kilobytes, limit), "MESSAGE": (count, limit)}"""
+        proc = self.run("-f", "tab", "quota", "get")
+        assert proc.returncode == 0, proc.stderr
+        rows = [line.split("\t") for line in proc.stdout.decode().splitlines()[1:]]
+        return {r[1]: (int(r[2]), int(r[3]) if r[3] != "-" else None) for r in rows}
+
+    def recalc(self):
+        proc = self.run("quota", "recalc")
+        assert proc.returncode == 0, proc.stderr
+
+    def save(self, data, mailbox="INBOX"):
+        return self.run("save", "-m", mailbox, input_bytes=data)
+
+    def ok(self, *args):
+        """stdout of a doveadm command that must succeed."""
+        proc = self.run(*args)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def subscribed(self):
+        """Folder names dovecot lists as subscribed (``mailbox list -s``)."""
+        return sorted(self.ok("mailbox", "list", "-s").decode().splitlines())
