@@ -284,14 +284,6 @@ def stored_chunks(message, cfg):
     return chunks
 
 
-def stored_length(message, cfg):
-    """len(b"".join(stored_chunks(message, cfg))), reading only the header
-    unless the message needs From-quoting."""
-    if message.needs_quoting:
-        return sum(len(piece) for piece in stored_chunks(message, cfg))
-    return sum(end - start for start, end in _kept_ranges(message))
-
-
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
@@ -340,13 +332,13 @@ def _append_locked(fd, path, st, records, message, prefix, sender, cfg):
         elif start >= 2 and last != b"\n\n":
             lead = b"\n"
     head = lead + format_from_line(sender) + prefix
-    if message.data is not None:  # small: transform once, know the length
+    if message.data is not None:  # small: transform it once
         body = (b"".join(stored_chunks(message, cfg)),)
-        length = len(body[0])
-    else:
+        marks = FromMarks((head, body[0], b"\n"))
+    else:  # spooled: one more pass (the record must come before the data)
         body = None
-        length = stored_length(message, cfg)
-    record = _write_record(records, st, start, len(lead), len(head) + length + 1, head)
+        marks = FromMarks(_chain(head, stored_chunks(message, cfg)))
+    record = _write_record(records, st, start, len(lead), marks, head)
     written = 0
     try:
         buf = bytearray(head)
@@ -420,16 +412,82 @@ def _start_time(pid):
         return 0
 
 
-def _write_record(records, st, start, lead, length, head):
+def _chain(head, chunks):
+    yield head
+    yield from chunks
+    yield b"\n"
+
+
+class FromMarks:
+    """Where the bytes of one append hold ``From `` (anywhere, not only at
+    a line start), with the 16 bytes after each: what the recovery accepts
+    after the append's start.  ``length``: the append's size.  More than
+    MAX marks: ``marks`` is None (the recovery then accepts none but the
+    From_ line)."""
+
+    MAX = 256
+    AFTER = 16
+
+    def __init__(self, pieces):
+        marks = []
+        done = 0  # absolute offset: occurrences starting before it are in marks
+        base = 0  # absolute offset of buf
+        buf = b""
+        keep = 5 + self.AFTER - 1
+        for piece in pieces:
+            buf += piece
+            i = buf.find(b"From ")
+            while i >= 0 and marks is not None and i + 5 + self.AFTER <= len(buf):
+                if base + i >= done:
+                    marks.append((base + i, buf[i + 5:i + 5 + self.AFTER]))
+                    done = base + i + 1
+                    if len(marks) > self.MAX:
+                        marks = None
+                        break
+                i = buf.find(b"From ", i + 1)
+            cut = max(0, len(buf) - keep)
+            base += cut
+            buf = buf[cut:]
+        i = buf.find(b"From ")
+        while i >= 0 and marks is not None:
+            if base + i >= done:
+                marks.append((base + i, buf[i + 5:i + 5 + self.AFTER]))
+                done = base + i + 1
+            i = buf.find(b"From ", i + 1)
+        self.length = base + len(buf)
+        self.marks = marks
+
+    def encode(self):
+        if self.marks is None or len(self.marks) > self.MAX:
+            return b"many"
+        return b",".join(b"%d:%s" % (pos, after.hex().encode()) for pos, after in self.marks) \
+            or b"none"
+
+    @staticmethod
+    def decode(text):
+        if text == b"many":
+            return None
+        if text == b"none":
+            return {}
+        marks = {}
+        for item in text.split(b","):
+            pos, _, after = item.partition(b":")
+            marks[int(pos)] = bytes.fromhex(after.decode("ascii"))
+        return marks
+
+
+def _write_record(records, st, start, lead, marks, head):
     """Create and fsync the record of the append about to start.
 
     Returns (path, fd) or None when no place would take it (the append
     then goes ahead unprotected, as before this existed).
     """
     pid = os.getpid()
-    text = b"%s dev=%d ino=%d start=%d lead=%d length=%d pid=%d since=%d host=%s head=%s\n" % (
-        RECORD_MAGIC, st.st_dev, st.st_ino, start, lead, length, pid, _start_time(pid),
-        _hostname().encode("utf-8", "surrogateescape"), head[:_RECORD_HEAD].hex().encode())
+    text = (b"%s dev=%d ino=%d start=%d lead=%d length=%d pid=%d since=%d host=%s head=%s"
+            b" froms=%s\n") % (
+        RECORD_MAGIC, st.st_dev, st.st_ino, start, lead, marks.length, pid, _start_time(pid),
+        _hostname().encode("utf-8", "surrogateescape"), head[:_RECORD_HEAD].hex().encode(),
+        marks.encode())
     for rpath in records:
         try:
             rfd = os.open(rpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -473,6 +531,7 @@ def _parse_record(data):
             rec[key] = int(rec[key])
         rec["host"] = rec["host"].decode("utf-8", "surrogateescape")
         rec["head"] = bytes.fromhex(rec["head"].decode("ascii"))
+        rec["froms"] = FromMarks.decode(rec["froms"])
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
     return rec
@@ -498,7 +557,7 @@ def recover(fd, path, st, records, log=None):
             continue
         try:
             rst = os.fstat(rfd)
-            data = os.read(rfd, 65536)
+            data = os.read(rfd, 1 << 20)
         except OSError:
             data = rst = None
         finally:
@@ -512,6 +571,27 @@ def recover(fd, path, st, records, log=None):
             os.unlink(rpath)
         except OSError:
             pass
+
+
+def _only_our_froms(fd, start, size, rec):
+    marks = rec["froms"]
+    if marks is None:  # too many to record: only our From_ line may be there
+        marks = {rec["lead"]: rec["head"][rec["lead"] + 5:rec["lead"] + 5 + FromMarks.AFTER]}
+    after = FromMarks.AFTER
+    pos = start
+    while pos < size:
+        piece = os.pread(fd, min(CHUNK + 4 + after, size - pos), pos)
+        if not piece:
+            break
+        i = piece.find(b"From ")
+        while 0 <= i < CHUNK:
+            ours = marks.get(pos + i - start)
+            seen = piece[i + 5:i + 5 + after]
+            if ours is None or ours[:len(seen)] != seen:
+                return False
+            i = piece.find(b"From ", i + 1)
+        pos += CHUNK
+    return True
 
 
 def _settle(fd, path, st, rpath, rec, log):
@@ -541,20 +621,13 @@ def _settle(fd, path, st, rpath, rec, log):
     if got != head[:len(got)]:
         warn("unfinished append record does not match the mailbox: left as it is")
         return
-    # Our From_ line starts at start + lead; our bytes hold no other line
-    # starting with "From " (mboxrd/mboxo quoting): one more means someone
-    # else appended after the crash.
-    pos = start + rec["lead"]
-    carry = b""
-    while pos < size:
-        piece = os.pread(fd, min(CHUNK, size - pos), pos)
-        if not piece:
-            break
-        if b"\nFrom " in carry + piece:
-            warn("unfinished append followed by other mail: left as it is")
-            return
-        carry = piece[-5:]
-        pos += len(piece)
+    # Whoever appends to an mbox starts with "From " - at a line start or
+    # not (procmail and postfix do not end a cut line first): any "From "
+    # that is not one of ours, at its place with the bytes after it, means
+    # someone appended after the crash.
+    if not _only_our_froms(fd, start, size, rec):
+        warn("unfinished append followed by other mail: left as it is")
+        return
     try:
         os.ftruncate(fd, start)
         os.fsync(fd)
