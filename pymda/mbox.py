@@ -15,11 +15,24 @@ regular file with one link, owned by ``uid``; after locking, the path must
 still name the same inode (a mail reader may have replaced the mbox while
 we waited).  A missing mbox is created 0600 with O_EXCL.
 
+IMAP STATE HEADERS: ``X-IMAP``, ``X-IMAPbase``, ``X-UID``, ``Status``,
+``X-Status``, ``X-Keywords`` and ``Content-Length`` fields (any case,
+with their folded lines) are removed from the message header before the
+append, so that a sender cannot set dovecot's flags, keywords or UIDs.
+Only the header is read for it (streamed, in windows); the body and
+Maildir deliveries are untouched.  ``stored_chunks`` is that form (also
+used by redeliver to recognise a message already appended).
+
 DURABILITY: the write is undone on any error - the file is truncated back
 to its length before the append, while still locked - and success is
 reported only after fsync.  The existing file is never read (one pread of
 its last two bytes to keep messages separated by an empty line), so
 appending costs the same for a 2 GB mbox as for an empty one.
+A kill -9 cannot undo its own write: an fsynced append record (start,
+length, pid, host, where its bytes hold "From ") is written before the
+data and removed after the fsync; the next append, under the lock, undoes
+a dead writer's partial message when nothing else was appended after it
+(``recover``; the exact rule and its limits: docs/mbox.md).
 
 Mail readers see new mail when mtime > atime: after writing, an atime at
 or past the new mtime is set back to just before it.
