@@ -11,7 +11,8 @@
   Debian-like spool (2775 root:mail, the user cannot create files there:
   the record is in the home directory).
 - The partial message is left alone when something else was appended
-  after it (here: procmail).
+  after it (here: procmail), and when its writer is alive (stopped, its
+  dotlock broken by the mtime rule): that delivery defers with 4.2.0.
 - Stress: 30 concurrent writers into one mbox, the lock holder killed
   with SIGKILL at random points many times (killed deliveries retried, as
   postfix retries a delivery that died): every message is present and
@@ -111,6 +112,7 @@ def kill_while_writing(proc, mbox, before, expected_total):
         assert time.monotonic() < deadline, "pymda never started writing"
         time.sleep(0.0005)
     os.kill(proc.pid, signal.SIGSTOP)
+    time.sleep(0.2)  # the write() under way when it stopped completes
     size = os.path.getsize(mbox)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -164,6 +166,38 @@ def test_partial_message_followed_by_other_mail_is_left(test_user, tmp_path):
     assert data.startswith(after_procmail)
     assert data.endswith(mboxfmt.expected(SMALL, SENDER, recipient_of(test_user)) + b"\n")
     assert not test_user.path(".mbox.pymda-append").exists()
+
+
+def test_record_of_a_live_writer_defers(test_user, tmp_path):
+    """A writer that is stopped, not dead, in the middle of its append, and
+    whose dotlock was broken by the mtime rule (dotlock only, a tiny
+    stale_lock_time): the next delivery must not cut its message; it
+    defers with 4.2.0 and leaves the mbox as it is."""
+    test_user.write("mbox", OLD)
+    mbox = test_user.path("mbox")
+    dot_only = ["-o", "mbox_locks=[\"dotlock\"]", "-o", "stale_lock_time=1"]
+    msg = big_message(b"stopped")
+    proc = start_as(test_user, ["-f", SENDER, "-a", recipient_of(test_user), "--mailbox",
+                                "mbox", *dot_only], msg, tmp_path, "big")
+    try:
+        while mbox.stat().st_size <= len(OLD):
+            assert proc.poll() is None
+            time.sleep(0.0005)
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(0.2)  # the write() under way when it stopped completes
+        size = mbox.stat().st_size
+        if size - len(OLD) >= len(msg):
+            pytest.skip("the writer finished before it could be stopped")
+        time.sleep(2.5)  # its dotlock is now older than stale_lock_time
+        result = put(test_user, [*dot_only, "-o", "lock_timeout=10"])
+        assert_failure(result, EX_TEMPFAIL, LOCKED)
+        assert b"unfinished append by running process" in result.output
+        assert mbox.stat().st_size == size
+        assert test_user.path(".mbox.pymda-append").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
 
 
 @pytest.fixture
