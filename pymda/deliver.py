@@ -215,7 +215,7 @@ def _write_target(target, message, envelope, cfg, log, prefix, flags=None):
 
         mbox.append(
             target.path, message, prefix, envelope.sender, cfg,
-            target.identity.uid, log, spool_dir=target.spool,
+            target.identity.uid, log, spool_dir=target.spool, home=target.identity.home,
         )
         return target.path
     if target.kind == "pipe":

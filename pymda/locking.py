@@ -13,12 +13,26 @@ holder is done (procmail sleeps 8 s, maildrop 5 s).
 
 DOTLOCK (``<mbox>.lock``): created NFS-safely by writing a unique file in
 the same directory and link()ing it to the lock name (a link that returns
-an error but left st_nlink == 2 also counts, as on NFS).  A lock whose
-mtime is older than ``stale_lock_time`` is removed.  When the directory
-does not let us create files (Debian's /var/mail is 2775 root:mail and
-postfix runs mailbox_command without the mail group), the setgid helper
-``dotlockfile`` (liblockfile-bin) makes the lock, as Debian policy 11.6
-says; without it, fcntl alone is used and a warning logged.
+an error but left st_nlink == 2 also counts, as on NFS).  It holds
+``<pid>\n<host>\n`` (liblockfile writes ``<pid>\n`` and reads the first
+number; postfix writes nothing, procmail ``0``).  A lock is stale, and
+removed, when
+- its mtime is older than ``stale_lock_time`` (any lock, any host: NFS), or
+- it names a pid that no longer exists on this host (liblockfile's rule):
+  the host is the second line, or for a bare ``<pid>`` lock, the lock's
+  file system is a local one (/proc/self/mountinfo).  Empty, unreadable
+  or foreign-host locks keep only the mtime rule.
+When the directory does not let us create files (Debian's /var/mail is
+2775 root:mail and postfix runs mailbox_command without the mail group),
+the setgid helper ``dotlockfile`` (liblockfile-bin) makes the lock, as
+Debian policy 11.6 says (``-p``: it applies the same pid rule itself).
+Without the helper, or when the helper cannot create the lock either (it
+exits 2 and the directory is not writable by its group: a permanent
+condition), fcntl alone is used and a warning logged.
+
+LIMITATIONS: a pid of another pid namespace (a container sharing the
+spool over a bind mount) looks dead: such setups must use distinct host
+names (our locks) or keep liblockfile's own locks out of it.
 
 The fcntl lock is a POSIX record lock on the whole file (what procmail
 and postfix use, and what ``fcntl.lockf`` calls), on the open mbox fd.
@@ -26,6 +40,7 @@ and postfix use, and what ``fcntl.lockf`` calls), on the open mbox fd.
 
 import errno
 import fcntl
+import stat
 import time
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
@@ -63,7 +78,7 @@ def try_dotlock(lockpath):
             raise _NoDotlock(exc.strerror) from None
         raise
     try:
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()}\n{_hostname()}\n".encode())
         try:
             os.link(tmp, lockpath)
             return True
@@ -80,23 +95,112 @@ def try_dotlock(lockpath):
             pass
 
 
+_LOCAL_FS = frozenset((
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "zfs", "f2fs",
+    "reiserfs", "jfs", "bcachefs", "nilfs2", "overlay", "vfat", "exfat", "ntfs3",
+))
+_local_devices = {}
+
+
+def _on_local_fs(st):
+    """Is the file of stat ``st`` on a local (not network) file system?"""
+    dev = st.st_dev
+    if dev not in _local_devices:
+        wanted = f"{os.major(dev)}:{os.minor(dev)}"
+        local = False
+        try:
+            with open("/proc/self/mountinfo", "rb") as f:
+                for line in f:
+                    fields = line.split(b" - ", 1)
+                    left = fields[0].split()
+                    if len(fields) == 2 and len(left) > 2 and left[2].decode() == wanted:
+                        local = fields[1].split()[0].decode() in _LOCAL_FS
+                        break
+        except (OSError, UnicodeDecodeError, IndexError):
+            local = False
+        _local_devices[dev] = local
+    return _local_devices[dev]
+
+
+def process_gone(pid):
+    """True when no process ``pid`` exists (on this host, this namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # EPERM: it exists, another user's
+    return False
+
+
+def _holder_dead(lockpath, st):
+    """Does the lock ``st`` name a process of this host that is gone?"""
+    try:
+        fd = os.open(lockpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_ino != st.st_ino:
+            return False
+        data = os.read(fd, 512)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    fields = data.split()
+    if not fields or not fields[0].isdigit() or len(fields[0]) > 10:
+        return False  # empty (postfix), "0" (procmail), garbage: mtime only
+    pid = int(fields[0])
+    if pid <= 1:
+        return False
+    if len(fields) > 1:
+        if fields[1].decode("utf-8", "replace") != _hostname():
+            return False  # another host's lock (NFS): its pid means nothing here
+    elif not _on_local_fs(st):
+        return False
+    return process_gone(pid)
+
+
 def break_stale_dotlock(lockpath, stale_after):
-    """Remove ``lockpath`` if its mtime is older than ``stale_after``."""
+    """Remove ``lockpath`` if it is stale (see the module docstring).
+
+    Returns the reason it was removed ("old", "dead pid") or None; a lock
+    that vanished by itself counts as removed ("gone").
+    """
     try:
         st = os.lstat(lockpath)
     except FileNotFoundError:
-        return True
-    if time.time() - st.st_mtime <= stale_after:
-        return False
+        return "gone"
+    if time.time() - st.st_mtime > stale_after:
+        reason = f"older than {stale_after:g} s"
+    elif _holder_dead(lockpath, st):
+        reason = "its process is gone"
+    else:
+        return None
     try:
         # Only remove the lock we judged: it must not have been replaced.
         again = os.lstat(lockpath)
         if (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
             os.unlink(lockpath)
-            return True
+            return reason
     except OSError:
         pass
-    return False
+    return None
+
+
+def _helper_cannot_lock(lockpath):
+    """After dotlockfile exit 2 (L_TMPLOCK: no temporary lock file): is it
+    for good, the directory being writable neither by the helper's setgid
+    group nor by everyone?  (A full disk is not for good.)"""
+    try:
+        helper = os.stat(DOTLOCKFILE)
+        directory = os.stat(os.path.dirname(lockpath) or ".")
+    except OSError:
+        return True
+    if directory.st_mode & stat.S_IWOTH:
+        return False
+    return not (helper.st_mode & stat.S_ISGID and directory.st_gid == helper.st_gid
+                and directory.st_mode & stat.S_IWGRP)
 
 
 def _run_dotlockfile(args):
@@ -173,9 +277,10 @@ def lock_mbox(path, fd, cfg, log=None):
                     held_dot = "link"
                 else:
                     busy = lockpath
-                    if break_stale_dotlock(lockpath, cfg.stale_lock_time):
-                        if log:
-                            log.warning(f"removed stale lock {lockpath}")
+                    reason = break_stale_dotlock(lockpath, cfg.stale_lock_time)
+                    if reason:
+                        if log and reason != "gone":
+                            log.warning(f"removed stale lock {lockpath}: {reason}")
                         continue
             except _NoDotlock as exc:
                 if os.access(DOTLOCKFILE, os.X_OK):
@@ -194,6 +299,14 @@ def lock_mbox(path, fd, cfg, log=None):
             code = _run_dotlockfile(["-l", "-r", "0", "-p", "-q", lockpath])
             if code == 0:
                 held_dot = "dotlockfile"
+            elif code == 1 or (code == 2 and _helper_cannot_lock(lockpath)):
+                dot_mode = None
+                if log:
+                    log.warning(
+                        f"{DOTLOCKFILE} cannot create {lockpath} (exit {code}):"
+                        " using fcntl locking only"
+                    )
+                continue
             else:
                 busy = lockpath
         if dot_mode is None or held_dot:

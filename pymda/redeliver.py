@@ -69,8 +69,9 @@ too - a stuck dotlock would cost ``lock_timeout`` seconds per message.
 LIMITATIONS:
 - Pipes and forwards (``--forward``) cannot be checked after a kill: a
   message interrupted between P and D is sent to them again.
-- A torn mbox append left by kill -9 during the write stays in the mbox
-  (the writer cannot undo it once dead); the message is appended again.
+- A torn mbox append left by kill -9 during the write is undone by the
+  next append to that mbox (docs/mbox.md: only when nothing else was
+  appended after it); the message is appended again.
 - The plan is made once per batch (the same targets for every message).
 """
 
@@ -291,9 +292,9 @@ def already_in_maildir(directory, message, prefix):
 
 def already_in_mbox(path, offset, message, prefix, cfg):
     """Does the mbox hold this message (From_ line, bytes) at ``offset``?"""
-    from pymda.mbox import quote_lines
+    from pymda.mbox import stored_chunks
 
-    body = prefix + b"".join(quote_lines(message.chunks(), cfg.mbox_quoting)) + b"\n"
+    body = prefix + b"".join(stored_chunks(message, cfg)) + b"\n"
     try:
         with open(path, "rb") as f:
             f.seek(offset)

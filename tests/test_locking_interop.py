@@ -130,3 +130,36 @@ def test_dotlockfile_lock_is_honoured(test_user):
     assert code == EX_TEMPFAIL, out
     assert out.startswith(b"4."), out
     assert mbox.read_bytes() == b""
+
+
+def test_spool_nobody_may_lock_in_falls_back_to_fcntl_at_once(make_user):
+    """Issue 8 item 12: a root-owned 0755 spool directory: neither the user
+    nor dotlockfile's group mail can create the dotlock.  dotlockfile exits 2
+    for good: pymda must not wait lock_timeout and defer for ever, but
+    deliver under the fcntl lock alone, saying so in the log."""
+    import shutil
+
+    if not os.access(procmail.DOTLOCKFILE, os.X_OK):
+        pytest.skip("dotlockfile not installed")
+    user = make_user()
+    spool = f"/var/tmp/pymda-rootspool-{os.getpid()}"
+    os.mkdir(spool)
+    os.chmod(spool, 0o755)
+    try:
+        start = time.monotonic()
+        code, out = run_pymda(
+            ["-v", "-d", user.name, "-f", SENDER, "-a", f"{user.name}@localhost",
+             "-o", f"mail_spool_directory={spool}",
+             "-o", "lock_timeout=10"], make_message(b"rootspool"), timeout=60)
+        elapsed = time.monotonic() - start
+        assert code == EX_OK, out
+        assert elapsed < 5, f"took {elapsed:.1f}s: waited for a lock nobody can make"
+        assert b"using fcntl locking only" in out, out
+        mbox = os.path.join(spool, user.name)
+        with open(mbox, "rb") as f:
+            parsed = mboxfmt.split_mbox(f.read())
+        assert [m for _, m in parsed] == [
+            mboxfmt.expected(make_message(b"rootspool"), SENDER, f"{user.name}@localhost")]
+        assert sorted(os.listdir(spool)) == [user.name]
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)

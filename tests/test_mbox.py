@@ -303,17 +303,19 @@ def test_stale_lock_time_setting(test_user):
 
 
 def test_live_dotlock_times_out_75(test_user):
-    """Control for the stale case: a young dotlock is honoured."""
+    """Control for the stale case: a young dotlock of a live process is
+    honoured (the pid is this test's: a dead one makes it stale at once)."""
     old_mbox = b"From a@b  Tue Nov 24 22:08:05 2026\nSubject: old\n\nold\n\n"
     test_user.write("mbox", old_mbox)
-    lock = test_user.write("mbox.lock", b"12345\n", mode=0o644)
+    holder = f"{os.getpid()}\n".encode()
+    lock = test_user.write("mbox.lock", holder, mode=0o644)
     start = time.monotonic()
     result = put(test_user, ["-o", "lock_timeout=1"])
     elapsed = time.monotonic() - start
     assert_failure(result, EX_TEMPFAIL, LOCKED)
     assert 1 <= elapsed < 10
     assert mbox_of(test_user).read_bytes() == old_mbox
-    assert lock.read_bytes() == b"12345\n"
+    assert lock.read_bytes() == holder
 
 
 def hold_fcntl(path):

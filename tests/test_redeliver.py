@@ -393,7 +393,8 @@ def test_a_locked_mailbox_stops_the_batch(admin, tmp_path):
                              b"body\n\n" % i for i in range(20)))
     target = tmp_path / "t.mbox"
     target.write_bytes(b"")
-    (tmp_path / "t.mbox.lock").write_bytes(b"99999\n")
+    # a live pid (this test's): a dead one would make the lock stale at once
+    (tmp_path / "t.mbox.lock").write_bytes(b"%d\n" % os.getpid())
     args = ["redeliver", "--mailbox", target, "-o", f"redeliver_record={tmp_path}/rec",
             "-o", "lock_timeout=1", src]
     started = time.monotonic()

@@ -3,6 +3,8 @@
 ``read_maildir(path)`` / ``read_mbox(path)`` -> list of message bytes, in
 dovecot's order (UIDs), exactly as dovecot would serve them over IMAP
 (``text`` = header + body).  ``folders(maildir)`` -> folder names.
+``mbox_flags(path)`` -> [(uid, {flag, ...}), ...] as dovecot sees them
+(system flags and keywords, e.g. ``\\Seen``, ``\\Deleted``, ``$Junk``).
 
 How (documented in docs/testing.md): doveadm needs no running dovecot and
 no auth service when it is run WITHOUT ``-u`` as the mailbox's owner: it
@@ -237,3 +239,20 @@ class QuotaDovecot:
     def subscribed(self):
         """Folder names dovecot lists as subscribed (``mailbox list -s``)."""
         return sorted(self.ok("mailbox", "list", "-s").decode().splitlines())
+
+
+def mbox_flags(path):
+    """[(uid, set of flags)] of the mbox file ``path`` as dovecot's INBOX."""
+    top, uid, gid = _private_copy(path, "mbox")
+    try:
+        out = doveadm(top, uid, gid, f"mbox:{top}/mail:INBOX={top}/mbox",
+                      ["fetch", "uid flags", "mailbox", "INBOX", "all"])
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    result = []
+    for block in out.decode().split("\f\n"):
+        fields = dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "")
+                      for line in block.splitlines() if line)
+        if fields:
+            result.append((int(fields["uid"]), set(fields.get("flags", "").split())))
+    return result
