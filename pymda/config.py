@@ -144,6 +144,11 @@ KEYS = {
     "lmtp_idle_timeout": (300, _number),
     "lmtp_max_connections": (100, _count),
     "policy_nouser": ("DUNNO", _str),
+    # issue 15: pymda-policyd resolves recipients through postfix's alias maps
+    # (aliases.py, docs/quotas.md "Aliases at SMTP time"), with postfix's tools
+    "policy_aliases": (True, _bool),
+    "policy_alias_cache_ttl": (60, _number),
+    "postfix_command_directory": ("/usr/sbin", _abspath),
     # issue 3: per-user record of completed targets (state.py, README ".forward")
     "state_file": ("$home/.pymda-state.sqlite", _str),
     # issue 5: pymda-admin redeliver's record of redelivered messages
