@@ -3,8 +3,10 @@
 Contract: ``Resolver(cfg, log).resolve(address)`` -> ``Resolution``: the
 final recipients postfix will deliver ``address`` to, and the chain of
 lookups that led there (for ``pymda-admin explain``).  Raises
-``MapError`` when postconf or a map cannot be queried: the caller answers
-``DUNNO`` and logs it, never refuses.
+``MapError`` when a map cannot be queried: the caller answers ``DUNNO``
+and logs it, never refuses.  When ``postconf`` itself fails (no postfix
+on this host, no main.cf) there are no maps to follow: the address is
+its own final recipient and a warning is logged once per cache period.
 
 The walk (``walk``) is pure: it asks a ``lookup(stage, address)``
 callable for one rewriting step and never touches a process or a file.
@@ -375,7 +377,14 @@ class Resolver:
 
         def compute():
             argv = [os.path.join(self.directory, "postconf"), "-xh", *POSTCONF_NAMES]
-            return parse_postconf(self._run(argv, "").splitlines())
+            try:
+                return parse_postconf(self._run(argv, "").splitlines())
+            except MapError as exc:
+                # no postfix here (policyd serving a remote MTA, no main.cf):
+                # no maps to follow; said once per cache period
+                if self.log is not None:
+                    self.log.warning(f"aliases not followed: postfix settings unreadable: {exc}")
+                return None
 
         return self._cached(("postconf",), compute)
 
@@ -434,6 +443,8 @@ class Resolver:
         """Resolution of one recipient address (raises MapError)."""
         settings = self.settings()
         address = address.strip().strip("<>")
+        if settings is None:
+            return Resolution(finals=(Final(address=address),), steps=(), loops=())
         if "@" not in address:
             address = f"{address}@{settings.myorigin}"
         return walk(address, lambda stage, a: self.lookup(settings, stage, a),
