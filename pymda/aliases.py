@@ -293,6 +293,12 @@ def parse_postconf(lines):
         elif not entry.startswith("/"):
             names.add(entry.lower())
     myorigin = values["myorigin"].strip().lower()
+    if myorigin.startswith("/"):  # Debian: myorigin = /etc/mailname
+        try:
+            with open(myorigin, encoding="utf-8", errors="replace") as f:
+                myorigin = (f.readline().strip() or myorigin).lower()
+        except OSError as exc:
+            raise MapError(f"myorigin {myorigin}: {exc.strerror}") from None
     names.add(myorigin)
     return Settings(virtual_maps=tables(values["virtual_alias_maps"]),
                     alias_maps=tables(values["alias_maps"]),

@@ -14,7 +14,6 @@ import os
 import smtplib
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import paths  # noqa: E402
-from support.policyd import start_policyd  # noqa: E402
+from support.policyd import full_and_roomy, start_policyd, world_readable_config  # noqa: E402
 
 SMTP_HOST = "127.0.0.1"
 SMTP_PORT = 25
@@ -61,17 +60,11 @@ def write_maps(full, roomy):
 
 @pytest.fixture
 def setup(postfix, make_user):
-    full, roomy = make_user(), make_user()
-    for user in (full, roomy):
-        for sub in ("new", "cur", "tmp"):
-            user.mkdir(f"Maildir/{sub}")
-    full.write("Maildir/maildirsize", f"{LIMIT}S\n{LIMIT} 1\n".encode())
-    cfg_dir = Path(tempfile.mkdtemp(prefix="pymda-aliases-e2e-"))
-    os.chmod(cfg_dir, 0o755)
-    cfg = cfg_dir / "pymda.toml"
+    full, roomy = full_and_roomy(make_user, LIMIT)
     # ttl 0: every request asks the maps again (a test changes main.cf)
-    cfg.write_text(f'mailbox = "Maildir/"\nquota_storage = {LIMIT}\npolicy_alias_cache_ttl = 0\n')
-    os.chmod(cfg, 0o644)
+    cfg = world_readable_config(
+        f'mailbox = "Maildir/"\nquota_storage = {LIMIT}\npolicy_alias_cache_ttl = 0\n',
+        prefix="pymda-aliases-e2e-")
     write_maps(full, roomy)
     postfix.write_aliases({"staff": f"{full.name}, {roomy.name}"})
     policyd = start_policyd(cfg)
@@ -88,9 +81,8 @@ def setup(postfix, make_user):
         postfix.reset()
         for p in (VIRTUAL_MAP, Path(f"{VIRTUAL_MAP}.db"), DOTS_MAP):
             p.unlink(missing_ok=True)
-        for p in cfg_dir.iterdir():
-            p.unlink()
-        cfg_dir.rmdir()
+        cfg.unlink()
+        cfg.parent.rmdir()
 
 
 def smtp(rcpt):

@@ -71,3 +71,27 @@ class PolicyD:
 
 def start_policyd(cfg_path, *args, env=None):
     return PolicyD(cfg_path, *args, env=env)
+
+
+def full_and_roomy(make_user, limit):
+    """Two users with a Maildir: one whose maildirsize is at ``limit``, one empty."""
+    full, roomy = make_user(), make_user()
+    for user in (full, roomy):
+        for sub in ("new", "cur", "tmp"):
+            user.mkdir(f"Maildir/{sub}")
+    full.write("Maildir/maildirsize", f"{limit}S\n{limit} 1\n".encode())
+    return full, roomy
+
+
+def world_readable_config(text, prefix="pymda-test-"):
+    """A pymda.toml in a fresh 0755 directory (pymda runs as the user; pytest's
+    tmp is 0700): returns its Path; remove its directory when done."""
+    import os
+    from pathlib import Path
+
+    cfg_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(cfg_dir, 0o755)
+    cfg = cfg_dir / "pymda.toml"
+    cfg.write_text(text)
+    os.chmod(cfg, 0o644)
+    return cfg
