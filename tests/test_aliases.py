@@ -192,3 +192,17 @@ def test_decide_refuses_only_when_every_final_is_full(maps):
 def test_decide_with_an_unreadable_map_is_dunno(maps, tmp_path):
     maps.write(extra=f"virtual_alias_maps = hash:{tmp_path}/missing\n")
     assert decide("info@example.org", {"alice@example.org", "info@example.org"}) == DUNNO
+
+
+def test_parse_postconf_reads_myorigin_from_a_file(tmp_path):
+    mailname = tmp_path / "mailname"
+    mailname.write_text("Mail.Example.ORG\n")
+    values = ["hash:/v, regexp:/r", "hash:/etc/aliases", "localhost, $myorigin, hash:/d",
+              str(mailname), "+-", "canonical, virtual"]
+    s = aliases.parse_postconf(values)
+    assert s.virtual_maps == ("hash:/v", "regexp:/r") and s.alias_maps == ("hash:/etc/aliases",)
+    assert s.myorigin == "mail.example.org" and s.domain_tables == ("hash:/d",)
+    assert s.local_names == {"localhost", "$myorigin", "mail.example.org"}
+    assert s.delimiter == "+-" and s.propagate == {"canonical", "virtual"}
+    assert aliases.split_extension("owner-list", "+-") == ("owner-list", "")
+    assert aliases.split_extension("a-b+c", "+-") == ("a", "-b+c")

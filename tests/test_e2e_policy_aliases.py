@@ -32,6 +32,8 @@ REJECT_TEXT = b"Mailbox is full"
 DUNNO = b"action=DUNNO\n\n"
 FULL = b"action=552 5.2.2 Mailbox is full\n\n"
 LIMIT = 20000
+VIRTUAL_LOOP_CODE = 451  # postfix cleanup(8), at the end of DATA
+VIRTUAL_LOOP_REPLY = b"4.6.0 Alias expansion error"
 SENDER = "sender@remote.invalid"
 VIRTUAL_MAP = Path("/etc/postfix/pymda-test-virtual")
 DOTS_MAP = Path("/etc/postfix/pymda-test-dots")
@@ -66,7 +68,8 @@ def setup(postfix, make_user):
         f'mailbox = "Maildir/"\nquota_storage = {LIMIT}\npolicy_alias_cache_ttl = 0\n',
         prefix="pymda-aliases-e2e-")
     write_maps(full, roomy)
-    postfix.write_aliases({"staff": f"{full.name}, {roomy.name}"})
+    postfix.write_aliases({"staff": f"{full.name}, {roomy.name}",
+                           "aloop1": "aloop2", "aloop2": "aloop1"})
     policyd = start_policyd(cfg)
     postfix.reset(
         mydestination="localhost, $myhostname, example.org",
@@ -135,9 +138,17 @@ def test_list_with_one_full_member_is_accepted_and_the_other_gets_it(setup):
     assert maildir_messages(full) == []
 
 
-def test_alias_loop_terminates_with_dunno(setup):
+def test_alias_loops_terminate_with_dunno(setup):
     postfix, policyd, full, roomy, _ = setup
     assert policyd.ask({"recipient": "loop1@example.org", "size": 10**9}) == DUNNO
+    assert policyd.ask({"recipient": "aloop1@example.org", "size": 10**9}) == DUNNO
+    # through postfix: the policy service answers (no 451 4.3.5 for a
+    # service that did not), and does not refuse; postfix's cleanup then
+    # rejects its own virtual alias loop, local(8) handles the alias one
+    code, reply = smtp("loop1@example.org")
+    assert (code, reply) == (VIRTUAL_LOOP_CODE, VIRTUAL_LOOP_REPLY)
+    code, reply = smtp("aloop1@example.org")
+    assert code == ACCEPTED, reply
     # the full user itself, asked the same way, is refused (the service works)
     assert policyd.ask({"recipient": f"{full.name}@example.org", "size": 10**9}) == FULL
 
