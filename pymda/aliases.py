@@ -48,6 +48,13 @@ settings are kept for ``policy_alias_cache_ttl`` seconds; at most
 of pymda-policyd share it).  Tools come from ``postfix_command_directory``,
 whatever PATH is; the environment (``MAIL_CONFIG``) is passed on.
 
+SECURITY: the address comes from the SMTP client.  It reaches the tools
+only on their standard input, one key per line (never as an argument or
+through a shell); an address with white space or a control character is
+not looked up at all.  Table names come from postconf.  The tools run
+with pymda-policyd's rights and environment: as root, postmap can read
+every table postfix can.
+
 LIMITATIONS:
 - ``inet_interfaces``/``proxy_interfaces`` address literals
   (``user@[192.0.2.1]``) are not local domains here; ``/file`` entries in
