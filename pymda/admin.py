@@ -195,24 +195,40 @@ def explain(address, user, folder, mailbox, forward, as_json, aliases, config_pa
     return 0
 
 
+def _delivered_here(cfg, resolver, settings, address):
+    """A virtual user of pymda's, or an address in one of postfix's local domains."""
+    from pymda.address import split_address
+
+    _, domain, base, _ = split_address(address, cfg.recipient_delimiter)
+    return bool(cfg.user(f"{base}@{domain}")) or resolver.is_local(settings, domain)
+
+
 def explain_aliases(cfg, address):
     """Print the alias chain postfix's maps give ``address`` (SPEC 4), then
-    the plan of each final recipient, each in a child process (the plan
-    switches to that user for good).  False when no map rewrites it."""
+    the plan of each final recipient in a local domain (or a virtual user
+    of pymda's), each in a child process (the plan switches to that user
+    for good).  False when no map rewrites it."""
     from pymda import aliases as aliases_mod
 
+    resolver = aliases_mod.Resolver(cfg)
     try:
-        resolution = aliases_mod.Resolver(cfg).resolve(address)
+        resolution = resolver.resolve(address)
+        if not resolution.rewritten:  # (also: no postfix settings)
+            return False
+        settings = resolver.settings()
+        local = {f.address: _delivered_here(cfg, resolver, settings, f.address)
+                 for f in resolution.finals if f.address}
     except aliases_mod.MapError as exc:
         click.echo(f"pymda-admin: warning: alias maps not followed: {exc}", err=True)
-        return False
-    if not resolution.rewritten:
         return False
     for line in aliases_mod.format_chain(resolution):
         click.echo(line)
     ctx = click.get_current_context()
     for final in resolution.finals:
         if final.address is None:
+            continue
+        if not local[final.address]:
+            click.echo(f"\n{final.address}: not a local domain (postfix sends it on)")
             continue
         click.echo(f"\n{final.address}:")
         sys.stdout.flush()

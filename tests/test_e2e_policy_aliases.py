@@ -55,6 +55,7 @@ def write_maps(full, roomy):
         chain3@example.org info@example.org
         loop1@example.org loop2@example.org
         loop2@example.org loop1@example.org
+        mixed@example.org {roomy.name}@example.org, someone@remote.invalid
         """))
     DOTS_MAP.write_text("/^(.*)\\.(.*@example\\.org)$/ $1$2\n")
     subprocess.run(["/usr/sbin/postmap", f"hash:{VIRTUAL_MAP}"], check=True)
@@ -162,14 +163,17 @@ def test_unreadable_map_gives_dunno_and_a_log_line(setup):
     assert str(MISSING_MAP) in policyd.output()
 
 
-def test_admin_explain_prints_the_chain_and_the_plan(setup):
-    postfix, policyd, full, roomy, cfg = setup
+def explain(cfg, address):
     proc = subprocess.run(
-        [str(paths.prefix() / "bin" / "pymda-admin"), "explain", "-c", str(cfg),
-         "chain1@example.org"],
+        [str(paths.prefix() / "bin" / "pymda-admin"), "explain", "-c", str(cfg), address],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
-    out = proc.stdout.decode()
+    return proc.stdout.decode()
+
+
+def test_admin_explain_prints_the_chain_and_the_plan(setup):
+    postfix, policyd, full, roomy, cfg = setup
+    out = explain(cfg, "chain1@example.org")
     table = f"(virtual_alias_maps hash:{VIRTUAL_MAP})"
     assert out.startswith(
         f"chain1@example.org -> chain2@example.org {table}\n"
@@ -178,3 +182,12 @@ def test_admin_explain_prints_the_chain_and_the_plan(setup):
         f"info@example.org -> {full.name}@example.org {table}\n"
         f"\n{full.name}@example.org:\n"), out
     assert str(full.home / "Maildir") in out
+
+
+def test_admin_explain_plans_only_local_final_recipients(setup):
+    postfix, policyd, full, roomy, cfg = setup
+    out = explain(cfg, "mixed@example.org")
+    assert out.startswith(f"mixed@example.org -> {roomy.name}@example.org, someone@remote.invalid "
+                          f"(virtual_alias_maps hash:{VIRTUAL_MAP})\n"), out
+    assert f"\n{roomy.name}@example.org:\n" in out and str(roomy.home / "Maildir") in out
+    assert out.rstrip().endswith("someone@remote.invalid: not a local domain (postfix sends it on)")
