@@ -2,7 +2,8 @@
 
 ``start_policyd(cfg_path, *args)`` -> PolicyD: started with ``-v`` (its log
 lines echo to stderr, collected in ``output()`` after ``stop()``) and
-``--listen inet:127.0.0.1:<free port>``; returns once the port accepts; ``stop()`` always (it closes the log).
+``--listen inet:127.0.0.1:<free port>``; returns once the port accepts;
+call ``stop()`` in every case (it closes the log).
 ``ask(attrs)`` sends one policy request and returns the answer bytes.
 """
 
