@@ -21,7 +21,16 @@ Usage (as root; stdlib only; about a minute):
    a digit but are not plain integers go through tomllib (~14 ms) in
    config.parse_value, which would measure the option parser, not quota.  Median and p90 wall time per delivery and the median
    difference.  Goal (issue 4): the check adds under 1 ms per delivery.
-3. In-process: ``quota.check`` + ``quota.record`` on a trusted
+3. Aliases (issue 15): pymda-policyd with a private postfix configuration
+   (``MAIL_CONFIG``: a hash ``virtual_alias_maps`` mapping
+   ``info@example.net`` to the user), one connection: requests/s with
+   ``policy_aliases = false``, on with a warm cache (for the alias and for
+   the user's own address), and on with ``policy_alias_cache_ttl = 0``
+   (every request runs postconf, postmap, postalias): its extra time per
+   request is a cold lookup's cost; and for a new address each time
+   (``new<i>+x@example.net``: settings cached, the maps asked).  Goal:
+   warm >= 80 % of off.
+4. In-process: ``quota.check`` + ``quota.record`` on a trusted
    ``maildirsize``, microseconds per call pair.
 
 Exit status 0 when the run completed (goal met or not), 1 when an answer
@@ -60,8 +69,7 @@ REQUEST = (
     "encryption_protocol=TLSv1.3\nencryption_cipher=TLS_AES_256_GCM_SHA384\n"
     "encryption_keysize=256\npolicy_context=\nserver_address=192.0.2.2\nserver_port=25\n\n"
 )
-FITS = REQUEST.format(rcpt=VIRTUAL, size=1000).encode()
-TOO_BIG = REQUEST.format(rcpt=VIRTUAL, size=1001).encode()
+ALIAS = "info@example.net"  # virtual_alias_maps: info@example.net -> bench@example.net
 DUNNO = b"action=DUNNO\n\n"
 FULL = b"action=552 5.2.2 Mailbox is full\n\n"
 
@@ -72,7 +80,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_policyd(root):
+def start_policyd(root, extra="", env=None):
     home = os.path.join(root, "home")
     for sub in ("new", "cur", "tmp"):
         os.makedirs(os.path.join(home, "Maildir", sub))
@@ -80,11 +88,11 @@ def start_policyd(root):
         f.write(f"{LIMIT}S\n{USED} 100\n")
     cfg = os.path.join(root, "pymda.toml")
     with open(cfg, "w") as f:
-        f.write(f'mailbox = "Maildir/"\n[users."{VIRTUAL}"]\nuid = 65534\ngid = 65534\n'
+        f.write(f'mailbox = "Maildir/"\n{extra}[users."{VIRTUAL}"]\nuid = 65534\ngid = 65534\n'
                 f'home = "{home}"\nquota_storage = {LIMIT}\n')
     port = free_port()
     proc = subprocess.Popen([POLICYD, "-c", cfg, "--listen", f"inet:127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 15
     while True:
         try:
@@ -96,13 +104,18 @@ def start_policyd(root):
             time.sleep(0.05)
 
 
-def client(port, n):
+def client(port, n, rcpt=VIRTUAL):
     """n request/answer round trips on one connection; returns wrong answers."""
     wrong = 0
+    fits = REQUEST.format(rcpt=rcpt, size=1000).encode()
+    too_big = REQUEST.format(rcpt=rcpt, size=1001).encode()
+    unique = "{i}" in rcpt  # a new unknown address each time: always DUNNO
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(n):
-            req, want = (FITS, DUNNO) if i % 2 else (TOO_BIG, FULL)
+            req, want = (fits, DUNNO) if i % 2 else (too_big, FULL)
+            if unique:
+                req, want = REQUEST.format(rcpt=rcpt.format(i=i), size=1000).encode(), DUNNO
             s.sendall(req)
             got = b""
             while not got.endswith(b"\n\n"):
@@ -146,6 +159,57 @@ def deliver(user, args, message):
                           user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], umask=0o077,
                           cwd="/")
     return time.perf_counter() - t0, proc.returncode, proc.stdout
+
+
+def write_postfix_config(pf):
+    """A private postfix config dir (MAIL_CONFIG): a hash virtual map and aliases."""
+    os.makedirs(pf)
+    with open(os.path.join(pf, "main.cf"), "w") as f:
+        f.write(f"compatibility_level = 3.6\nmyhostname = bench.localdomain\n"
+                f"mydestination = localhost, $myhostname\nrecipient_delimiter = +\n"
+                f"virtual_alias_maps = hash:{pf}/virtual\nalias_maps = hash:{pf}/aliases\n")
+    with open(os.path.join(pf, "virtual"), "w") as f:
+        f.write(f"{ALIAS} {VIRTUAL}\nsales@example.net {VIRTUAL}\n")
+    with open(os.path.join(pf, "aliases"), "w") as f:
+        f.write("postmaster: root\n")
+    env = {"PATH": "/usr/bin:/bin", "MAIL_CONFIG": pf}
+    subprocess.run(["/usr/sbin/postmap", f"hash:{pf}/virtual"], check=True, env=env)
+    subprocess.run(["/usr/sbin/postalias", f"hash:{pf}/aliases"], check=True, env=env)
+    return env
+
+
+def bench_aliases(requests, cold_requests=400):
+    """One connection, requests/s: aliases off (the user's address), on with a
+    warm cache (an alias of it, and the address itself), and on with no cache
+    (policy_alias_cache_ttl = 0: every request runs postconf + postmap +
+    postalias), whose extra time per request is a cold lookup's cost."""
+    runs = {"off": ("policy_aliases = false\n", VIRTUAL, requests),
+            "on_warm_alias": ("", ALIAS, requests),
+            "on_warm_direct": ("", VIRTUAL, requests),
+            "on_cold_alias": ("policy_alias_cache_ttl = 0\n", ALIAS, cold_requests),
+            "on_new_address": ("", "new{i}+x@example.net", cold_requests)}
+    result, wrong = {}, 0
+    for name, (extra, rcpt, n) in runs.items():
+        root = tempfile.mkdtemp(prefix="pymda-bench-aliases.")
+        os.chmod(root, 0o755)
+        env = write_postfix_config(os.path.join(root, "postfix"))
+        proc, port = start_policyd(root, extra, env)
+        try:
+            wrong += client(port, 50, rcpt.replace("{i}", "w{i}"))  # warm up (fills the cache)
+            t0 = time.perf_counter()
+            wrong += client(port, n, rcpt)
+            result[f"{name}_rps"] = round(n / (time.perf_counter() - t0))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            shutil.rmtree(root, ignore_errors=True)
+    result["warm_alias_vs_off"] = round(result["on_warm_alias_rps"] / result["off_rps"], 3)
+    result["cold_lookup_ms"] = round(1000 / result["on_cold_alias_rps"]
+                                     - 1000 / result["off_rps"], 2)
+    result["new_address_ms"] = round(1000 / result["on_new_address_rps"]
+                                     - 1000 / result["off_rps"], 2)
+    result["wrong_answers"] = wrong
+    return result
 
 
 def bench_delivery(rounds):
@@ -225,6 +289,7 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("bench_policy.py: run as root (creates a user)")
     result = {"policy": bench_policy(args.requests),
+              "aliases": bench_aliases(args.requests // 4),
               "delivery": bench_delivery(args.deliveries),
               "in_process": bench_in_process()}
     result["goal_under_1ms"] = result["delivery"]["added_ms"] < 1.0
@@ -234,6 +299,15 @@ def main():
         p, d, i = result["policy"], result["delivery"], result["in_process"]
         print(f"policy, one connection:   {p['one_connection_rps']:>8} requests/s")
         print(f"policy, 8 connections:    {p['eight_connections_rps']:>8} requests/s")
+        a = result["aliases"]
+        print(f"aliases off:              {a['off_rps']:>8} requests/s")
+        print(f"aliases on, warm, alias:  {a['on_warm_alias_rps']:>8} requests/s "
+              f"({a['warm_alias_vs_off']:.0%} of off; goal >= 80%)")
+        print(f"aliases on, warm, direct: {a['on_warm_direct_rps']:>8} requests/s")
+        print(f"aliases on, no cache:     {a['on_cold_alias_rps']:>8} requests/s "
+              f"(postconf + maps per request: +{a['cold_lookup_ms']} ms)")
+        print(f"aliases on, new address:  {a['on_new_address_rps']:>8} requests/s "
+              f"(settings cached, map lookup not: +{a['new_address_ms']} ms)")
         print(f"delivery, quota off:      median {d['quota_off']['median_ms']} ms, "
               f"p90 {d['quota_off']['p90_ms']} ms")
         print(f"delivery, quota on:       median {d['quota_on']['median_ms']} ms, "
@@ -241,7 +315,8 @@ def main():
         print(f"quota check adds:         {d['added_ms']} ms per delivery "
               f"(goal < 1 ms: {'met' if result['goal_under_1ms'] else 'NOT met'})")
         print(f"check+record in process:  {i['check_and_record_us']} us")
-    bad = result["policy"]["wrong_answers"] + result["delivery"]["bad_deliveries"]
+    bad = (result["policy"]["wrong_answers"] + result["aliases"]["wrong_answers"]
+           + result["delivery"]["bad_deliveries"])
     return 1 if bad else 0
 
 

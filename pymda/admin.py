@@ -9,7 +9,10 @@ Commands:
   terminal, nothing otherwise.
 - ``explain ADDRESS`` -> the plan, exactly as ``pymda -n`` prints it
   (``--json`` too): resolve.format_plan / resolve.plan_json, the same
-  formatter.
+  formatter.  When postfix's alias maps rewrite ADDRESS (aliases.py,
+  ``policy_aliases``, ``--no-aliases`` to skip; not with ``-d`` or
+  ``--json``): the chain, one ``a -> b (map table)`` line per lookup,
+  then ``FINAL:`` and the plan of each final recipient.
 - ``check-config [-c FILE]`` -> config.load(); every SPEC 5 key with its
   effective value (TOML syntax) and where it came from (default, file,
   override), then the ``[sql.NAME]`` (passwords hidden) and ``[users."..."]``
@@ -163,8 +166,10 @@ def redeliver(user, mailbox, folder, sender, forward, dry_run, config_path, over
 @click.option("--mailbox", metavar="PATH", help="As pymda --mailbox.")
 @click.option("--forward/--no-forward", default=None, help="Read .forward (default: config).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--aliases/--no-aliases", default=None,
+              help="Follow postfix's alias maps first (default: policy_aliases).")
 @config_options
-def explain(address, user, folder, mailbox, forward, as_json, config_path, overrides):
+def explain(address, user, folder, mailbox, forward, as_json, aliases, config_path, overrides):
     """Show where mail for ADDRESS would go, as `pymda -n -a ADDRESS`."""
     from pymda import cli as pymda_cli
     from pymda import message as message_mod
@@ -172,6 +177,9 @@ def explain(address, user, folder, mailbox, forward, as_json, config_path, overr
     from pymda.log import Log
 
     cfg = _load_config(config_path, overrides)
+    if not user and not as_json and (cfg.policy_aliases if aliases is None else aliases):
+        if explain_aliases(cfg, address):
+            return 0
     opts = {"recipient": address, "sender": ""}
     if user:
         opts["user"] = user
@@ -189,6 +197,62 @@ def explain(address, user, folder, mailbox, forward, as_json, config_path, overr
     out = resolve.plan_json(targets) if as_json else resolve.format_plan(targets)
     click.echo(out, nl=False)
     return 0
+
+
+def _delivered_here(cfg, resolver, settings, address):
+    """A virtual user of pymda's, or an address in one of postfix's local domains."""
+    from pymda.address import split_address
+
+    _, domain, base, _ = split_address(address, cfg.recipient_delimiter)
+    return bool(cfg.user(f"{base}@{domain}")) or resolver.is_local(settings, domain)
+
+
+def explain_aliases(cfg, address):
+    """Print the alias chain postfix's maps give ``address`` (SPEC 4), then
+    the plan of each final recipient in a local domain (or a virtual user
+    of pymda's), each in a child process (the plan switches to that user
+    for good).  False when no map rewrites it."""
+    from pymda import aliases as aliases_mod
+
+    resolver = aliases_mod.Resolver(cfg)
+    try:
+        resolution = resolver.resolve(address)
+        if not resolution.rewritten:  # (also: no postfix settings)
+            return False
+        settings = resolver.settings()
+        local = {f.address: _delivered_here(cfg, resolver, settings, f.address)
+                 for f in resolution.finals if f.address}
+    except aliases_mod.MapError as exc:
+        click.echo(f"pymda-admin: warning: alias maps not followed: {exc}", err=True)
+        return False
+    for line in aliases_mod.format_chain(resolution):
+        click.echo(line)
+    ctx = click.get_current_context()
+    for final in resolution.finals:
+        if final.address is None:
+            continue
+        if not local[final.address]:
+            click.echo(f"\n{final.address}: not a local domain (postfix sends it on)")
+            continue
+        click.echo(f"\n{final.address}:")
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:  # the child switches user: it must never return here
+            code = EX_TEMPFAIL
+            try:
+                params = {**ctx.params, "address": final.address, "aliases": False}
+                code = ctx.invoke(explain, **params) or 0
+            except DeliveryError as exc:
+                click.echo(f"pymda-admin: {exc.line()}", err=True)
+                code = exc.exit
+            except BaseException as exc:  # noqa: BLE001 - a child reports, then exits
+                click.echo(f"pymda-admin: 4.3.0 internal error: {exc!r}", err=True)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.waitpid(pid, 0)
+    return True
 
 
 # --- check-config ---------------------------------------------------------------------

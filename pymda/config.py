@@ -222,6 +222,11 @@ KEYS = {
     "lmtp_min_data_rate": (500, parse_size),
     "lmtp_max_per_address": (50, _count),
     "policy_nouser": ("DUNNO", _str),
+    # issue 15: pymda-policyd resolves recipients through postfix's alias maps
+    # (aliases.py, docs/quotas.md "Aliases at SMTP time"), with postfix's tools
+    "policy_aliases": (True, _bool),
+    "policy_alias_cache_ttl": (60, _number),
+    "postfix_command_directory": ("/usr/sbin", _abspath),
     # issue 3: per-user record of completed targets (state.py, README ".forward")
     "state_file": ("$home/.pymda-state.sqlite", _str),
     # issue 13: where users come from (SPEC 7, users.py, pymda/userdb/, docs/users.md)

@@ -10,6 +10,10 @@ sends just those two).
 DECISION (``decide``):
 - no ``recipient`` (postfix leaves it empty at END-OF-MESSAGE when the
   message has several recipients): ``DUNNO``;
+- ``policy_aliases`` (default on): the recipient is resolved through
+  postfix's own alias maps first (aliases.py, SPEC 3 "Aliases"); the
+  message is refused only when every final recipient is refused by the
+  rules below; a map that cannot be queried: ``DUNNO`` and a log line;
 - the recipient's user: extension stripped with ``recipient_delimiter``;
   a virtual user by full address (``[users."bob@example.org"]``), else
   a system user by local part, as ``pymda`` itself resolves it; unknown:
@@ -127,10 +131,12 @@ def mailbox_for(cfg, address):
     return identity, resolve.mailbox_target(cfg, envelope, identity, INBOX)
 
 
-def decide(cfg, attrs):
-    """The action for one request (see the module docstring)."""
-    from pymda import quota
+def decide(cfg, attrs, resolver=None):
+    """The action for one request (see the module docstring).
 
+    With an aliases.Resolver (``policy_aliases``), the recipient is first
+    resolved through postfix's alias maps (aliases.decide).
+    """
     recipient = attrs.get("recipient", "").strip().strip("<>")
     if not recipient:
         return DUNNO
@@ -139,11 +145,24 @@ def decide(cfg, attrs):
     except ValueError:
         size = 0
     size = max(size, 0)
+    if resolver is not None:
+        from pymda import aliases
+
+        return aliases.decide(resolver, recipient,
+                              lambda address, nouser: decide_address(cfg, address, size, nouser),
+                              resolver.log)
+    return decide_address(cfg, recipient, size)
+
+
+def decide_address(cfg, recipient, size, nouser=None):
+    """The action for one final address; ``nouser`` overrides policy_nouser."""
+    from pymda import quota
+
     try:
         identity, target = mailbox_for(cfg, recipient)
     except DeliveryError as exc:
         if exc.status in ("5.1.1", "5.7.1"):  # unknown, or a refused userdb row
-            return cfg.policy_nouser or DUNNO
+            return nouser or cfg.policy_nouser or DUNNO
         if exc.status.startswith("4."):  # the userdb cannot answer now (SPEC 7)
             return DEFER_USERDB
         raise
@@ -156,6 +175,15 @@ def decide(cfg, attrs):
     if quota.exceeds(storage, messages, used_bytes, used_count, size):
         return FULL_TEMP if cfg.quota_full_tempfail else FULL_PERM
     return DUNNO
+
+
+def make_resolver(cfg, log=None):
+    """An aliases.Resolver when ``policy_aliases`` is on, else None."""
+    if not cfg.policy_aliases:
+        return None
+    from pymda import aliases
+
+    return aliases.Resolver(cfg, log)
 
 
 def describe(attrs):
@@ -171,6 +199,7 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
     import os
 
     parser = RequestParser()
+    resolver = make_resolver(cfg, log)
     while True:
         try:
             data = os.read(read_fd, 65536)
@@ -185,7 +214,7 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
             return
         for attrs in requests:
             try:
-                action = decide(cfg, attrs)
+                action = decide(cfg, attrs, resolver)
             except Exception as exc:  # internal error: no answer, close
                 _log(log, "error", f"{describe(attrs)}: {exc!r}")
                 return
@@ -208,7 +237,7 @@ def _log_action(log, attrs, action):
         log.info(f"{describe(attrs)}: action={action}")
 
 
-async def handle_connection(cfg, reader, writer, log=None):
+async def handle_connection(cfg, reader, writer, log=None, resolver=None):
     """Serve one connection of the asyncio server."""
     import asyncio
 
@@ -231,7 +260,7 @@ async def handle_connection(cfg, reader, writer, log=None):
                 try:
                     # Quota state is read with blocking file I/O: a thread
                     # keeps one slow mailbox from stalling other clients.
-                    action = await loop.run_in_executor(None, decide, cfg, attrs)
+                    action = await loop.run_in_executor(None, decide, cfg, attrs, resolver)
                 except Exception as exc:  # internal error: no answer, close
                     _log(log, "error", f"{describe(attrs)}: {exc!r}")
                     return
@@ -319,8 +348,10 @@ async def serve(cfg, sockets, log=None, ready=None):
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
 
+    resolver = make_resolver(cfg, log)
+
     async def client(reader, writer):
-        await handle_connection(cfg, reader, writer, log)
+        await handle_connection(cfg, reader, writer, log, resolver)
 
     servers = []
     for sock in sockets:

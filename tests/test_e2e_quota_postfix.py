@@ -25,6 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import paths  # noqa: E402
+from support.policyd import full_and_roomy  # noqa: E402
 
 SMTP_HOST = "127.0.0.1"
 SMTP_PORT = 25
@@ -52,12 +53,8 @@ def free_port():
 @pytest.fixture
 def setup(postfix, make_user):
     """Two users (one full, one with room), a config, pymda-policyd, postfix wired."""
-    full, roomy = make_user(), make_user()
-    for user in (full, roomy):
-        for sub in ("new", "cur", "tmp"):
-            user.mkdir(f"Maildir/{sub}")
     # full: the maildirsize says the mailbox is at its limit
-    full.write("Maildir/maildirsize", f"{LIMIT}S\n{LIMIT} 1\n".encode())
+    full, roomy = full_and_roomy(make_user, LIMIT)
     # pymda runs as the user: the config must be readable (pytest's tmp is 0700)
     cfg_dir = Path(tempfile.mkdtemp(prefix="pymda-quota-e2e-"))
     os.chmod(cfg_dir, 0o755)
