@@ -35,7 +35,8 @@ sender is the original one (null stays null) or, with
 ``sieve_redirect_envelope_from = "recipient"``, the user's address;
 ``redirect_loop`` recognises a message that already went through a
 redirect for this user (pymda's or dovecot's: the same header), which is
-kept instead.
+kept instead (the header is compared with the user's address and the
+final envelope recipient).
 
 SECURITY: no text from the script or the message reaches a header
 unchecked: CR, LF and NUL become spaces (``_clean``), non-ASCII text is
@@ -286,7 +287,8 @@ def _subject(action, view, settings):
         original = _clean(original[0]) if original else ""
         if original:
             template = settings.subject_template or "Auto: %$"
-            subject = template.replace("%$", original)
+            subject = template.replace("%{subject}", original).replace(
+                "%$", original)
         else:
             subject = settings.default_subject or "Automated reply"
     if len(subject) > SUBJECT_MAX:
@@ -410,12 +412,24 @@ def redirect_copy(message, user_address):
     return header + nl + message
 
 
-def redirect_sender(env_sender, user_address, settings):
-    if not env_sender:
-        return ""                       # null stays null (RFC 5228 4.2)
-    if settings.redirect_envelope_from == "recipient" and user_address:
-        return user_address
-    return env_sender
+def redirect_sender(env, user_address, settings):
+    """The envelope sender of a redirected copy.  The null sender stays
+    null (RFC 5228 4.2: no bounces of bounces); otherwise
+    ``settings.redirect_envelope_from``: ``sender`` (the original),
+    ``recipient`` (the user's address), and for Pigeonhole's test suite
+    ``orig_recipient``, ``user_email`` and an explicit ``<address>``."""
+    if not env.sender:
+        return ""
+    how = (settings.redirect_envelope_from or "sender").strip()
+    if how == "recipient":
+        return env.recipient or env.sender
+    if how == "orig_recipient":
+        return env.orig_recipient or env.recipient or env.sender
+    if how == "user_email":
+        return settings.user_email or env.recipient or env.sender
+    if how.startswith("<") and how.endswith(">"):
+        return how[1:-1]
+    return env.sender
 
 
 # -- the whole result ------------------------------------------------------
@@ -429,7 +443,8 @@ def prepare(actions, ctx):
     for action in actions:
         if action.kind == "redirect":
             if looped is None:
-                looped = redirect_loop(ctx.view, ctx.user_address)
+                looped = any(redirect_loop(ctx.view, a) for a in
+                             {ctx.user_address, ctx.env.recipient} if a)
             if looped:
                 logs.append("%s:%d: redirect to %s: not sent, the message was "
                             "already redirected by %s (kept instead)"
@@ -439,7 +454,7 @@ def prepare(actions, ctx):
                 continue
             outgoing.append(Outgoing(
                 kind="redirect",
-                envelope_from=redirect_sender(ctx.env.sender, ctx.user_address,
+                envelope_from=redirect_sender(ctx.env, ctx.user_address,
                                               ctx.settings),
                 recipient=action.address,
                 data=redirect_copy(ctx.message, ctx.user_address),

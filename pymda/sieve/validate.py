@@ -240,12 +240,15 @@ class _Validator:
         self.required = set()
         self.errors = []
         self.variables = set()
+        self.globals = set()
         self.commands = dict(COMMANDS)
         self.tests = dict(TESTS)
         self.extra_ext = set()
         self.extra_tags = {}
         self.extra_names = frozenset()
+        self.extra_namespaces = ()
         if extra:
+            self.extra_namespaces = tuple(extra.get("namespaces", ()))
             self.extra_tags = extra.get("tags", {})
             self.extra_names = frozenset(extra.get("commands", ())) | frozenset(
                 extra.get("tests", ()))
@@ -292,7 +295,8 @@ class _Validator:
                     self.error(line, "match variable ${%s} beyond the maximum "
                                "index %d" % (name, MAX_MATCH_INDEX))
             elif "." in name and all(_is_identifier(p) for p in name.split(".")):
-                if not (self.global_name(name)):
+                if not (self.global_name(name) or name.partition(".")[0].lower()
+                        in self.extra_namespaces):
                     self.error(line, "unknown variable namespace in ${%s}" % name)
             elif _is_identifier(name) and len(name) > MAX_IDENTIFIER:
                 self.error(line, "variable name ${%s} longer than %d characters"
@@ -387,12 +391,19 @@ class _Validator:
         elif name == "include":
             script = pos[0]
             if (not script or "/" in script or script.startswith(".")
-                    or "\0" in script or not _utf8(script)):
+                    or not _utf8(script) or any(
+                        c < " " or "\x7f" <= c <= "\x9f" or c in "\u2028\u2029"
+                        for c in script)):
                 self.error(line, "include: invalid script name '%s'" % script)
         elif name == "global":
             for var in pos[0]:
                 if not _is_identifier(var) or len(var) > MAX_IDENTIFIER:
                     self.error(line, "global: invalid variable name '%s'" % var)
+                elif var.lower() in self.variables and var.lower() not in self.globals:
+                    self.error(line, "global: '%s' was already used as a local "
+                               "variable" % var)
+                else:
+                    self.globals.add(var.lower())
             if "variables" not in self.required:
                 self.error(line, "global command requires the 'variables' extension")
         test = tnodes[0] if ntests == "one" and tnodes else None
