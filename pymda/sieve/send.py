@@ -139,7 +139,7 @@ def encode_header_text(text):
     words = []
     chunk = ""
     for c in text:
-        if len((chunk + c).encode("utf-8")) > 45:
+        if len((chunk + c).encode("utf-8")) > 36:
             words.append(chunk)
             chunk = ""
         chunk += c
@@ -310,13 +310,17 @@ def compose_vacation(action, ctx, matched, logs):
     env, view, settings = ctx.env, ctx.view, ctx.settings
     from_header = None
     if action.from_addr is not None:
-        addr, _text = _addr_of(_clean(action.from_addr))
+        raw = _clean(action.from_addr)
+        addr, _text = _addr_of(raw)
+        if not (raw.endswith(">") or not any(c in raw for c in " \t")):
+            addr = None     # text after the address: not one mailbox
         if addr is None:
             logs.append("%s:%d: vacation: invalid :from address, using the "
                         "default" % (ctx.script, action.line))
         else:
-            raw = _clean(action.from_addr)
-            from_header = raw if raw.isascii() else format_mailbox(addr)
+            # rebuilt from the parsed mailbox: nothing else of the text
+            # reaches the header (the name is RFC 2047-encoded again)
+            from_header = format_mailbox(addr)
     if from_header is None:
         from_header = "<%s>" % (matched or env.recipient or "postmaster")
     headers = [
