@@ -30,7 +30,7 @@ after sendmail accepted the reply.  ``compose_vacation`` builds the reply
 (envelope: null sender, recipient = the original envelope sender).
 
 Redirect (RFC 5228 4.2): ``redirect_copy`` adds ``X-Sieve-Redirected-From:
-<user address>`` and drops the leading ``Return-Path``; the envelope
+<user address>`` and drops ``Return-Path`` (as Pigeonhole); the envelope
 sender is the original one (null stays null) or, with
 ``sieve_redirect_envelope_from = "recipient"``, the user's address;
 ``redirect_loop`` recognises a message that already went through a
@@ -150,6 +150,9 @@ def encode_header_text(text):
         for w in words)
 
 
+_ATEXT = "!#$%&'*+-/=?^_`{|}~"
+
+
 def format_mailbox(address):
     """``"Name" <local@domain>`` (the name RFC 2047-encoded when needed),
     or ``<local@domain>``."""
@@ -157,6 +160,8 @@ def format_mailbox(address):
     if not name:
         return "<%s>" % address.all
     if name.isascii():
+        if all(c.isalnum() or c in _ATEXT for c in name):
+            return "%s <%s>" % (name, address.all)
         return '"%s" <%s>' % (name.replace("\\", "\\\\").replace('"', '\\"'),
                               address.all)
     return "%s <%s>" % (encode_header_text(name), address.all)
@@ -318,9 +323,9 @@ def compose_vacation(action, ctx, matched, logs):
             logs.append("%s:%d: vacation: invalid :from address, using the "
                         "default" % (ctx.script, action.line))
         else:
-            # rebuilt from the parsed mailbox: nothing else of the text
-            # reaches the header (the name is RFC 2047-encoded again)
-            from_header = format_mailbox(addr)
+            # kept as written (as Pigeonhole, also when MIME-encoded) when
+            # ASCII; else rebuilt with the name RFC 2047-encoded
+            from_header = raw if raw.isascii() else format_mailbox(addr)
     if from_header is None:
         from_header = "<%s>" % (matched or env.recipient or "postmaster")
     headers = [
@@ -351,8 +356,7 @@ def compose_vacation(action, ctx, matched, logs):
         out += reason
     else:
         out += "Content-Type: text/plain; charset=utf-8\n"
-        out += "Content-Transfer-Encoding: %s\n\n" % (
-            "7bit" if reason.isascii() else "8bit")
+        out += "Content-Transfer-Encoding: 8bit\n\n"
         out += reason
     if not out.endswith("\n"):
         out += "\n"
@@ -399,21 +403,30 @@ def _addresses_in(value):
 
 
 def redirect_copy(message, user_address):
-    """The redirected copy: a leading From_ line and the leading
-    Return-Path dropped, ``X-Sieve-Redirected-From`` added on top (in the
-    message's own line-end style)."""
+    """The redirected copy: a leading From_ line and every ``Return-Path``
+    field of the header dropped (the next MTA writes its own; Pigeonhole
+    drops them too), ``X-Sieve-Redirected-From`` added on top, in the
+    message's own line-end style; the body byte for byte."""
     if message.startswith(b"From "):
         message = message[message.find(b"\n") + 1:]
-    crlf = message.find(b"\r\n") >= 0 and message.find(b"\r\n") == message.find(b"\n") - 1
-    if message[:12].lower() == b"return-path:":
-        end = message.find(b"\n") + 1
-        while end and message[end:end + 1] in (b" ", b"\t"):
-            end = message.find(b"\n", end) + 1
-        message = message[end:] if end else b""
-    nl = b"\r\n" if crlf else b"\n"
+    first = message.find(b"\n")
+    nl = b"\r\n" if first > 0 and message[first - 1:first] == b"\r" else b"\n"
+    end = message.find(nl + nl)
+    head_end = len(message) if end < 0 else end + len(nl)
+    lines = message[:head_end].split(nl)
+    kept = []
+    dropping = False
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line[:12].lower() == b"return-path:"
+        if not dropping:
+            kept.append(line)
     header = ("%s: %s" % (REDIRECT_HEADER, _clean(user_address))).encode(
         "utf-8", "surrogateescape")
-    return header + nl + message
+    return header + nl + nl.join(kept) + message[head_end:]
 
 
 def redirect_sender(env, user_address, settings):

@@ -205,7 +205,7 @@ def test_non_ascii_subject_and_from_are_rfc2047_encoded():
     assert decode_words(h["subject"][0]) == "Abwesend: Grüße " + "ä" * 60
     assert decode_words(h["from"][0]) == "Jürgen <bob@example.net>"
     assert all(len(line) <= 78 for line in head.split(b"\n"))
-    assert b"Content-Transfer-Encoding: 7bit" in head
+    assert b"Content-Transfer-Encoding: 8bit" in head
 
 
 def test_long_subject_is_cut_with_an_ellipsis():
