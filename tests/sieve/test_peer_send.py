@@ -22,10 +22,8 @@ import pytest
 
 from pymda.sieve import interp, send, validate
 from pymda.sieve.mail import decode_words, parse_address_list, split_header_block, unfold
-from support import paths
-from sievekit import view
-
-SIEVE_TEST = shutil.which("sieve-test")
+from sievekit import (SIEVE_TEST, corpus_sample, peer_script, peer_workdir,
+                      sieve_test_argv, view)
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runs sieve-test as nobody)"),
     pytest.mark.skipif(SIEVE_TEST is None, reason="sieve-test (dovecot-sieve) not installed"),
@@ -85,9 +83,7 @@ def peer_sends(script, message, sender, recipient):
     os.chmod(home, 0o777)
     try:
         proc = subprocess.run(
-            ["runuser", "-u", "nobody", "--", SIEVE_TEST, "-e", "-O",
-             "-o", "mail_location=maildir:%s/mail" % home, "-o", "mail_home=%s" % home,
-             "-o", "postmaster_address=postmaster@example.org",
+            sieve_test_argv(home, "-e") + [
              "-a", recipient, "-r", recipient, "-f", sender, script, message],
             capture_output=True, timeout=60)
     finally:
@@ -126,23 +122,13 @@ def pymda_sends(text, data, sender, recipient):
     return [(f, r, d) for f, r, d in sender_.sent]
 
 
-@pytest.fixture(scope="module")
-def workdir():
-    d = tempfile.mkdtemp(prefix="pymda-sendpeer-", dir="/tmp")
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+workdir = pytest.fixture(scope="module")(peer_workdir)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_same_messages_as_sieve_test(workdir, name):
-    messages = [str(p) for p in paths.corpus_messages()][::4]
-    if not messages:
-        pytest.skip("no corpus ($PYMDA_CORPUS)")
-    script = os.path.join(workdir, name + ".sieve")
-    with open(script, "w") as f:
-        f.write(SCRIPTS[name])
-    os.chmod(script, 0o644)
+    messages = corpus_sample(4)
+    script = peer_script(workdir, name, SCRIPTS[name])
     mismatches = []
     counts = {"vacation": 0, "redirect": 0, "none": 0}
     for message in messages:
