@@ -847,7 +847,12 @@ def _tst_duplicate(it, node):
     key = hashed_key("dup:", kind, uid, handle)
     now = _now(it)[0]
     memory = it.env.memory
-    seen = memory is not None and memory.seen(key, now)
+    try:
+        seen = memory is not None and memory.seen(key, now)
+    except Exception as e:      # the state file is unusable: not a duplicate
+        it.warn(node[1], "duplicate: cannot read the memory: %s"
+                % (getattr(e, "text", None) or e))
+        seen = False
     period = opts.get("seconds", it.opts.duplicate_period)
     period = min(period, it.opts.duplicate_max_period)
     if not seen or opts.get("last"):

@@ -238,8 +238,13 @@ def vacation_skip(action, ctx):
     mine = user_addresses(action, env, settings)
     if _same(sender, env.recipient) or any(_same(sender, a) for a in mine[1:]):
         return "the sender is one of the user's own addresses", None
-    if ctx.memory is not None and ctx.memory.seen(
-            vacation_key(sender, action.handle), ctx.now):
+    try:
+        answered = ctx.memory is not None and ctx.memory.seen(
+            vacation_key(sender, action.handle), ctx.now)
+    except Exception as e:      # no memory, no reply: never answer twice
+        return "cannot read the vacation memory: %s" % (
+            getattr(e, "text", None) or e), None
+    if answered:
         return "already answered %s within the period" % sender, None
     for name in LIST_HEADERS:
         if view.exists(name):
@@ -495,7 +500,12 @@ def send_all(outgoing, sender, memory, done=None, record=None):
     delivery: the caller logs them)."""
     errors = []
     for out in outgoing:
-        if done is not None and done(out.ledger_key):
+        try:
+            if done is not None and done(out.ledger_key):
+                continue
+        except Exception as exc:        # no ledger, no send: never twice
+            errors.append("%s to %s: not sent: %s" % (
+                out.kind, out.recipient, getattr(exc, "text", None) or exc))
             continue
         try:
             sender.send(out.envelope_from, out.recipient, out.data)
@@ -503,10 +513,14 @@ def send_all(outgoing, sender, memory, done=None, record=None):
             errors.append("%s to %s: %s" % (out.kind, out.recipient,
                                             getattr(exc, "text", None) or exc))
             continue
-        if out.mark is not None and memory is not None:
-            memory.mark(*out.mark)
-        if record is not None:
-            record(out.ledger_key)
+        try:
+            if out.mark is not None and memory is not None:
+                memory.mark(*out.mark)
+            if record is not None:
+                record(out.ledger_key)
+        except Exception as exc:
+            errors.append("%s to %s: sent, but not recorded: %s" % (
+                out.kind, out.recipient, getattr(exc, "text", None) or exc))
     return errors
 
 

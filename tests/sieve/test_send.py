@@ -158,6 +158,15 @@ def test_mark_written_only_after_a_successful_send():
     assert len(send.prepare([vac()], c).outgoing) == 1
 
 
+def test_unreadable_memory_means_no_reply(tmp_path):
+    from pymda.sieve.memory import LazyMemory
+
+    (tmp_path / "target").write_bytes(b"")
+    os.symlink(tmp_path / "target", tmp_path / "state")
+    plan = send.prepare([vac()], ctx(memory=LazyMemory(str(tmp_path / "state"))))
+    assert plan.outgoing == () and "cannot read the vacation memory" in plan.logs[0]
+
+
 def test_done_callback_keeps_a_retry_from_sending_twice():
     sent = set()
     sender = send.RecordingSender()
@@ -308,6 +317,17 @@ def test_duplicate_marks_are_written_after_delivery():
     # another handle, another unique id
     assert run('require "duplicate";\nif duplicate :handle "x" { discard; }\n',
                MSG, env=env).final_actions() == (Keep(implicit=True),)
+
+
+def test_duplicate_with_a_broken_memory_is_not_a_duplicate(tmp_path):
+    from pymda.sieve.memory import LazyMemory
+
+    (tmp_path / "target").write_bytes(b"")
+    os.symlink(tmp_path / "target", tmp_path / "state")
+    env = ENV.replace(memory=LazyMemory(str(tmp_path / "state")))
+    out = run('require "duplicate";\nif duplicate { discard; }\n', MSG, env=env)
+    assert out.error is None and out.final_actions() == (Keep(implicit=True),)
+    assert "cannot read the memory" in out.warnings[0]
 
 
 def test_duplicate_uniqueid_header_seconds_last():
