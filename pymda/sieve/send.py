@@ -497,7 +497,9 @@ def send_all(outgoing, sender, memory, done=None, record=None):
     a successful send.  ``done(ledger_key)`` -> bool skips what a
     previous attempt already sent; ``record(ledger_key)`` remembers a
     send.  Returns the failure texts (a failed send never fails the
-    delivery: the caller logs them)."""
+    delivery: the caller logs them).  When ``done`` raises, the message
+    is not sent (never twice); when ``mark``/``record`` raise after a
+    send, that is reported too."""
     errors = []
     for out in outgoing:
         try:
