@@ -40,6 +40,21 @@ SCRIPTS = {
     "vacation-from": 'require ["vacation"];\n'
                      'vacation :from "Bob Example <bob@example.org>" '
                      ':subject "Abwesend: Grüße" "weg";\n',
+    # Roundcube managesieve's vacation form, :mime body
+    "roundcube-mime": 'require ["vacation"];\n'
+                      '# rule:[Out of office]\n'
+                      'if true\n{\n\tvacation :days 7 :subject "Out of office" '
+                      ':mime text:\nContent-Type: text/plain; charset=utf-8\n'
+                      'Content-Transfer-Encoding: 8bit\n\n'
+                      'I am out until Monday. Dringend: Jürgen.\n.\n;\n}\n',
+    # Nextcloud Mail's generated script (variables, date range, :subject
+    # from the original subject)
+    "nextcloud": 'require ["date", "relational", "vacation", "variables"];\n'
+                 '### Nextcloud Mail: Vacation Responder ### DON\'T EDIT ###\n'
+                 'if allof(currentdate :value "ge" "date" "2000-01-01") {\n'
+                 '  if header :matches "subject" "*" { set "subject" "${1}"; }\n'
+                 '  vacation :days 4 :subject "Re: ${subject}" '
+                 ':addresses ["nc@example.org"] "Away from ${subject}";\n}\n',
 }
 
 VACATION_HEADERS = ("from", "to", "subject", "in-reply-to", "references",
