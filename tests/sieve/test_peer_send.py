@@ -55,6 +55,15 @@ SCRIPTS = {
                  '  if header :matches "subject" "*" { set "subject" "${1}"; }\n'
                  '  vacation :days 4 :subject "Re: ${subject}" '
                  ':addresses ["nc@example.org"] "Away from ${subject}";\n}\n',
+    # SOGo's generated vacation (its own list guards, then vacation)
+    "sogo": 'require ["vacation", "envelope"];\n'
+            'if allof ( not exists ["list-help", "list-unsubscribe", "list-subscribe", '
+            '"list-owner", "list-post", "list-archive", "list-id", "Mailing-List"], '
+            'not header :comparator "i;ascii-casemap" :is "Precedence" '
+            '["list", "bulk", "junk"], not header :comparator "i;ascii-casemap" '
+            ':matches "To" "Multiple recipients of*" ) {\n'
+            'vacation :days 7 :addresses ["sogo@example.org"] :subject "Absent" '
+            'text:\nI am absent.\n\n-- \nSOGo\n.\n;\n}\n',
 }
 
 VACATION_HEADERS = ("from", "to", "subject", "in-reply-to", "references",
