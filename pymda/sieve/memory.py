@@ -114,16 +114,19 @@ class SqliteMemory:
 
 class LazyMemory:
     """Opens ``SqliteMemory`` at the first use (a delivery whose script
-    uses neither ``duplicate`` nor ``vacation`` never touches the file)."""
+    uses neither ``duplicate`` nor ``vacation`` never touches the file).
+    ``path`` may be a callable returning the path (computed then)."""
 
-    def __init__(self, path, timeout=60):
+    def __init__(self, path, timeout=60, now=None):
         self.path = path
         self.timeout = timeout
+        self.now = now              # for pruning (None: the clock)
         self.store = None
 
     def _open(self):
         if self.store is None:
-            self.store = SqliteMemory.open(self.path, self.timeout)
+            path = self.path() if callable(self.path) else self.path
+            self.store = SqliteMemory.open(path, self.timeout, self.now)
         return self.store
 
     def seen(self, key, now):

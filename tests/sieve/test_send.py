@@ -493,3 +493,115 @@ def test_preparing_imports_no_subprocess():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def _home(tmp_path, script):
+    from pymda.users import Identity
+
+    home = tmp_path / "home"
+    (home / "sieve").mkdir(parents=True)
+    (home / "sieve" / "main.sieve").write_text(script)
+    os.symlink("sieve/main.sieve", home / ".dovecot.sieve")
+    return Identity(name="bob", uid=os.getuid(), gid=os.getgid(), home=str(home))
+
+
+def _envelope(**kw):
+    from pymda.resolve import Envelope
+
+    kw.setdefault("sender", "alice@example.com")
+    kw.setdefault("recipient", "bob@example.net")
+    return Envelope(user="bob", **kw)
+
+
+def test_delivery_session_sends_once_and_stores(tmp_path):
+    from pymda.sieve import delivery
+
+    ident = _home(tmp_path, 'require ["vacation", "include", "copy"];\n'
+                            'include "extra";\nvacation "Away.";\n'
+                            'redirect :copy "carol@example.org";\n')
+    (Path(ident.home) / "sieve" / "extra.sieve").write_text(
+        'require ["fileinto", "copy"]; fileinto :copy "Seen";')
+    cfg = _recorder(tmp_path)
+    sessions = []
+    for _ in range(2):
+        s = delivery.evaluate(cfg, ident, _envelope(), MSG, view(MSG), now=1000)
+        assert s.reject is None and s.logs == (
+            [] if not sessions else
+            ["%s/.dovecot.sieve:3: vacation: no reply: already answered "
+             "alice@example.com within the period" % ident.home])
+        assert [(a.kind, getattr(a, "folder", None)) for a in s.stores] == [
+            ("fileinto", "Seen"), ("keep", None)]
+        assert s.finish() == []
+        sessions.append(s)
+    sent = sorted(tmp_path.glob("sent.*"))
+    assert len(sent) == 3          # one reply, two redirects (no ledger given)
+    assert os.path.exists(os.path.join(ident.home, ".pymda-state.sqlite"))
+    # a cache entry for each personal script (main and the included one)
+    assert len(os.listdir(os.path.join(ident.home, ".cache/pymda/sieve"))) == 2
+
+
+def test_delivery_session_errors_reject_and_no_script(tmp_path):
+    from pymda.sieve import delivery
+
+    ident = _home(tmp_path, 'require "fileinto";\nfrob;\n')
+    cfg = config.load(None, environ={})
+    s = delivery.evaluate(cfg, ident, _envelope(), MSG, view(MSG), now=0)
+    assert [a.kind for a in s.stores] == ["keep"] and s.sends == ()
+    assert "unknown command 'frob'" in s.logs[0]
+    assert s.write_user_log() is None
+    log = Path(ident.home) / ".dovecot.sieve.log"
+    assert "unknown command 'frob'" in log.read_text()
+    (Path(ident.home) / "sieve" / "main.sieve").write_text(
+        'require "reject"; reject "Not here.";')
+    s = delivery.evaluate(cfg, ident, _envelope(), MSG, view(MSG), now=0)
+    assert s.reject.reason == "Not here." and s.stores == []
+    # -n: nothing sent, nothing marked
+    assert s.finish(send=False) == []
+    os.unlink(Path(ident.home) / ".dovecot.sieve")
+    assert delivery.evaluate(cfg, ident, _envelope(), MSG, view(MSG)) is None
+    assert delivery.evaluate(cfg.replace(sieve=False), ident, _envelope(), MSG,
+                             view(MSG)) is None
+
+
+def test_delivery_session_loop_keeps_and_dry_run_sends_nothing(tmp_path):
+    from pymda.sieve import delivery
+
+    ident = _home(tmp_path, 'redirect "carol@example.org";\n')
+    cfg = _recorder(tmp_path)
+    looped = b"X-Sieve-Redirected-From: bob@example.net\n" + MSG
+    s = delivery.evaluate(cfg, ident, _envelope(), looped, view(looped), now=0)
+    assert s.sends == () and [a.kind for a in s.stores] == ["keep"]
+    s = delivery.evaluate(cfg, ident, _envelope(), MSG, view(MSG), now=0)
+    assert s.stores == [] and len(s.sends) == 1
+    assert s.finish(send=False) == ["redirect to carol@example.org: not sent "
+                                    "(no sending in this mode)"]
+    assert list(tmp_path.glob("sent.*")) == []
+
+
+def test_delivery_session_cache_hit_imports_nothing_heavy(tmp_path):
+    ident = _home(tmp_path, 'require "fileinto";\nif header :contains "subject" "x" '
+                            '{ fileinto "X"; }\n')
+    import pymda
+
+    code = ("import sys\n"
+            "sys.path.insert(0, %r)\n" % str(Path(pymda.__file__).resolve().parents[1]) +
+            "from pymda import config\n"
+            "from pymda.users import Identity\n"
+            "from pymda.resolve import Envelope\n"
+            "from pymda.sieve.mail import MailView\n"
+            "from pymda.sieve import delivery\n"
+            "cfg = config.load(None, environ={})\n"
+            "ident = Identity(name='bob', uid=%d, gid=0, home=%r)\n"
+            "env = Envelope(sender='a@x.org', recipient='bob@y.org', user='bob')\n"
+            "data = b'From: a@x.org\\nSubject: s\\n\\nhi\\n'\n"
+            "view = MailView(data[:data.index(b'\\n\\n') + 2], len(data), lambda: data)\n"
+            "s = delivery.evaluate(cfg, ident, env, data, view, now=0)\n"
+            "assert [a.kind for a in s.stores] == ['keep'], s.stores\n"
+            "s.finish()\n"
+            "print(sorted(m for m in ('os', 're', 'email', 'subprocess', 'sqlite3',\n"
+            "                         'datetime', 'pymda.sieve.send', 'pymda.state')\n"
+            "             if m in sys.modules))\n" % (os.getuid(), ident.home))
+    for _ in range(2):      # the second run is a cache hit
+        out = subprocess.run([sys.executable, "-I", "-S", "-c", code],
+                             capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
