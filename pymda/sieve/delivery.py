@@ -23,7 +23,9 @@ pymda.resolve.Envelope (sender, recipient, original_recipient).  The
 scripts are ``sieve_before``, the user's ``sieve_script`` (trust-checked
 by pymda.sieve.files.find_script) or else ``sieve_default``, then
 ``sieve_after`` (pymda.sieve.sequence).  ``None`` when ``sieve = false``
-or there is no script at all.
+or there is no script at all.  Admin scripts (before/after/default) must
+be regular files owned by root and not world-writable; others are
+ignored with a line in ``logs``.
 
 ``stores`` already includes the keep that replaces a redirect refused
 as a loop.  A ``reject`` leaves ``stores`` empty unless an earlier
@@ -120,8 +122,16 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
         if warning:
             logs.append(warning)
     default = _expand(cfg.sieve_default, identity) if cfg.sieve_default else ""
-    scripts = sequence.script_list(cfg.sieve_before, personal, default,
-                                   cfg.sieve_after)
+    scripts = []
+    for path in sequence.script_list(cfg.sieve_before, personal, default,
+                                     cfg.sieve_after):
+        if path != personal:
+            # admin scripts: root's, not world-writable (SPEC 6)
+            path, warning = find_script(path, (0,))
+            if warning:
+                logs.append(warning)
+        if path:
+            scripts.append(path)
     if not scripts:
         return None
     if now is None:

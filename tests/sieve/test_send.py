@@ -605,3 +605,21 @@ def test_delivery_session_cache_hit_imports_nothing_heavy(tmp_path):
         out = subprocess.run([sys.executable, "-I", "-S", "-c", code],
                              capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_delivery_session_admin_scripts_must_be_roots(tmp_path):
+    from pymda.sieve import delivery
+
+    if os.getuid() != 0:
+        pytest.skip("needs root (chown)")
+    ident = _home(tmp_path, 'keep;\n')
+    before = tmp_path / "before.sieve"
+    before.write_text('require ["fileinto", "copy"]; fileinto :copy "Before";')
+    foreign = tmp_path / "foreign.sieve"
+    foreign.write_text('require ["fileinto", "copy"]; fileinto :copy "Foreign";')
+    os.chown(foreign, 65534, 65534)
+    cfg = config.load(None, environ={}).replace(
+        sieve_before=(str(before), str(foreign)))
+    s = delivery.evaluate(cfg, ident, _envelope(), MSG, view(MSG), now=0)
+    assert [getattr(a, "folder", None) for a in s.stores] == ["Before", None]
+    assert "owned by uid 65534" in s.logs[0]
