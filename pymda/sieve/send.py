@@ -352,7 +352,9 @@ def compose_vacation(action, ctx, matched, logs):
         ("MIME-Version", "1.0"),
     ]
     reason = action.reason.replace("\r\n", "\n").replace("\r", "\n")
-    out = "".join(_fold(n, v) if n in ("References",) else "%s: %s\n" % (n, v)
+    # long values (References, an ASCII subject) folded at spaces; encoded
+    # words already come folded
+    out = "".join(_fold(n, v) if "\n" not in v else "%s: %s\n" % (n, v)
                   for n, v in headers)
     if action.mime:
         # the reason is a MIME entity: its own header block, then its body

@@ -223,6 +223,11 @@ def test_long_subject_is_cut_with_an_ellipsis():
 
     subject = decode_words(headers(send.prepare([vac()], ctx(data)).outgoing[0].data)["subject"][0])
     assert len(subject) == 256 and subject.endswith("\u2026")
+    words = MSG.replace(b"Lunch?", b"word " * 40)
+    out = send.prepare([vac()], ctx(words)).outgoing[0].data
+    head = out.split(b"\n\n")[0].split(b"\n")
+    assert all(len(line) <= 78 for line in head)
+    assert headers(out)["subject"] == ["Auto: " + ("word " * 40).strip()]
 
 
 def test_mime_reason_is_the_entity():
