@@ -201,7 +201,8 @@ def _message_id(hostname, now):
 def clamp_period(period, settings):
     """Seconds between two replies to one sender: ``period`` (``:days``
     ×86400 or ``:seconds``; None = the default) within [min, max].
-    ``:days 0`` / ``:seconds 0`` mean the minimum (RFC 6131 2)."""
+    ``:days 0`` / ``:seconds 0`` get the minimum; with
+    ``sieve_vacation_min_period = 0`` that is 0: always reply (RFC 6131 2)."""
     if period is None:
         period = settings.default_period
     return max(settings.min_period, min(settings.max_period, period))
@@ -378,7 +379,8 @@ def vacation_outgoing(action, ctx, logs):
         return None
     sender = ctx.env.sender
     recipient = _clean(sender)
-    if recipient.startswith("-") or not recipient.isascii():
+    if (recipient != sender or recipient.startswith("-") or not recipient.isascii()
+            or " " in recipient or "@" not in recipient):
         logs.append("%s:%d: vacation: no reply to %r" % (ctx.script, action.line, sender))
         return None
     period = clamp_period(action.period, ctx.settings)

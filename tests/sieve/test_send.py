@@ -114,6 +114,13 @@ def test_never_reply_rules(what, kw, extra):
     assert len(plan.logs) == 1 and "vacation: no reply" in plan.logs[0]
 
 
+@pytest.mark.parametrize("sender", ["-oQ@example.com", "a@x.org\r\nBcc: y@z",
+                                    "a b@x.org", "local-only", "jürgen@example.com"])
+def test_no_reply_to_an_unusable_envelope_sender(sender):
+    plan = send.prepare([vac()], ctx(env=ENV.replace(sender=sender)))
+    assert plan.outgoing == () and "no reply" in plan.logs[0]
+
+
 def test_auto_submitted_no_gets_a_reply():
     plan = send.prepare([vac()], ctx(b"Auto-Submitted: no\n" + MSG))
     assert len(plan.outgoing) == 1
