@@ -146,6 +146,13 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
 
         return state_path(cfg, identity)
 
+    from pymda.config import SIEVE_EXTENSIONS
+
+    # the default set is None for the cache, as for pymda-admin sieve
+    # compile: its sidecars then match
+    extensions = cfg.sieve_extensions
+    if frozenset(extensions) == frozenset(SIEVE_EXTENSIONS):
+        extensions = None
     cache_dir = os.path.join(identity.home, CACHE_DIR)
     memory = LazyMemory(state_file, cfg.lock_timeout, now)
     env = Environment(
@@ -154,12 +161,12 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
         mailbox_exists=mailbox_exists, memory=memory,
         include_loader=sequence.include_loader(
             _script_dir(personal) if personal else None, GLOBAL_DIR, cache_dir,
-            cfg.sieve_extensions, cfg.sieve_max_script_size))
+            extensions, cfg.sieve_max_script_size))
     opts = Options(recipient_delimiter=cfg.recipient_delimiter,
                    max_actions=cfg.sieve_max_actions,
                    max_redirects=cfg.sieve_max_redirects,
                    max_cpu_time=cfg.sieve_max_cpu_time,
-                   extensions=cfg.sieve_extensions, keep_folder=keep_folder)
+                   extensions=extensions, keep_folder=keep_folder)
     outcome = sequence.run_sequence(
         [(p, cache_dir if p == personal else None) for p in scripts],
         view, env, opts, cfg.sieve_max_script_size)

@@ -635,3 +635,24 @@ def test_delivery_session_admin_scripts_must_be_roots(tmp_path):
     s = delivery.evaluate(cfg, ident, _envelope(), MSG, view(MSG), now=0)
     assert [getattr(a, "folder", None) for a in s.stores] == ["Before", None]
     assert "owned by uid 65534" in s.logs[0]
+
+
+def test_delivery_session_uses_admin_sidecars(tmp_path):
+    from pymda.sieve import cache, delivery
+
+    ident = _home(tmp_path, 'keep;\n')
+    before = tmp_path / "before.sieve"
+    before.write_text('require ["fileinto", "copy"]; fileinto :copy "Before";')
+    cache.compile_to_sidecar(str(before))
+    # a sidecar that differs from the script proves which one ran
+    sidecar = str(before) + cache.SIDECAR_SUFFIX
+    data = Path(sidecar).read_bytes()
+    st = os.stat(before)
+    key = cache.script_key(st)
+    compiled = cache.loads(data, key)
+    patched = (compiled[0], ((compiled[1][0][0], compiled[1][0][1],
+                              compiled[1][0][2], ("FromSidecar",)) + compiled[1][0][4:],))
+    cache.write_atomic(sidecar, cache.dumps(patched, key))
+    cfg = config.load(None, environ={}).replace(sieve_before=(str(before),))
+    s = delivery.evaluate(cfg, ident, _envelope(), MSG, view(MSG), now=0)
+    assert [getattr(a, "folder", None) for a in s.stores] == ["FromSidecar", None]
