@@ -133,6 +133,32 @@ def _enum(*choices):
     return check
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(v):
+    """Seconds: a number, or a string like "30s", "12h", "1d", "2w"."""
+    if isinstance(v, str):
+        text = v.strip().lower()
+        unit = text[-1:] if text[-1:] in _DURATION_UNITS else "s"
+        digits = text[:-1] if text[-1:] in _DURATION_UNITS else text
+        if not digits.strip().isdigit():
+            raise ValueError(f'a duration like 86400 or "1d" (got {v!r})')
+        return int(digits) * _DURATION_UNITS[unit]
+    return _number(v)
+
+
+# Sieve extensions pymda implements (pymda.sieve.validate.EXTENSIONS; a
+# test keeps the two equal: config must not import the compiler)
+SIEVE_EXTENSIONS = (
+    "fileinto", "envelope", "encoded-character", "comparator-i;octet",
+    "comparator-i;ascii-casemap", "comparator-i;ascii-numeric",
+    "relational", "subaddress", "copy", "mailbox", "variables", "date",
+    "index", "imap4flags", "body", "regex", "reject", "ereject",
+    "vacation", "vacation-seconds", "include", "duplicate",
+)
+
+
 def _locks(v):
     v = _strlist(v)
     for name in v:
@@ -240,6 +266,24 @@ KEYS = {
     # issue 5: pymda-admin redeliver's record of redelivered messages
     # (redeliver.py, README "Redelivering mail"); its lock is this path + ".lock"
     "redeliver_record": ("$home/.pymda-redeliver", _str),
+    # issues 10/11: Sieve (SPEC 6, docs/sieve.md)
+    "sieve": (True, _bool),
+    "sieve_script": ("$home/.dovecot.sieve", _str),
+    "sieve_before": ((), _strlist),
+    "sieve_after": ((), _strlist),
+    "sieve_default": ("", _str),
+    "sieve_extensions": (SIEVE_EXTENSIONS, _strlist),
+    # "" = the sieve_script path + ".log" (dovecot's ~/.dovecot.sieve.log)
+    "sieve_log": ("", _str),
+    "sieve_fileinto_create": (False, _bool),
+    "sieve_max_script_size": (1 << 20, parse_size),
+    "sieve_max_actions": (32, _count),
+    "sieve_max_redirects": (4, _count),
+    "sieve_max_cpu_time": (30, _duration),
+    "sieve_redirect_envelope_from": ("sender", _enum("sender", "recipient")),
+    "sieve_vacation_min_period": (86400, _duration),
+    "sieve_vacation_default_period": (7 * 86400, _duration),
+    "sieve_vacation_max_period": (60 * 86400, _duration),
 }
 
 # Keys a [users."name"] table may set.

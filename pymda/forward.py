@@ -86,31 +86,61 @@ def environment():
 
 def send(target, message, envelope, cfg):
     """Forward ``message`` to ``target.address`` (see module docstring)."""
-    from pymda import pipe
-
     identity = getattr(target, "identity", None)
     argv = sendmail_argv(cfg, envelope, target.address, identity)
+    _submit(argv, _chunks(message, envelope), target.address, cfg, "forwarding")
+
+
+class _Sender:
+    __slots__ = ("sender", "recipient", "user")
+
+    def __init__(self, sender, recipient, user):
+        self.sender, self.recipient, self.user = sender, recipient, user
+
+
+class _Home:
+    __slots__ = ("name", "home")
+
+    def __init__(self, name, home):
+        self.name, self.home = name, home
+
+
+def submit_bytes(cfg, envelope_from, recipient, data, user="", home="",
+                 user_address=""):
+    """Send ``data`` (a whole message, bytes) to ``recipient`` with the
+    envelope sender ``envelope_from`` ("" = null) through
+    ``sendmail_command`` (Sieve's redirect and vacation: no Delivered-To
+    is added; ``$recipient`` in the command is ``user_address``, the
+    user's own address, as for a forward).  Raises as ``send``."""
+    argv = sendmail_argv(cfg, _Sender(envelope_from, user_address, user),
+                         recipient, _Home(user, home))
+    _submit(argv, (data,), recipient, cfg, "sending")
+
+
+def _submit(argv, chunks, address, cfg, what):
+    from pymda import pipe
+
     try:
         code, first, timed_out = pipe.run_argv(
             argv,
-            _chunks(message, envelope),
+            chunks,
             env=environment(),
             ids=None,
             cwd="/",
             timeout=cfg.command_timeout,
-            what=f"forwarding to {target.address}",
+            what=f"{what} to {address}",
         )
     except PermFail as exc:
         # sendmail missing or not executable: an admin fixes that; defer.
-        raise TempFail(f"forwarding to {target.address}: {exc.text}", "4.3.0") from None
+        raise TempFail(f"{what} to {address}: {exc.text}", "4.3.0") from None
     if timed_out:
         raise TempFail(
-            f"forwarding to {target.address}: {argv[0]} time limit exceeded", "4.3.0"
+            f"{what} to {address}: {argv[0]} time limit exceeded", "4.3.0"
         )
     if code == 0:
         return
     reason = first or (f"{argv[0]} died with signal {-code}" if code < 0
                        else f"{argv[0]} exited with status {code}")
     if code < 0 or code in TEMPORARY_EXITS:
-        raise TempFail(f"forwarding to {target.address}: {reason}", "4.3.0")
-    raise PermFail(f"forwarding to {target.address}: {reason}", "5.3.0")
+        raise TempFail(f"{what} to {address}: {reason}", "4.3.0")
+    raise PermFail(f"{what} to {address}: {reason}", "5.3.0")

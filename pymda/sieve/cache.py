@@ -40,7 +40,7 @@ from pymda import __version__
 from pymda import fastos as os
 
 MAGIC = "pymda-sieve"
-FORMAT = 1      # bump whenever the shape of the compiled tuples changes
+FORMAT = 2      # bump whenever the shape of the compiled tuples changes
 SIDECAR_SUFFIX = ".pymda-bin"
 
 

@@ -43,25 +43,65 @@ MAX_MATCH_VALUES = 32
 
 class Environment(Record):
     __slots__ = ("sender", "recipient", "orig_recipient", "auth",
-                 "mailbox_exists", "now")
+                 "mailbox_exists", "now", "memory", "include_loader")
     _defaults = {"sender": "", "recipient": "", "orig_recipient": None,
-                 "auth": None, "mailbox_exists": None, "now": None}
+                 "auth": None, "mailbox_exists": None, "now": None,
+                 "memory": None, "include_loader": None}
 
 
 class Options(Record):
     __slots__ = ("recipient_delimiter", "max_actions", "max_redirects",
                  "max_cpu_time", "max_variable_size", "extensions",
-                 "keep_folder")
+                 "keep_folder", "duplicate_period", "duplicate_max_period",
+                 "max_include_depth", "max_includes")
     _defaults = {"recipient_delimiter": "+", "max_actions": 32,
                  "max_redirects": 4, "max_cpu_time": 30.0,
                  "max_variable_size": 4096, "extensions": None,
-                 "keep_folder": "INBOX"}
+                 "keep_folder": "INBOX", "duplicate_period": 12 * 3600,
+                 "duplicate_max_period": 2 * 86400, "max_include_depth": 10,
+                 "max_includes": 255}
+
+
+class _Scope(dict):
+    """The variables of one script: its own, plus those it declared
+    ``global`` (RFC 6609 4), which live in the run's shared dict."""
+
+    __slots__ = ("shared", "names")
+
+    def __init__(self, shared):
+        super().__init__()
+        self.shared = shared
+        self.names = set()
+
+    def _where(self, key):
+        if key.startswith("global."):
+            return self.shared, key[7:]
+        if key in self.names:
+            return self.shared, key
+        return None, key
+
+    def get(self, key, default=None):
+        target, key = self._where(key)
+        if target is None:
+            return dict.get(self, key, default)
+        return target.get(key, default)
+
+    def __setitem__(self, key, value):
+        target, key = self._where(key)
+        if target is None:
+            dict.__setitem__(self, key, value)
+        else:
+            target[key] = value
 
 
 DEFAULT_OPTIONS = Options()
 
 
 class _Stop(Exception):
+    pass
+
+
+class _Return(Exception):
     pass
 
 
@@ -85,7 +125,12 @@ class Interpreter:
         self.opts = opts or DEFAULT_OPTIONS
         self.filename = filename
         self.hooks = hooks or {}
-        self.variables = {}
+        self.globals = {}
+        self.variables = _Scope(self.globals)
+        self.include_stack = ()
+        self.included_once = set()
+        self.includes = 0
+        self.marks = []             # (memory key, expiry) of duplicate
         self.match_values = []
         self.use_vars = "variables" in self.requires
         self.flags = ()
@@ -112,7 +157,7 @@ class Interpreter:
         self.deadline = _cpu_time() + self.opts.max_cpu_time
         try:
             self.block(self.commands)
-        except _Stop:
+        except (_Stop, _Return):
             pass
         return self.outcome()
 
@@ -127,7 +172,8 @@ class Interpreter:
         return R.Outcome(actions=tuple(self.actions),
                          implicit_keep=implicit,
                          implicit_flags=self.flags, script=self.filename,
-                         warnings=tuple(self.warnings))
+                         warnings=tuple(self.warnings),
+                         marks=tuple(self.marks))
 
     def block(self, cmds):
         for cmd in cmds:
@@ -306,7 +352,8 @@ def expand_variables(s, variables, match_values):
             out.append(value)
             size += len(value)
             i = k + 1
-        elif _identifier(name):
+        elif _identifier(name) or (name[:7].lower() == "global."
+                                   and _identifier(name[7:])):
             value = variables.get(name.lower(), "")
             out.append(value)
             size += len(value)
@@ -476,7 +523,70 @@ def _cmd_flags(it, cmd):
         it.flags = new
 
 
+def _cmd_return(it, cmd):
+    raise _Return()
+
+
+def _cmd_global(it, cmd):
+    for name in it.expand_list(cmd[3][0]):
+        key = name.lower()
+        if key not in it.variables.names:
+            it.variables.names.add(key)
+            # a local value of that name is shadowed from now on
+            dict.pop(it.variables, key, None)
+
+
+def _cmd_include(it, cmd):
+    """RFC 6609: run another script in this run's result.  Scripts come
+    from ``env.include_loader(location, name)`` -> ``(compiled,
+    filename)`` (LookupError: no such script)."""
+    opts = cmd[2]
+    name = it.expand(cmd[3][0])
+    location = opts.get("location", "personal")
+    key = (location, name)
+    if opts.get("once") and key in it.included_once:
+        return
+    if key in it.include_stack:
+        it.fail(cmd[1], "include: circular include of %s script '%s'"
+                % (location, name))
+    if len(it.include_stack) >= it.opts.max_include_depth:
+        it.fail(cmd[1], "include: nested deeper than %d" % it.opts.max_include_depth)
+    it.includes += 1
+    if it.includes > it.opts.max_includes:
+        it.fail(cmd[1], "include: more than %d includes" % it.opts.max_includes)
+    loader = it.env.include_loader
+    try:
+        if loader is None:
+            raise LookupError("no script storage")
+        compiled, filename = loader(location, name)
+    except LookupError as e:
+        if opts.get("optional"):
+            return
+        it.fail(cmd[1], "include: %s script '%s' not found (%s)" % (location, name, e))
+    except Exception as e:          # a compile error of the included script
+        lines = getattr(e, "lines", None)
+        it.fail(cmd[1], "include: %s script '%s' failed to compile%s"
+                % (location, name, (": " + lines()[0]) if lines else ""))
+    it.included_once.add(key)
+    saved = (it.requires, it.filename, it.variables, it.use_vars,
+             it.include_stack, it.match_values)
+    it.requires = frozenset(compiled[0])
+    it.use_vars = "variables" in it.requires
+    it.filename = filename
+    it.variables = _Scope(it.globals)
+    it.include_stack = saved[4] + (key,)
+    it.match_values = []
+    try:
+        it.block(compiled[1])
+    except _Return:
+        pass
+    finally:
+        (it.requires, it.filename, it.variables, it.use_vars,
+         it.include_stack, it.match_values) = saved
+
+
 _COMMANDS = {
+    "include": _cmd_include, "return": _cmd_return, "global": _cmd_global,
     "stop": _cmd_stop, "keep": _cmd_keep, "discard": _cmd_discard,
     "fileinto": _cmd_fileinto, "redirect": _cmd_redirect,
     "reject": _cmd_reject, "ereject": _cmd_reject,
@@ -714,7 +824,44 @@ def _tst_mailboxexists(it, node):
     return True
 
 
+def _tst_duplicate(it, node):
+    """RFC 7352.  The id is the Message-ID (or ``:header``'s value, or
+    ``:uniqueid``); the key hashes it with ``:handle``.  True when the
+    key was marked within its period in ``env.memory``.  The mark (new
+    expiry: now + ``:seconds``, clamped; with ``:last`` also when it was
+    a duplicate) goes into ``Outcome.marks``: the delivery writes it
+    only once the message is stored, so a retried delivery does not
+    see its own first attempt as a duplicate."""
+    opts = node[2]
+    kind, value = opts.get("id", ("header", "message-id"))
+    if kind == "header":
+        values = it.view.headers(it.expand(value))
+        if not values:
+            return False
+        uid = values[0]
+    else:
+        uid = it.expand(value)
+    from pymda.sieve.memory import hashed_key
+
+    handle = it.expand(opts["handle"]) if "handle" in opts else ""
+    key = hashed_key("dup:", kind, uid, handle)
+    now = _now(it)[0]
+    memory = it.env.memory
+    try:
+        seen = memory is not None and memory.seen(key, now)
+    except Exception as e:      # the state file is unusable: not a duplicate
+        it.warn(node[1], "duplicate: cannot read the memory: %s"
+                % (getattr(e, "text", None) or e))
+        seen = False
+    period = opts.get("seconds", it.opts.duplicate_period)
+    period = min(period, it.opts.duplicate_max_period)
+    if not seen or opts.get("last"):
+        it.marks.append((key, now + period))
+    return seen
+
+
 _TESTS = {
+    "duplicate": _tst_duplicate,
     "header": _tst_header, "address": _tst_address,
     "envelope": _tst_envelope, "exists": _tst_exists, "size": _tst_size,
     "allof": _tst_allof, "anyof": _tst_anyof, "not": _tst_not,

@@ -20,7 +20,9 @@ explicit actions, in order, duplicates merged), ``implicit_keep`` (bool),
 ``implicit_flags``, ``error`` (a SieveError or None: when set, actions is
 empty and implicit_keep True — the whole result was dropped, RFC 5228
 2.10.6 and SPEC 6), ``warnings`` (list of ``FILE:LINE: text`` strings
-worth logging, e.g. a fileinto into a folder pymda refused later).
+worth logging, e.g. a fileinto into a folder pymda refused later),
+``marks`` (``(memory key, expiry)`` pairs of the ``duplicate`` tests, to
+write into the user's memory once the message is delivered).
 
 The Sieve error types (``SieveError``, ``SieveCompileError``,
 ``SieveRuntimeError``) are defined here too (see the comment below).
@@ -120,9 +122,9 @@ class Reject(Record):
 
 class Outcome(Record):
     __slots__ = ("actions", "implicit_keep", "implicit_flags", "error",
-                 "warnings", "script")
+                 "warnings", "script", "marks")
     _defaults = {"actions": (), "implicit_keep": True, "implicit_flags": (),
-                 "error": None, "warnings": (), "script": None}
+                 "error": None, "warnings": (), "script": None, "marks": ()}
 
     def final_actions(self):
         """The actions to carry out: explicit ones plus the implicit keep."""

@@ -107,8 +107,13 @@ def test_command(sender, recipient, folder, delimiter, script, message):
             end = k + len(sep)
             break
     view = MailView(data[:end], len(data), lambda: data)
+    from pymda.sieve.sequence import include_loader
+
+    # include :personal finds scripts next to SCRIPT (no cache written)
     env = interp.Environment(sender=sender, recipient=recipient,
-                             orig_recipient=recipient)
+                             orig_recipient=recipient,
+                             include_loader=include_loader(
+                                 os.path.dirname(os.path.abspath(script)), None))
     opts = interp.Options(keep_folder=folder,
                           recipient_delimiter=delimiter if delimiter is not None
                           else _delimiter())
@@ -126,7 +131,25 @@ def test_command(sender, recipient, folder, delimiter, script, message):
         click.echo(format_action(action))
     for warning in outcome.warnings:
         click.echo("warning: " + warning, err=True)
+    _print_sends(outcome, env, view, data, recipient)
     return status
+
+
+def _print_sends(outcome, env, view, data, recipient):
+    """What would be sent (``send vacation from <> to <x>``), and why a
+    vacation or redirect would not be (``warning:`` lines on stderr)."""
+    import time
+
+    from pymda.sieve import send
+
+    ctx = send.Context(env=env, view=view, message=data, user_address=recipient,
+                       now=time.time(), script=outcome.script or "script")
+    plan = send.prepare(outcome.final_actions(), ctx)
+    for out in plan.outgoing:
+        click.echo("send %s from <%s> to <%s>" % (out.kind, out.envelope_from,
+                                                  out.recipient))
+    for line in plan.logs:
+        click.echo("warning: " + line, err=True)
 
 
 @sieve_group.command("compile")

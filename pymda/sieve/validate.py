@@ -40,8 +40,8 @@ EXTENSIONS = (
     "comparator-i;ascii-casemap", "comparator-i;ascii-numeric",
     "relational", "subaddress", "copy", "mailbox", "variables", "date",
     "index", "imap4flags", "body", "regex",
-    # parsed and put in the result now; carried out by the delivery later
-    "reject", "ereject", "vacation", "vacation-seconds",
+    "reject", "ereject", "vacation", "vacation-seconds", "include",
+    "duplicate",
 )
 
 S, L, N = "string", "string-list", "number"
@@ -122,6 +122,26 @@ COMMANDS = {
     "setflag": ("imap4flags", (), (S, L), 1, "none", False),
     "addflag": ("imap4flags", (), (S, L), 1, "none", False),
     "removeflag": ("imap4flags", (), (S, L), 1, "none", False),
+    "include": ("include", ("location", "once", "optional"), (S,), 0, "none", False),
+    "return": ("include", (), (), 0, "none", False),
+    "global": ("include", (), (L,), 0, "none", False),
+}
+
+# commands and tests whose tags differ from the global table
+COMMAND_TAGS = {
+    "include": {
+        "personal": ("location", None, "personal", "include"),
+        "global": ("location", None, "global", "include"),
+        "once": ("once", None, True, "include"),
+        "optional": ("optional", None, True, "include"),
+    },
+    "duplicate": {
+        "handle": ("handle", S, None, "duplicate"),
+        "header": ("id", S, "header", "duplicate"),
+        "uniqueid": ("id", S, "uniqueid", "duplicate"),
+        "seconds": ("seconds", N, None, "duplicate"),
+        "last": ("last", None, True, "duplicate"),
+    },
 }
 
 TESTS = {
@@ -141,6 +161,7 @@ TESTS = {
     "currentdate": ("date", _MATCH + ("zone",), (S, L), 0, "none"),
     "body": ("body", _MATCH + ("transform",), (L,), 0, "none"),
     "mailboxexists": ("mailbox", (), (L,), 0, "none"),
+    "duplicate": ("duplicate", ("handle", "id", "seconds", "last"), (), 0, "none"),
 }
 
 # extensions that imply others (RFC 6131: vacation-seconds implies vacation)
@@ -219,12 +240,15 @@ class _Validator:
         self.required = set()
         self.errors = []
         self.variables = set()
+        self.globals = set()
         self.commands = dict(COMMANDS)
         self.tests = dict(TESTS)
         self.extra_ext = set()
         self.extra_tags = {}
         self.extra_names = frozenset()
+        self.extra_namespaces = ()
         if extra:
+            self.extra_namespaces = tuple(extra.get("namespaces", ()))
             self.extra_tags = extra.get("tags", {})
             self.extra_names = frozenset(extra.get("commands", ())) | frozenset(
                 extra.get("tests", ()))
@@ -271,7 +295,9 @@ class _Validator:
                     self.error(line, "match variable ${%s} beyond the maximum "
                                "index %d" % (name, MAX_MATCH_INDEX))
             elif "." in name and all(_is_identifier(p) for p in name.split(".")):
-                self.error(line, "unknown variable namespace in ${%s}" % name)
+                if not (self.global_name(name) or name.partition(".")[0].lower()
+                        in self.extra_namespaces):
+                    self.error(line, "unknown variable namespace in ${%s}" % name)
             elif _is_identifier(name) and len(name) > MAX_IDENTIFIER:
                 self.error(line, "variable name ${%s} longer than %d characters"
                            % (name[:40], MAX_IDENTIFIER))
@@ -362,6 +388,24 @@ class _Validator:
             self.error(line, "fileinto: invalid folder name (not UTF-8)")
         elif name == "vacation" and "from" in opts:
             self.check_address(line, "vacation :from", opts["from"])
+        elif name == "include":
+            script = pos[0]
+            if (not script or "/" in script or script.startswith(".")
+                    or not _utf8(script) or any(
+                        c < " " or "\x7f" <= c <= "\x9f" or c in "\u2028\u2029"
+                        for c in script)):
+                self.error(line, "include: invalid script name '%s'" % script)
+        elif name == "global":
+            for var in pos[0]:
+                if not _is_identifier(var) or len(var) > MAX_IDENTIFIER:
+                    self.error(line, "global: invalid variable name '%s'" % var)
+                elif var.lower() in self.variables and var.lower() not in self.globals:
+                    self.error(line, "global: '%s' was already used as a local "
+                               "variable" % var)
+                else:
+                    self.globals.add(var.lower())
+            if "variables" not in self.required:
+                self.error(line, "global command requires the 'variables' extension")
         test = tnodes[0] if ntests == "one" and tnodes else None
         if ntests == "one":
             return (name, line, opts, pos, test, body)
@@ -375,8 +419,16 @@ class _Validator:
         if parse_outgoing_address(raw) is None:
             self.error(line, "%s: invalid address '%s'" % (what, raw))
 
+    def global_name(self, name):
+        """``global.NAME`` (RFC 6609 5) when include is required."""
+        head, _, rest = name.partition(".")
+        return ("include" in self.required and head.lower() == "global"
+                and _is_identifier(rest))
+
     def check_set(self, line, pos):
         var = pos[0]
+        if self.global_name(var):
+            return
         if "." in var and all(_is_identifier(p) for p in var.split(".")):
             self.error(line, "set: unknown variable namespace in '%s'" % var)
         elif not _is_identifier(var):
@@ -464,7 +516,7 @@ class _Validator:
             if part not in DATE_PARTS and "${" not in part:
                 self.error(line, "%s test: unknown date part '%s'" % (name, part))
                 ok = False
-        if "last" in opts and "index" not in opts:
+        if "last" in opts and "index" not in opts and name != "duplicate":
             self.error(line, "%s test: :last without :index" % name)
             ok = False
         if "zone" in opts and name == "currentdate" and opts["zone"] is None:
@@ -475,6 +527,8 @@ class _Validator:
     # -- arguments --------------------------------------------------------
 
     def tag_table(self, name):
+        if name in COMMAND_TAGS and name not in self.extra_names:
+            return COMMAND_TAGS[name]
         if name in self.extra_names and self.extra_tags:
             return dict(TAGS, **self.extra_tags)
         return TAGS
@@ -534,6 +588,8 @@ class _Validator:
                 opts[slot] = arg
             elif slot == "transform":
                 opts[slot] = arg
+            elif slot == "id":
+                opts[slot] = (tval, arg)
             elif slot == "size":
                 opts[tval] = arg
                 opts[slot] = tval

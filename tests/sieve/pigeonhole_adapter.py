@@ -19,8 +19,14 @@ orig_to/auth``; a new message re-derives the envelope from its headers),
 store), ``test_result_reset``, ``test_result_print``, ``test_message
 :folder``, ``test_mailbox_create``, ``test_script_compile``,
 ``test_script_run``, ``test_error``, ``test_binary_save/load`` (through
-pymda.sieve.cache's data format).  ``test_message :smtp`` is always false:
-nothing is sent before issue 11.
+pymda.sieve.cache's data format), ``test_message :smtp N`` (the N-th
+message that ``test_result_execute`` sent through pymda.sieve.send
+becomes the message under test, its envelope too; ``test_result_reset``
+forgets them).  ``include`` finds personal scripts in ``included/`` and
+global ones in ``included-global/`` next to the test file (as
+Pigeonhole's test configuration).  Vacation settings start at
+Pigeonhole's defaults (original recipient not used, no tracking between
+runs: the test suite's duplicate store never remembers).
 
 The files themselves are LGPL data and are read from
 ``$PYMDA_PIGEONHOLE_TESTS`` (default ``../shared/pigeonhole-tests`` next to
@@ -32,7 +38,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pymda.sieve import cache, interp, match, validate
+from pymda.sieve import cache, interp, match, send, validate
 from pymda.sieve.errors import SieveCompileError, SieveError, SieveRuntimeError
 from pymda.sieve.mail import MailView, parse_address_list
 
@@ -56,10 +62,41 @@ CONFIG = {
     "sieve_max_cpu_time": ("max_cpu_time", float),
 }
 
+def _yes(v):
+    return v.lower() in ("yes", "true", "1")
+
+
+def _seconds(v):
+    from pymda.config import _duration
+
+    return _duration(v)
+
+
+# dovecot setting -> (pymda.sieve.send.Settings field, converter)
+SEND_CONFIG = {
+    "sieve_vacation_min_period": ("min_period", _seconds),
+    "sieve_vacation_default_period": ("default_period", _seconds),
+    "sieve_vacation_max_period": ("max_period", _seconds),
+    "sieve_vacation_use_original_recipient": ("use_original_recipient", _yes),
+    "sieve_vacation_check_recipient": ("check_recipient", _yes),
+    "sieve_vacation_send_from_recipient": ("send_from_recipient", _yes),
+    "sieve_vacation_to_header_ignore_envelope": ("to_header_ignore_envelope", _yes),
+    "sieve_vacation_default_subject": ("default_subject", str),
+    "sieve_vacation_default_subject_template": ("subject_template", str),
+    "sieve_user_email": ("user_email", str),
+    "sieve_redirect_envelope_from": ("redirect_envelope_from", str),
+}
+
+# Pigeonhole's defaults where pymda's differ (SPEC 6 counts the original
+# recipient as the user's address)
+PIGEONHOLE_SETTINGS = send.Settings(use_original_recipient=False)
+
 _T = "vnd.dovecot.testsuite"
 _S, _L, _N = validate.S, validate.L, validate.N
 EXTRA = {
     "extensions": (EXT, "vnd.dovecot.debug"),
+    # ${tst.path} etc. stay as written (only used by unsupported configs)
+    "namespaces": ("tst",),
     "commands": {
         "debug_log": ("vnd.dovecot.debug", (), (_S,), 0, "none", False),
         # name: (ext, tags, positional kinds, optional, tests, block)
@@ -209,6 +246,8 @@ class Suite:
         self.errors = []            # error texts of the last compile/run
         self.binaries = {}
         self.main = None
+        self.settings = PIGEONHOLE_SETTINGS
+        self.sender = send.RecordingSender()
 
     # -- message and envelope ---------------------------------------------
 
@@ -221,7 +260,20 @@ class Suite:
             sender=sender or "sender@example.com",
             recipient=rcpt or "recipient@example.com",
             orig_recipient=rcpt or "recipient@example.com",
-            mailbox_exists=self.store.exists)
+            mailbox_exists=self.store.exists,
+            include_loader=self.load_include)
+
+    def load_include(self, location, name):
+        sub = "included" if location == "personal" else "included-global"
+        path = self.path.parent / sub / (name + ".sieve")
+        try:
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            raise LookupError("no such file") from None
+        return (validate.compile_script(text, str(path),
+                                        extensions=self.opts.extensions,
+                                        extra=EXTRA),
+                str(path))
 
     def env_for(self):
         return self.env
@@ -262,7 +314,8 @@ class Suite:
         try:
             text = path.read_text(encoding="utf-8", errors="surrogateescape")
             compiled = validate.compile_script(text, str(path),
-                                               extensions=self.opts.extensions)
+                                               extensions=self.opts.extensions,
+                                               extra=EXTRA)
         except OSError as e:
             self.errors = [str(e)]
             self.script = None
@@ -281,8 +334,13 @@ class Suite:
         if self.script is None:
             return False
         compiled, filename = self.script
-        outcome = interp.execute(compiled, self.view, self.env, self.opts,
-                                 filename)
+        sub = interp.Interpreter(compiled, self.view, self.env, self.opts,
+                                 filename, hooks=HOOKS)
+        sub.suite = self
+        try:
+            outcome = sub.run()
+        except SieveRuntimeError as e:
+            outcome = interp.R.Outcome(error=e)
         if outcome.error is not None:
             self.errors = [m for (_f, _l, m) in outcome.error.errors]
             return False
@@ -311,6 +369,17 @@ class Suite:
                 self.errors.append("failed to store into mailbox %r: %s"
                                    % (action.folder, e))
                 ok = False
+        ctx = send.Context(env=self.env, view=self.view, message=self.message,
+                           user_address=(self.settings.user_email
+                                         or self.env.recipient),
+                           settings=self.settings, memory=None,
+                           now=1700000000, hostname="test.example.net",
+                           script=str(self.path))
+        plan = send.prepare(out.final_actions(), ctx)
+        if plan.keep:
+            self.store.store("INBOX", self.message, ())
+        self.errors += list(plan.logs)
+        self.errors += send.send_all(plan.outgoing, self.sender, None)
         return ok
 
 
@@ -361,6 +430,9 @@ def _cmd_test_set(it, cmd):
 
 def _cmd_config_set(it, cmd):
     key, value = it.expand(cmd[3][0]), it.expand(cmd[3][1])
+    if key in SEND_CONFIG:
+        it.suite.pending[key] = value
+        return
     if key not in CONFIG:
         raise TestFailed("unsupported config %s" % key)
     it.suite.pending[key] = value
@@ -368,7 +440,7 @@ def _cmd_config_set(it, cmd):
 
 def _cmd_config_unset(it, cmd):
     key = it.expand(cmd[3][0])
-    if key not in CONFIG:
+    if key not in CONFIG and key not in SEND_CONFIG:
         raise TestFailed("unsupported config %s" % key)
     it.suite.pending[key] = None
 
@@ -376,17 +448,25 @@ def _cmd_config_unset(it, cmd):
 def _cmd_config_reload(it, cmd):
     suite = it.suite
     changes = {}
+    send_changes = {}
     defaults = interp.Options()
     for key, value in suite.pending.items():
+        if key in SEND_CONFIG:
+            field, conv = SEND_CONFIG[key]
+            send_changes[field] = (getattr(PIGEONHOLE_SETTINGS, field)
+                                   if value is None else conv(value))
+            continue
         field, conv = CONFIG[key]
         changes[field] = getattr(defaults, field) if value is None else conv(value)
     suite.opts = suite.opts.replace(**changes)
+    suite.settings = suite.settings.replace(**send_changes)
     suite.rebind(it)
 
 
 def _cmd_result_reset(it, cmd):
     it.reset()
     it.flags = ()
+    it.suite.sender.sent = []
 
 
 def _cmd_nothing(it, cmd):
@@ -434,7 +514,16 @@ def _tst_message(it, node):
         it.flags = flags        # the stored message's flags become current
         suite.rebind(it)
         return True
-    return False        # :smtp: nothing is sent before issue 11
+    sent = suite.sender.sent
+    if index >= len(sent):
+        return False
+    envelope_from, recipient, data = sent[index]
+    suite.message = data
+    suite.view = make_view(data)
+    suite.env = suite.env.replace(sender=envelope_from, recipient=recipient,
+                                  orig_recipient=recipient)
+    suite.rebind(it)
+    return True
 
 
 def _tst_compile(it, node):

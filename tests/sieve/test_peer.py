@@ -9,17 +9,13 @@ keep).  Needs root (to switch to nobody) and ``sieve-test``.
 """
 
 import os
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
 from pymda.sieve import interp, validate
-from support import paths
-from sievekit import view
-
-SIEVE_TEST = shutil.which("sieve-test")
+from sievekit import (SIEVE_TEST, corpus_sample, peer_script, peer_workdir,
+                      sieve_test_argv, view)
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runs sieve-test as nobody)"),
     pytest.mark.skipif(SIEVE_TEST is None, reason="sieve-test (dovecot-sieve) not installed"),
@@ -60,9 +56,7 @@ if body :content "text" :contains "http" { fileinto "Links"; } else { keep; }
 
 def peer_folders(workdir, script, message):
     proc = subprocess.run(
-        ["runuser", "-u", "nobody", "--", SIEVE_TEST, "-O",
-         "-o", "mail_location=maildir:%s/mail" % workdir, "-o", "mail_home=%s" % workdir,
-         "-o", "postmaster_address=postmaster@example.org",
+        sieve_test_argv(workdir) + [
          "-a", RECIPIENT, "-r", RECIPIENT, "-f", SENDER, script, message],
         capture_output=True, text=True, timeout=60)
     assert "final result: success" in proc.stdout + proc.stderr, proc.stderr
@@ -82,23 +76,13 @@ def pymda_folders(text, message):
             for a in out.final_actions() if a.kind in ("fileinto", "keep")}
 
 
-@pytest.fixture(scope="module")
-def workdir():
-    d = tempfile.mkdtemp(prefix="pymda-sievepeer-", dir="/tmp")
-    os.chmod(d, 0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+workdir = pytest.fixture(scope="module")(peer_workdir)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_same_folders_as_sieve_test(workdir, name):
-    messages = [str(p) for p in paths.corpus_messages()][::8]
-    if not messages:
-        pytest.skip("no corpus ($PYMDA_CORPUS)")
-    script = os.path.join(workdir, name + ".sieve")
-    with open(script, "w") as f:
-        f.write(SCRIPTS[name])
-    os.chmod(script, 0o644)
+    messages = corpus_sample(8)
+    script = peer_script(workdir, name, SCRIPTS[name])
     seen = set()
     mismatches = []
     for message in messages:

@@ -62,7 +62,21 @@ PHASE2 = [
     "extensions/variables/regex.svtest",
     "extensions/relational/errors.svtest",
 ]
-FILES = PHASE1 + PHASE2
+# issue 11: mail that Sieve sends or refuses, include, duplicate
+PHASE3 = [
+    "execute/smtp.svtest", "execute/address-normalize.svtest",
+    "extensions/vacation/errors.svtest", "extensions/vacation/execute.svtest",
+    "extensions/vacation/message.svtest", "extensions/vacation/reply.svtest",
+    "extensions/vacation/smtp.svtest", "extensions/vacation/utf-8.svtest",
+    "extensions/reject/execute.svtest", "extensions/reject/smtp.svtest",
+    "extensions/duplicate/errors.svtest", "extensions/duplicate/execute.svtest",
+    "extensions/include/errors.svtest", "extensions/include/execute.svtest",
+    "extensions/include/once.svtest", "extensions/include/optional.svtest",
+    "extensions/include/rfc.svtest", "extensions/include/twice.svtest",
+    "extensions/include/variables.svtest",
+    "multiscript/basic.svtest", "multiscript/conflicts.svtest",
+]
+FILES = PHASE1 + PHASE2 + PHASE3
 
 
 def _expectations():

@@ -90,3 +90,27 @@ def test_compile_writes_sidecars(tmp_path):
     assert not (d / "b.sieve.pymda-bin").exists()
     assert not (d / "notes.txt.pymda-bin").exists()
     assert ("%s:1: unknown command 'frob'" % (d / "b.sieve")).encode() in proc.stdout
+
+
+def test_test_shows_what_would_be_sent_and_includes(tmp_path):
+    (tmp_path / "away.sieve").write_text(
+        'require "vacation";\nvacation :days 2 "Away.";\n')
+    script = tmp_path / "main.sieve"
+    script.write_text('require "include";\ninclude "away";\n'
+                      'redirect "carol@example.org";\n')
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(MESSAGE)
+    proc = admin("test", "-f", "alice@example.com", "-a", "bob+lists@example.net",
+                 str(script), str(msg))
+    assert proc.returncode == EX_OK, proc.stderr
+    assert proc.stdout.decode().splitlines() == [
+        "vacation reason='Away.' subject=None",
+        "redirect carol@example.org",
+        "send vacation from <> to <alice@example.com>",
+        "send redirect from <alice@example.com> to <carol@example.org>",
+    ]
+    # a list message gets no reply, and the reason is shown
+    proc = admin("test", "-f", "alice@example.com", "-a", "bob+lists@example.net",
+                 str(script), "-", stdin=b"List-Id: <l.example.com>\n" + MESSAGE)
+    assert b"send vacation" not in proc.stdout
+    assert b"vacation: no reply: mailing list message (list-id)" in proc.stderr

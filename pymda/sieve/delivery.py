@@ -1,0 +1,206 @@
+"""The Sieve step of one delivery, as two calls for the pipeline (SPEC 6).
+
+Contract (after the switch to the user; ``data`` is the message as
+received, without a From_ line; ``view`` its MailView)::
+
+    from pymda.sieve import delivery
+    session = delivery.evaluate(cfg, identity, envelope, data, view,
+                                keep_folder="INBOX", mailbox_exists=None)
+    if session is None: ...          # no filtering: deliver as before
+    session.reject                   # Reject action or None -> 5.7.1 <reason>
+    session.stores                   # Keep / FileInto actions to store
+                                     # (empty: discarded, or rejected)
+    session.sends                    # Outgoing messages (redirect, vacation)
+    session.logs                     # lines for syslog
+    session.write_user_log()         # errors into the user's sieve_log
+    ... store session.stores ...
+    session.finish(send=True, done=None, record=None) -> log lines
+        # sends (unless send=False: pymda -n, redeliver), marks vacation
+        # memory after each successful send, records duplicate marks
+
+``identity``: pymda.users.Identity (name, uid, home); ``envelope``:
+pymda.resolve.Envelope (sender, recipient, original_recipient).  The
+scripts are ``sieve_before``, the user's ``sieve_script`` (trust-checked
+by pymda.sieve.files.find_script) or else ``sieve_default``, then
+``sieve_after`` (pymda.sieve.sequence).  ``None`` when ``sieve = false``
+or there is no script at all.  Admin scripts (before/after/default) must
+be regular files owned by root and not world-writable; others are
+ignored with a line in ``logs``.
+
+``stores`` already includes the keep that replaces a redirect refused
+as a loop.  A ``reject`` leaves ``stores`` empty unless an earlier
+script of a sequence stored the message (then the reject was dropped,
+see sequence.merge).
+
+Errors never raise: a script error is in ``logs`` (and goes to the
+user's log with ``write_user_log``) and the result is the implicit keep;
+the per-user memory (pymda.sieve.memory, the state file) is opened only
+when a script uses ``duplicate`` or a vacation reply is considered.
+
+LIMITATIONS: the global include directory is ``GLOBAL_DIR``
+(``/etc/pymda/sieve``): there is no config key for it yet.
+"""
+
+from pymda import fastos as os
+
+GLOBAL_DIR = "/etc/pymda/sieve"
+CACHE_DIR = ".cache/pymda/sieve"
+
+
+def _expand(template, identity):
+    from pymda.config import expand
+
+    return expand(template, {"home": identity.home, "user": identity.name})
+
+
+def _script_dir(path):
+    """The directory of the script ``path`` points to (``~/sieve/`` for
+    dovecot's ``~/.dovecot.sieve`` symlink)."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return os.path.dirname(path)
+    if not target.startswith("/"):
+        target = os.path.join(os.path.dirname(path), target)
+    return os.path.dirname(target)
+
+
+class Session:
+    __slots__ = ("cfg", "identity", "envelope", "outcome", "plan", "memory",
+                 "reject", "stores", "sends", "logs", "user_lines", "log_path",
+                 "now", "view", "data")
+
+    def write_user_log(self):
+        """Append the script errors to the user's ``sieve_log``; returns
+        None or the reason it could not (for syslog)."""
+        if not self.user_lines or not self.log_path:
+            return None
+        from pymda.sieve.files import log_errors
+
+        return log_errors(self.log_path, self.user_lines, self.now)
+
+    def finish(self, send=True, done=None, record=None, sender=None):
+        """Send (unless ``send`` is False), then write the duplicate
+        marks.  Call only once the stores succeeded.  Returns log lines."""
+        logs = []
+        memory = self.memory
+        if send and self.sends:
+            from pymda.sieve import send as S
+
+            if sender is None:
+                sender = S.SendmailSender(self.cfg, self.identity.name,
+                                          self.identity.home,
+                                          self.envelope.recipient)
+            logs += S.send_all(self.sends, sender, memory, done, record)
+        elif self.sends:
+            logs += ["%s to %s: not sent (no sending in this mode)"
+                     % (o.kind, o.recipient) for o in self.sends]
+        if send:
+            for key, expiry in self.outcome.marks:
+                try:
+                    memory.mark(key, expiry)
+                except Exception as e:
+                    logs.append("duplicate: cannot record: %s"
+                                % (getattr(e, "text", None) or e))
+        if memory is not None:
+            memory.close()
+        return logs
+
+
+def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
+             mailbox_exists=None, now=None, hostname=None):
+    if not cfg.sieve:
+        return None
+    from pymda.sieve import sequence
+    from pymda.sieve.files import find_script
+
+    logs = []
+    personal_path = _expand(cfg.sieve_script, identity) if cfg.sieve_script else ""
+    personal = None
+    if personal_path:
+        personal, warning = find_script(personal_path, (identity.uid, 0))
+        if warning:
+            logs.append(warning)
+    default = _expand(cfg.sieve_default, identity) if cfg.sieve_default else ""
+    scripts = []
+    for path in sequence.script_list(cfg.sieve_before, personal, default,
+                                     cfg.sieve_after):
+        if path != personal:
+            # admin scripts: root's, not world-writable (SPEC 6)
+            path, warning = find_script(path, (0,))
+            if warning:
+                logs.append(warning)
+        if path:
+            scripts.append(path)
+    if not scripts:
+        return None
+    if now is None:
+        import time
+
+        now = time.time()
+    from pymda.sieve.interp import Environment, Options
+    from pymda.sieve.memory import LazyMemory
+
+    def state_file():
+        from pymda.state import state_path     # imports os: only when used
+
+        return state_path(cfg, identity)
+
+    from pymda.config import SIEVE_EXTENSIONS
+
+    # the default set is None for the cache, as for pymda-admin sieve
+    # compile: its sidecars then match
+    extensions = cfg.sieve_extensions
+    if frozenset(extensions) == frozenset(SIEVE_EXTENSIONS):
+        extensions = None
+    cache_dir = os.path.join(identity.home, CACHE_DIR)
+    memory = LazyMemory(state_file, cfg.lock_timeout, now)
+    env = Environment(
+        sender=envelope.sender or "", recipient=envelope.recipient,
+        orig_recipient=getattr(envelope, "original_recipient", "") or envelope.recipient,
+        mailbox_exists=mailbox_exists, memory=memory,
+        include_loader=sequence.include_loader(
+            _script_dir(personal) if personal else None, GLOBAL_DIR, cache_dir,
+            extensions, cfg.sieve_max_script_size))
+    opts = Options(recipient_delimiter=cfg.recipient_delimiter,
+                   max_actions=cfg.sieve_max_actions,
+                   max_redirects=cfg.sieve_max_redirects,
+                   max_cpu_time=cfg.sieve_max_cpu_time,
+                   extensions=extensions, keep_folder=keep_folder)
+    outcome = sequence.run_sequence(
+        [(p, cache_dir if p == personal else None) for p in scripts],
+        view, env, opts, cfg.sieve_max_script_size)
+    s = Session()
+    s.cfg, s.identity, s.envelope, s.memory = cfg, identity, envelope, memory
+    s.now, s.view, s.data, s.outcome = now, view, data, outcome
+    s.user_lines = []
+    s.log_path = (_expand(cfg.sieve_log, identity) if cfg.sieve_log
+                  else (personal_path + ".log" if personal else ""))
+    if outcome.error is not None:
+        s.user_lines = outcome.error.lines()
+        logs += outcome.error.lines()
+    logs += list(outcome.warnings)
+    actions = outcome.final_actions()
+    s.reject = next((a for a in actions if a.kind == "reject"), None)
+    s.stores = [a for a in actions if a.kind in ("keep", "fileinto")]
+    s.sends = ()
+    s.plan = None
+    if any(a.kind in ("redirect", "vacation") for a in actions):
+        from pymda.sieve import send
+
+        s.plan = send.prepare(actions, send.Context(
+            env=env, view=view, message=data, user_address=envelope.recipient,
+            settings=send.settings_from_config(cfg), memory=memory, now=now,
+            hostname=hostname or _hostname(), script=outcome.script or "script"))
+        s.sends = s.plan.outgoing
+        logs += list(s.plan.logs)
+        if s.plan.keep and not any(a.kind == "keep" for a in s.stores):
+            from pymda.sieve.result import Keep
+
+            s.stores.append(Keep(flags=outcome.implicit_flags, implicit=True))
+    s.logs = logs
+    return s
+
+
+def _hostname():
+    return os.uname().nodename or "localhost"
