@@ -352,22 +352,13 @@ def _write_cache(cache, stamp, table):
         data = marshal.dumps((stamp, table))
     except ValueError:  # e.g. TOML dates: not cacheable, not valid either
         return
-    directory = os.path.dirname(cache)
-    tmp = f"{cache}.{os.getpid()}.tmp"
+    from pymda.durable import write_atomically
+
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
-        os.rename(tmp, cache)
+        os.makedirs(os.path.dirname(cache), mode=0o755, exist_ok=True)
+        write_atomically(cache, data, mode=0o644, sync=False)  # a cache: no fsync
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass
 
 
 # --- templates -------------------------------------------------------------

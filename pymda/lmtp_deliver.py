@@ -52,6 +52,7 @@ import asyncio
 import os
 import threading
 
+from pymda.durable import write_all
 from pymda.errors import DeliveryError, TempFail
 
 RCPT_OK = "250 2.1.5 Ok"
@@ -344,10 +345,8 @@ def _child(wfd, cfg, log, message, sender, recipient):
         else:
             log.error(f"to=<{recipient}>: internal error: {type(exc).__name__}: {exc}")
     finally:
-        data = (reply + "\n").encode("utf-8", "replace")
         try:
-            while data:
-                data = data[os.write(wfd, data):]
+            write_all(wfd, (reply + "\n").encode("utf-8", "replace"))
         except OSError:
             pass
         os._exit(0)

@@ -25,6 +25,7 @@ extra system calls.
 import time
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
+from pymda.durable import fsync_directory, fsync_file, write_all
 from pymda.errors import from_oserror
 
 _counter = [0]
@@ -101,21 +102,6 @@ def is_maildir(directory):
     )
 
 
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def deliver(directory, message, prefix, folder=False, flags=None):
     """Write one message into Maildir ``directory``; return its final path."""
     size = len(prefix) + message.size
@@ -136,12 +122,12 @@ def deliver(directory, message, prefix, folder=False, flags=None):
     try:
         try:
             if message.data is not None:
-                _write_all(fd, prefix + message.data)
+                write_all(fd, prefix + message.data)
             else:
-                _write_all(fd, prefix)
+                write_all(fd, prefix)
                 for piece in message.chunks():
-                    _write_all(fd, piece)
-            os.fsync(fd)
+                    write_all(fd, piece)
+            fsync_file(fd)
         finally:
             os.close(fd)
         sub = "new" if flags is None else "cur"
@@ -156,7 +142,7 @@ def deliver(directory, message, prefix, folder=False, flags=None):
                 if os.path.isdir(os.path.join(directory, sub)):
                     raise
                 ensure_maildir(directory, folder)  # tmp/ was there, new/ was not
-        _fsync_dir(os.path.join(directory, sub))
+        fsync_directory(os.path.join(directory, sub))
     except OSError as exc:
         _remove(tmp)
         raise from_oserror(exc, f"cannot write to Maildir {directory}") from None

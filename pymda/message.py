@@ -30,6 +30,7 @@ Delivered-To further down a monster header is not seen.
 import time
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
+from pymda.durable import write_all
 from pymda.errors import PermFail, TempFail, from_oserror
 from pymda.record import Record
 
@@ -286,11 +287,8 @@ def _append(parts, fd, data):
 
 
 def _write_all(fd, data):
-    view = memoryview(data)
     try:
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        write_all(fd, data)
     except OSError as exc:
         raise from_oserror(exc, "spooling the message") from None
 

@@ -165,6 +165,8 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
     """One client on a pair of descriptors (postfix spawn(8)): until EOF."""
     import os
 
+    from pymda.durable import write_all
+
     parser = RequestParser()
     while True:
         try:
@@ -187,8 +189,7 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
             _log_action(log, attrs, action)
             out = format_response(action)
             try:
-                while out:
-                    out = out[os.write(write_fd, out):]
+                write_all(write_fd, out)
             except OSError:  # the client went away (EPIPE): nothing to answer
                 return
 
