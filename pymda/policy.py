@@ -12,7 +12,8 @@ DECISION (``decide``):
   message has several recipients): ``DUNNO``;
 - the recipient's user: extension stripped with ``recipient_delimiter``;
   a virtual user by full address (``[users."bob@example.org"]``), else
-  a system user by local part, as ``pymda`` itself resolves it; unknown:
+  a system user by local part (recipient.mailbox_for, the rule of every
+  pymda program); unknown:
   ``policy_nouser`` (default ``DUNNO``; e.g. ``550 5.1.1 User unknown``);
 - no quota for that user: ``DUNNO`` (nothing is read);
 - ``size`` more bytes would pass a limit of the main mailbox (the same
@@ -103,30 +104,10 @@ def format_response(action):
     return f"action={action}\n\n".encode("utf-8", "surrogateescape")
 
 
-def mailbox_for(cfg, address):
-    """(Identity, main-mailbox Target) for a recipient address.
-
-    Raises PermFail 5.1.1 for an unknown user.  The user rule is
-    ``pymda``'s (cli.build_envelope); the mailbox location is resolve's.
-    """
-    from pymda import resolve, users
-    from pymda.address import INBOX, split_address
-
-    local, domain, base, extension = split_address(address, cfg.recipient_delimiter)
-    name = users.name_for_recipient(cfg, base, domain)
-    if not name:
-        from pymda.errors import PermFail
-
-        raise PermFail("User unknown: empty local part", "5.1.1")
-    identity = users.lookup(cfg, name)
-    envelope = resolve.Envelope(sender="", recipient=address, user=name, local=local,
-                                domain=domain, extension=extension)
-    return identity, resolve.mailbox_target(cfg, envelope, identity, INBOX)
-
-
 def decide(cfg, attrs):
     """The action for one request (see the module docstring)."""
     from pymda import quota
+    from pymda.recipient import mailbox_for
 
     recipient = attrs.get("recipient", "").strip().strip("<>")
     if not recipient:
