@@ -30,7 +30,6 @@ Delivered-To further down a monster header is not seen.
 import time
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
-from pymda.durable import write_all
 from pymda.errors import PermFail, TempFail, from_oserror
 from pymda.record import Record
 
@@ -287,6 +286,8 @@ def _append(parts, fd, data):
 
 
 def _write_all(fd, data):
+    from pymda.durable import write_all  # only past SPOOL_IN_MEMORY: not on every start
+
     try:
         write_all(fd, data)
     except OSError as exc:
