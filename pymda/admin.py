@@ -30,7 +30,6 @@ pymda-admin)"`` (zsh_source, fish_source); ``-d`` completes user names.
 This module imports click and is never on the delivery path.
 """
 
-import os
 import sys
 
 import click

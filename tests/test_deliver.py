@@ -8,21 +8,11 @@ import pytest
 
 from pymda import deliver, resolve
 from pymda.errors import PermFail, TempFail
-from support.engine import (
-    MESSAGE, collecting_log, config_file, envelope, maildir_new, message_of, own_user,
+from support.engine import (  # noqa: F401 - cfg, me: fixtures
+    MESSAGE, cfg, collecting_log, config_file, envelope, maildir_new, me, message_of, own_user,
 )
 
 TRACE = b"Return-Path: <sender@example.net>\nDelivered-To: alice@example.org\n"
-
-
-@pytest.fixture
-def cfg(tmp_path):
-    return config_file(tmp_path, 'mailbox = "Maildir/"')
-
-
-@pytest.fixture
-def me(cfg):
-    return own_user(cfg)
 
 
 def mailbox(cfg, me, folder="INBOX"):

@@ -20,8 +20,8 @@ from pymda import recipient
 from pymda.dotforward import Item
 from pymda.errors import PermFail
 from support import paths
-from support.engine import (
-    MESSAGE, SENDER, USER, collecting_log, config_file, envelope, maildir_new, message_of,
+from support.engine import (  # noqa: F401 - cfg: a fixture
+    MESSAGE, SENDER, USER, cfg, collecting_log, config_file, maildir_new, message_of,
     own_user, tree,
 )
 
@@ -30,11 +30,6 @@ EX_DATAERR = 65
 LOOP = "5.4.6"
 NO_USER = "5.1.1"
 NOT_ALLOWED = "5.7.1"
-
-
-@pytest.fixture
-def cfg(tmp_path):
-    return config_file(tmp_path, 'mailbox = "Maildir/"')
 
 
 @pytest.fixture

@@ -14,17 +14,9 @@ from pymda import resolve
 from pymda.dotforward import Item
 from pymda.errors import PermFail, UsageError
 from pymda.users import Identity
-from support.engine import config_file, envelope, own_user, tree
-
-
-@pytest.fixture
-def cfg(tmp_path):
-    return config_file(tmp_path, 'mailbox = "Maildir/"')
-
-
-@pytest.fixture
-def me(cfg):
-    return own_user(cfg)
+from support.engine import (  # noqa: F401 - cfg, me: fixtures
+    cfg, config_file, envelope, me, own_user, tree,
+)
 
 
 def mkmaildir(root):

@@ -17,10 +17,16 @@ delivering root's own mail), and every byte lands under ``tmp_path``.
 - ``maildir_new(directory)`` -> {name: bytes} of ``new/``;
 - ``tree(root)`` -> every path under ``root`` with its bytes (files) or
   None (directories): equal before and after means nothing was written.
+
+Fixtures (import them into the test module): ``cfg`` - a config whose
+``mailbox`` is ``Maildir/`` with one such user, ``alice``; ``me`` - her
+Identity.
 """
 
 import os
 from pathlib import Path
+
+import pytest
 
 from pymda import config, message
 from pymda.log import Log
@@ -89,3 +95,13 @@ def tree(root):
         rel = str(path.relative_to(root))
         out[rel] = path.read_bytes() if path.is_file() and not path.is_symlink() else None
     return out
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return config_file(tmp_path, 'mailbox = "Maildir/"')
+
+
+@pytest.fixture
+def me(cfg):
+    return own_user(cfg)
