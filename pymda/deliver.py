@@ -96,12 +96,13 @@ def check_loop(message, envelope, leading_is_ours=True):
     none, so every Delivered-To for the recipient is an earlier delivery.
     """
     from pymda.errors import PermFail
+    from pymda.message import same_address
 
-    rcpt = envelope.recipient.strip().lower()
-    seen = [v for v in message.delivered_to if v.strip("<> ") == rcpt]
+    rcpt = envelope.recipient
+    seen = [v for v in message.delivered_to if same_address(v, rcpt)]
     own = 0
     for name, value in message.leading:
-        if leading_is_ours and name == "delivered-to" and value.strip("<> ").lower() == rcpt:
+        if leading_is_ours and name == "delivered-to" and same_address(value, rcpt):
             own = 1
             break
     if len(seen) > own:
