@@ -13,8 +13,10 @@ because postfix bounces every other status and a traceback would return
 the user's mail to its sender.
 
 Order of work: options -> config -> read ALL input (postfix counts an
-early exit 0 as delivered) -> user -> switch to the user -> plan ->
-deliver.  As root, nothing of the user's is touched before the switch.
+early exit 0 as delivered) -> the envelope from argv and postfix's
+environment -> recipient.py, the pipeline every pymda program shares
+(user, loop check, switch to the user, plan, deliver).  As root, nothing
+of the user's is touched before the switch.
 """
 
 import sys
