@@ -57,8 +57,10 @@ the spooled message) and the creation of a missing spool mbox
 does the same).  After it, .forward and every file of the user's are
 read and written with the user's rights.  For a process that is not
 root, users.switch_to only verifies the uid (authorise already did).
-Root's own pipes and file targets are not run as root: resolve gives
-them default_privs and deliver.write_as switches in a child.
+Root's own mail is the exception postfix makes too: its mailbox is
+written as root, its file targets as default_privs (resolve decides,
+deliver.write_as switches in a child) and its pipes run as default_privs
+(pipe.py).
 
 SIEVE / USER DATABASE: the user database plugs in behind
 ``users.name_for_recipient`` and ``users.lookup`` (called here only);

@@ -193,7 +193,9 @@ def _calls(name):
     found = {}
     for path in sorted((paths.REPO / "pymda").rglob("*.py")):
         text = path.read_text()
-        n = len(re.findall(rf"(?<![`.\w]){name}\(", text)) - text.count(f"def {name}(")
+        # name( or module.name( in code; ``name(...)`` in docstrings aside
+        n = len(re.findall(rf"(?<![`\w.])(?:[A-Za-z_]\w*\.)?{name}\(", text))
+        n -= text.count(f"def {name}(")
         if n:
             found[str(path.relative_to(paths.REPO))] = n
     return found
