@@ -215,3 +215,18 @@ def test_dotforward_and_resolve_do_not_import_each_other_in_a_cycle():
     code = ("import sys; import pymda.dotforward; "
             "assert 'pymda.resolve' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=paths.REPO)
+
+
+def test_explain_plans_without_a_message(cfg, tmp_path):
+    """pymda-admin explain goes through the pipeline with no message at all
+    (it used to build a fake one to reuse pymda's envelope code)."""
+    code = ("import sys; from pymda import admin; "
+            f"rc = admin.main(['explain', '-c', {str(tmp_path / 'pymda.toml')!r}, "
+            "'alice+x@example.org']); "
+            "assert rc == 0, rc; assert 'pymda.message' not in sys.modules, 'message'")
+    env = {**os.environ, "PYMDA_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, cwd=str(tmp_path), check=False)
+    assert proc.returncode == 0, proc.stderr
+    home = own_user(cfg).home
+    assert proc.stdout == f"maildir {home}/Maildir/ folder=INBOX source=mailbox\n".encode()
