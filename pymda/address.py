@@ -7,6 +7,7 @@
   empty levels, anything that could leave the mailbox).
 - ``maildir_folder(name, encoding)`` -> ".Work.Reports" (Maildir++).
 - ``mbox_folder(name, encoding)`` -> "Work/Reports" (relative file path).
+- ``parse_sender(text)``: ``-f`` as given -> the sender ("" for ``<>``).
 - ``encode_mutf7(text)``: IMAP modified UTF-7 (RFC 3501 5.1.3), dovecot's
   default on-disk folder name encoding.
 
@@ -39,6 +40,17 @@ def split_address(address, delimiters="+"):
         if cut > 0:
             user, extension = local[:cut], local[cut + 1 :]
     return local, domain, user, extension
+
+
+def parse_sender(text):
+    """An envelope sender as given on a command line: ``""`` or ``<>`` is
+    the null sender (""); one pair of angle brackets is removed."""
+    text = text.strip()
+    if text in ("<>", ""):
+        return ""
+    if text.startswith("<") and text.endswith(">"):
+        return text[1:-1]
+    return text
 
 
 # postfix's default command_expansion_filter: the characters it lets

@@ -171,26 +171,23 @@ def redeliver(user, mailbox, folder, sender, forward, dry_run, config_path, over
 @config_options
 def explain(address, user, folder, mailbox, forward, as_json, aliases, config_path, overrides):
     """Show where mail for ADDRESS would go, as `pymda -n -a ADDRESS`."""
-    from pymda import cli as pymda_cli
-    from pymda import message as message_mod
-    from pymda import resolve, users
+    from pymda import recipient, resolve
+    from pymda.errors import UsageError
     from pymda.log import Log
 
     cfg = _load_config(config_path, overrides)
     if not user and not as_json and (cfg.policy_aliases if aliases is None else aliases):
         if explain_aliases(cfg, address):
             return 0
-    opts = {"recipient": address, "sender": ""}
-    if user:
-        opts["user"] = user
-    is_root = os.geteuid() == 0
-    probe = message_mod.from_bytes(b"Subject: pymda-admin explain\n\n")
-    envelope = pymda_cli.build_envelope(opts, {}, probe, cfg, is_root=True)
-    identity = users.lookup(cfg, envelope.user)
-    users.authorise(identity)
-    if is_root:
-        users.switch_to(identity)  # DELIVERY RIGHTS: read .forward as the user
-    targets = resolve.plan(
+    address = address.strip().strip("<>")
+    if not address:
+        raise UsageError("empty recipient address")
+    envelope = recipient.envelope_for(cfg, address, user=user)
+    if not envelope.user:
+        raise UsageError("empty user name")
+    identity = recipient.find_user(cfg, envelope)
+    # DELIVERY RIGHTS: as root, .forward is read as the user (plan_only switches).
+    targets = recipient.plan_only(
         cfg, envelope, identity, folder=folder, mailbox=mailbox,
         forward=cfg.forward if forward is None else forward, log=Log(ident="pymda-admin"),
     )

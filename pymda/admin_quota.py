@@ -65,8 +65,8 @@ def format_report(identity, target, storage, messages, used_bytes, used_count):
               help="Configuration file (default $PYMDA_CONFIG, /etc/pymda/pymda.toml).")
 def quota_command(user, recalc, config_path):
     """Show USER's mailbox usage against the quota; --recalc rebuilds maildirsize."""
-    from pymda import config, quota, users
-    from pymda.policy import mailbox_for
+    from pymda import config, quota
+    from pymda.recipient import mailbox_for, switch
 
     try:
         cfg = config.load(config_path)
@@ -77,7 +77,7 @@ def quota_command(user, recalc, config_path):
                 click.echo(f"{target.path}: an mbox has no maildirsize; nothing to rebuild",
                            err=True)
             else:
-                users.switch_to(identity)
+                switch(identity)  # read and rebuild as the user
                 quota.recalculate(target, cfg)
         used_bytes, used_count = quota.usage(cfg, identity, target)
     except DeliveryError as exc:

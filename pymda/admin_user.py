@@ -63,7 +63,7 @@ def format_user(cfg, identity, target):
 def user_command(address, config_path):
     """Show the user ADDRESS is delivered to: ids, home, mailbox, limits, source."""
     from pymda import config
-    from pymda.policy import mailbox_for
+    from pymda.recipient import mailbox_for
 
     try:
         cfg = config.load(config_path)

@@ -13,8 +13,10 @@ because postfix bounces every other status and a traceback would return
 the user's mail to its sender.
 
 Order of work: options -> config -> read ALL input (postfix counts an
-early exit 0 as delivered) -> user -> switch to the user -> plan ->
-deliver.  As root, nothing of the user's is touched before the switch.
+early exit 0 as delivered) -> the envelope from argv and postfix's
+environment -> recipient.py, the pipeline every pymda program shares
+(user, loop check, switch to the user, plan, deliver).  As root, nothing
+of the user's is touched before the switch.
 An exit before the input was read (usage or config error) still reads
 and discards it, bounded (drain_input), so the writer never sees EPIPE.
 """
@@ -123,21 +125,18 @@ def _store(opts, dest, value):
 
 def choose_sender(opts, environ, message):
     """SPEC 1 -f default chain, with postfix's censoring undone (SPEC 1.1)."""
-    from pymda.address import censor
+    from pymda.address import censor, parse_sender
 
     if "sender" in opts:
-        given = opts["sender"]
+        given = parse_sender(opts["sender"])
     elif "SENDER" in environ:
-        given = environ["SENDER"]
+        given = parse_sender(environ["SENDER"])
     elif message.from_sender is not None:
         return message.from_sender
     else:
         return ""
-    given = given.strip()
-    if given in ("<>", ""):
+    if not given:
         return ""
-    if given.startswith("<") and given.endswith(">"):
-        given = given[1:-1]
     exact = [message.from_sender or ""]
     for name, value in message.leading:
         if name == "return-path":
@@ -148,10 +147,14 @@ def choose_sender(opts, environ, message):
     return given
 
 
-def build_envelope(opts, environ, message, cfg, is_root):
-    """(Envelope, user name) from options and postfix's environment."""
-    from pymda.address import split_address
-    from pymda.resolve import Envelope
+def build_envelope(opts, environ, message, cfg, invoker=None):
+    """The Envelope from options and postfix's environment (SPEC 1).
+
+    ``invoker``: the Identity of a user running pymda for itself (not
+    root, no ``-d``); its name is the user.  The address -> user rule is
+    recipient.envelope_for's.
+    """
+    from pymda.recipient import envelope_for
 
     recipient = opts.get("recipient")
     from_env = False
@@ -159,10 +162,8 @@ def build_envelope(opts, environ, message, cfg, is_root):
         recipient = environ["RECIPIENT"]
         from_env = True
     user = opts.get("user")
-    if user is None and not is_root:
-        from pymda.users import current
-
-        user = current().name
+    if user is None and invoker is not None:
+        user = invoker.name
     if recipient is None:
         if user is None:
             raise UsageError("no recipient: give -d USER or -a ADDRESS")
@@ -170,26 +171,13 @@ def build_envelope(opts, environ, message, cfg, is_root):
     recipient = recipient.strip().strip("<>")
     if not recipient:
         raise UsageError("empty recipient address")
-    local, domain, base, extension = split_address(recipient, cfg.recipient_delimiter)
-    if from_env and "EXTENSION" in environ:
-        extension = environ["EXTENSION"]
-    if user is None:
-        from pymda.users import name_for_recipient
-
-        user = name_for_recipient(cfg, base, domain)
-    if not user:
-        raise UsageError("empty user name")
-    sender = choose_sender(opts, environ, message)
-    envelope = Envelope(
-        sender=sender,
-        recipient=recipient,
-        original_recipient=(environ.get("ORIGINAL_RECIPIENT") if from_env else None)
-        or recipient,
-        user=user,
-        local=local,
-        domain=domain,
-        extension=extension,
+    envelope = envelope_for(
+        cfg, recipient, sender=choose_sender(opts, environ, message), user=user,
+        original_recipient=environ.get("ORIGINAL_RECIPIENT") if from_env else None,
+        extension=environ["EXTENSION"] if from_env and "EXTENSION" in environ else None,
     )
+    if not envelope.user:
+        raise UsageError("empty user name")
     return envelope
 
 
@@ -318,47 +306,27 @@ def _deliver(opts, environ, cfg, log):
     else:
         message = message_mod.read(0, cfg.message_size_limit)
 
-    is_root = os.geteuid() == 0
-    envelope = build_envelope(opts, environ, message, cfg, is_root)
-    if opts.get("user") is None and not is_root:
-        identity = users.current()
-    else:
-        identity = users.lookup(cfg, envelope.user)
-    users.authorise(identity)
-    from pymda import resolve
+    from pymda import recipient
 
-    if is_root and not opts.get("dry_run") and identity.uid != 0:
-        from pymda.deliver import check_loop
-
-        check_loop(message, envelope)  # a looping message creates nothing
-        # As postfix's local(8): root creates a missing spool mbox for the
-        # user (the user cannot: /var/mail is 2775 root:mail).
-        kind, path, spool = resolve.mailbox_location(
-            cfg, envelope, identity, opts.get("mailbox"))
-        if kind == "mbox" and spool and not os.path.lexists(path):
-            from pymda.mbox import precreate_spool_mbox
-
-            precreate_spool_mbox(path, identity.uid, identity.gid)
-    # DELIVERY RIGHTS: become the user before touching any of its files.
-    if not opts.get("dry_run") or is_root:
-        users.switch_to(identity)
-
-    forward = opts.get("forward", cfg.forward)
+    invoker = None
+    if opts.get("user") is None and os.geteuid() != 0:
+        invoker = users.current()  # a user delivering its own mail
+    envelope = build_envelope(opts, environ, message, cfg, invoker)
+    identity = recipient.find_user(cfg, envelope, invoker)
     folder = opts.get("folder")
     if folder is not None and folder.strip() == "":
         raise UsageError("empty folder name")
-    targets = resolve.plan(
-        cfg, envelope, identity, folder=folder, mailbox=opts.get("mailbox"),
-        forward=forward, log=log,
-    )
+    how = {"folder": folder, "mailbox": opts.get("mailbox"),
+           "forward": opts.get("forward", cfg.forward)}
     if opts.get("dry_run"):
+        from pymda import resolve
+
+        targets = recipient.plan_only(cfg, envelope, identity, log=log, **how)
         out = resolve.plan_json(targets) if opts.get("json") else resolve.format_plan(targets)
         sys.stdout.write(out)
         sys.stdout.flush()
         return 0
-    from pymda import deliver
-
-    result = deliver.run(targets, message, envelope, cfg, log)
+    result = recipient.deliver(cfg, log, message, envelope, identity, **how)
     if result.error is not None:
         raise result.error
     return 0

@@ -556,25 +556,15 @@ def _write_cache(cache, stamp, table):
 
 def write_cache_file(path, data):
     """Replace ``path`` (0644, its directory made) with ``data``, atomically;
-    best effort: False on failure (also for pymda.userdb.passwdfile)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    best effort: False on failure (also for pymda.userdb.passwdfile).  A
+    cache: no fsync."""
+    from pymda.durable import write_atomically
+
     try:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        write_atomically(path, data, mode=0o644, sync=False)
         return True
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         return False
 
 

@@ -1,15 +1,20 @@
 """The delivery engine: the only caller of the writers.
 
-Contract: ``run(targets, message, envelope, cfg, log, check_loops=True)``
+Contract: ``run(targets, message, envelope, cfg, log, flags=None)``
 delivers ``message`` to every target in order and returns a
 DeliveryResult: its ``exit`` code, its one output ``line`` (None when all
 went well) and per-target ``results``.  It never raises a DeliveryError
 (they become results); anything unexpected is the caller's 4.3.0.
+``flags``: Maildir flags to deliver into ``cur/`` with (redeliver).
+The caller has switched to the user (recipient.py) and planned the
+targets (resolve.py).
 
-LOOP CONTROL (SPEC 1.3): the first Delivered-To for this recipient in the
-leading block is this delivery's own (postfix wrote it); any other
-Delivered-To for this recipient in the header means the message has been
-here before: 5.4.6, nothing delivered.
+LOOP CONTROL (SPEC 1.3): ``check_loop`` - the first Delivered-To for
+this recipient in the leading block is this delivery's own (postfix
+wrote it); any other Delivered-To for this recipient in the header means
+the message has been here before: 5.4.6, nothing delivered.
+recipient.deliver calls it once per recipient, before anything is
+created; ``run`` itself does not check.
 
 QUOTA (SPEC 1.6): checked before any byte is written, only when a limit
 applies (quota.py is not even imported otherwise); the check's hold on a
@@ -93,12 +98,13 @@ def check_loop(message, envelope, leading_is_ours=True):
     none, so every Delivered-To for the recipient is an earlier delivery.
     """
     from pymda.errors import PermFail
+    from pymda.message import same_address
 
-    rcpt = envelope.recipient.strip().lower()
-    seen = [v for v in message.delivered_to if v.strip("<> ") == rcpt]
+    rcpt = envelope.recipient
+    seen = [v for v in message.delivered_to if same_address(v, rcpt)]
     own = 0
     for name, value in message.leading:
-        if leading_is_ours and name == "delivered-to" and value.strip("<> ").lower() == rcpt:
+        if leading_is_ours and name == "delivered-to" and same_address(value, rcpt):
             own = 1
             break
     if len(seen) > own:
@@ -263,15 +269,8 @@ def _subscriber(target, cfg, log):
     return created
 
 
-def run(targets, message, envelope, cfg, log, check_loops=True, flags=None):
+def run(targets, message, envelope, cfg, log, flags=None):
     """Deliver to every target; see the module docstring."""
-    if check_loops:
-        try:
-            check_loop(message, envelope)
-        except DeliveryError as exc:
-            for target in targets:
-                log.delivery(target, envelope, message, "bounced", exc.line())
-            return DeliveryResult(results=[], error=exc)
     prefix = trace_headers(message, envelope)
     results = []
     first_temp = first_perm = None

@@ -20,12 +20,13 @@ address), "mbox" / "maildir" (a file target: ``/path``, ``/path/``,
 Every Item carries ``source``: ".forward line N" or ":include:PATH line N";
 an Item a policy forbids carries ``error`` (the PermFail 5.7.1 its delivery
 reports instead of writing).
-- ``expand(cfg, envelope, identity, main, log)`` -> list[resolve.Target]
-  or None (mailbox delivery): what resolve.plan uses; ``main`` is the
-  mailbox Target that ``\\user`` and the user's own address stand for.
 
-This module never writes mail and never runs anything (postfix keeps
-expansion and delivery apart the same way: dotforward.c vs command.c).
+THE EXPANSION BOUNDARY: this module returns Items and stops there.  It
+never writes mail, never runs anything and does not know what a Target
+is: ``resolve.targets_for_items`` turns Items into Targets and decides
+who each one is written or run as (postfix keeps expansion, delivery and
+delivery rights apart the same way: dotforward.c, command.c, and the
+privileges passed along as an argument).  It does not import resolve.
 
 SYNTAX (as sendmail and postfix's local(8) read it):
 - Entries are separated by commas or newlines; a line whose first
@@ -478,45 +479,3 @@ def expand_items(cfg, envelope, identity):
         # empty, comment-only or nothing left: normal mailbox delivery
         return Expansion(items=None, path=path, warnings=warnings)
     return Expansion(items=state["items"], path=path, warnings=warnings)
-
-
-def expand(cfg, envelope, identity, main, log=None):
-    """Targets for resolve.plan, or None for plain mailbox delivery."""
-    result = expand_items(cfg, envelope, identity)
-    if log is not None:
-        for text in result.warnings:
-            log.warning(text)
-    if result.items is None:
-        return None
-    from pymda.resolve import Target
-
-    spool = cfg.mail_spool_directory.rstrip("/")
-    # DELIVERY RIGHTS: root's file targets are written as default_privs
-    # (postfix local(8)); deliver.write_as does the switch in a child.
-    file_identity = identity
-    if identity.uid == 0 and any(i.kind in ("mbox", "maildir") for i in result.items):
-        from pymda.users import default_privs
-
-        file_identity = default_privs(cfg)
-    targets = []
-    for item in result.items:
-        kind, value, source, error = item.kind, item.value, item.source, item.error
-        if kind == "mailbox":
-            target = main.replace(source=source)
-        elif kind == "mbox":
-            # Spool rules (Debian's dotlockfile helper, the "create it as
-            # root" advice) only for the user's own spool mailbox.
-            own_spool = value == f"{spool}/{identity.name}"
-            target = Target(kind="mbox", path=value, source=source, identity=file_identity,
-                            spool=spool if own_spool else None)
-        elif kind == "maildir":
-            target = Target(kind="maildir", path=value, directory=value, source=source,
-                            identity=file_identity)
-        elif kind == "pipe":
-            target = Target(kind="pipe", command=value, source=source, identity=identity)
-        else:
-            target = Target(kind="forward", address=value, source=source, identity=identity)
-        if error is not None:
-            target = target.replace(error=error)
-        targets.append(target)
-    return targets

@@ -4,8 +4,8 @@ Contract: ``DeliveryHandler(cfg, log)`` is the handler lmtp.LMTPServer
 calls (see lmtp.py):
 
 - ``rcpt(session, recipient, size)``: ``550 5.1.1`` for an unknown user
-  (the recipient -> user rule is pymda's and pymda-policyd's:
-  policy.mailbox_for); ``550 5.7.1`` when this server may not deliver
+  (the recipient -> user rule is the one of every program:
+  recipient.find_recipient); ``550 5.7.1`` when this server may not deliver
   for that user (not root, another uid); ``552 5.2.2`` (``452 4.2.2``
   with ``quota_full_tempfail``) when ``size`` more bytes would pass the
   user's quota (policy.decide, read-only, the same rule as delivery);
@@ -15,16 +15,17 @@ calls (see lmtp.py):
   size limit), so the message is spooled once, straight into the
   engine's spool;
 - ``data(session, transaction, spool)``: finishes that intake and
-  delivers it to each recipient in turn through the same engine as
-  ``pymda`` (resolve.plan, deliver.run, ``forward = lmtp_forward``),
+  delivers it to each recipient in turn through the same pipeline as
+  ``pymda`` (recipient.deliver, ``forward = lmtp_forward``),
   yielding each recipient's reply (DeliveryResult.lmtp_reply) only after
   its delivery returned, i.e. after the copy is fsynced.
 
 DELIVERY RIGHTS: a root server forks one child per recipient; the child
-does what ``pymda -d`` does as root (loop check, create a missing spool
-mbox as local(8) does), then users.switch_to(identity) - groups, gid,
-uid, for good - before it reads .forward or touches anything of the
-user's, delivers, writes its one reply line into a pipe and _exit()s.
+runs recipient.deliver, which does what ``pymda -d`` does as root (loop
+check, create a missing spool mbox as local(8) does, then the switch to
+the user - groups, gid, uid, for good - before it reads .forward or
+touches anything of the user's), writes its one reply line into a pipe
+and _exit()s.
 A server running as one unprivileged mail user (virtual users whose
 ``uid`` is its own) delivers in a worker thread, without forking; a
 recipient of another uid is refused with 550 5.7.1 at RCPT.
@@ -54,6 +55,7 @@ import asyncio
 import os
 import threading
 
+from pymda.durable import write_all
 from pymda.errors import DeliveryError, TempFail
 
 RCPT_OK = "250 2.1.5 Ok"
@@ -74,8 +76,9 @@ def preload():
     instead of importing it again (~2.5 ms per delivery otherwise)."""
     import importlib
 
-    for name in ("address", "deliver", "dotforward", "locking", "maildir", "mbox",
-                 "message", "pipe", "forward", "policy", "quota", "resolve", "state", "users"):
+    for name in ("address", "deliver", "dotforward", "durable", "locking", "maildir", "mbox",
+                 "message", "pipe", "forward", "policy", "quota", "recipient", "resolve",
+                 "state", "users"):
         importlib.import_module("pymda." + name)
 
 
@@ -156,11 +159,11 @@ class DeliveryHandler:
             return self._check_recipient(recipient, size)
 
     def _check_recipient(self, recipient, size):
-        from pymda import policy, users
+        from pymda import policy
+        from pymda.recipient import find_recipient
 
         try:
-            identity, _ = policy.mailbox_for(self.cfg, recipient)
-            users.authorise(identity)
+            find_recipient(self.cfg, recipient)
             action = policy.decide(self.cfg, {"recipient": recipient, "size": str(size)})
         except DeliveryError as exc:
             return reply_for(exc), None
@@ -351,17 +354,15 @@ def _child(wfd, cfg, log, message, sender, recipient):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, _on_signal)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG -> 5.2.2, not death
-        reply = deliver_one(cfg, log, message, sender, recipient, switch=True)
+        reply = deliver_one(cfg, log, message, sender, recipient)
     except BaseException as exc:  # noqa: BLE001 - the child's one broad catch
         if isinstance(exc, DeliveryError):
             reply = reply_for(exc)
         else:
             log.error(f"to=<{recipient}>: internal error: {type(exc).__name__}: {exc}")
     finally:
-        data = (reply + "\n").encode("utf-8", "replace")
         try:
-            while data:
-                data = data[os.write(wfd, data):]
+            write_all(wfd, (reply + "\n").encode("utf-8", "replace"))
         except OSError:
             pass
         os._exit(0)
@@ -372,51 +373,17 @@ def _on_signal(signum, frame):
     raise TempFail(f"interrupted by signal {signum}", "4.3.0")
 
 
-def deliver_one(cfg, log, message, sender, recipient, switch=False):
+def deliver_one(cfg, log, message, sender, recipient):
     """Deliver to one recipient in this process; returns the reply line.
 
-    As ``pymda -d`` (cli._deliver) does it: as root, the loop check and a
-    missing spool mbox come first, then (``switch``) the switch to the
-    user for good, then the plan and the engine.  DeliveryErrors become
-    their reply; anything else is raised (the caller's 451 4.3.0).
+    recipient.deliver does it all, as for ``pymda -d``; the one LMTP
+    difference: postfix's lmtp client writes no Delivered-To, so any for
+    this recipient is an earlier delivery (``own_delivered_to=False``).
+    Anything unexpected is raised (the caller's 451 4.3.0).
     """
-    from pymda import deliver, resolve, users
-    from pymda.address import split_address
+    from pymda import recipient as pipeline
 
-    try:
-        local, domain, base, extension = split_address(recipient, cfg.recipient_delimiter)
-        name = users.name_for_recipient(cfg, base, domain)
-        if not name:
-            from pymda.errors import PermFail
-
-            raise PermFail("User unknown: empty local part", "5.1.1")
-        identity = users.lookup(cfg, name)
-        users.authorise(identity)
-        envelope = resolve.Envelope(
-            sender=sender, recipient=recipient, original_recipient=recipient, user=name,
-            local=local, domain=domain, extension=extension,
-        )
-        # LOOP CONTROL: postfix's lmtp client writes no Delivered-To, so any
-        # for this recipient is an earlier delivery.  Checked before
-        # anything is created (a looping message creates no spool mbox).
-        try:
-            deliver.check_loop(message, envelope, leading_is_ours=False)
-        except DeliveryError as exc:
-            log.info(f"to=<{recipient}>, user={name}, size={message.size}, "
-                     f"status=bounced ({exc.line()})")
-            raise
-        if switch and os.geteuid() == 0 and identity.uid != 0:
-            kind, path, spool = resolve.mailbox_location(cfg, envelope, identity)
-            if kind == "mbox" and spool and not os.path.lexists(path):
-                from pymda.mbox import precreate_spool_mbox
-
-                precreate_spool_mbox(path, identity.uid, identity.gid)
-        # DELIVERY RIGHTS: become the user before touching any of its files
-        # (a no-op for a server already running as that user).
-        if switch:
-            users.switch_to(identity)
-        targets = resolve.plan(cfg, envelope, identity, forward=cfg.lmtp_forward, log=log)
-        result = deliver.run(targets, message, envelope, cfg, log, check_loops=False)
-    except DeliveryError as exc:
-        return reply_for(exc)
+    envelope = pipeline.envelope_for(cfg, recipient, sender=sender)
+    result = pipeline.deliver(cfg, log, message, envelope, forward=cfg.lmtp_forward,
+                              own_delivered_to=False)
     return result.lmtp_reply()

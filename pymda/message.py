@@ -106,8 +106,16 @@ def format_from_line(sender, when=None):
     )
 
 
-def _same_address(a, b):
-    return a.strip().strip("<>").lower() == b.strip().strip("<>").lower()
+def same_address(a, b):
+    """Do two header or envelope addresses name the same mailbox?  Blanks
+    and one layer of angle brackets aside, case-insensitively - the one
+    comparison for Delivered-To and Return-Path (trace headers, LOOP
+    CONTROL)."""
+    return _bare(a) == _bare(b)
+
+
+def _bare(address):
+    return address.strip().strip("<>").strip().lower()
 
 
 def trace_headers(message, envelope):
@@ -119,9 +127,9 @@ def trace_headers(message, envelope):
     """
     has_rp = has_dt = False
     for name, value in message.leading:
-        if name == "return-path" and _same_address(value, envelope.sender):
+        if name == "return-path" and same_address(value, envelope.sender):
             has_rp = True
-        elif name == "delivered-to" and _same_address(value, envelope.recipient):
+        elif name == "delivered-to" and same_address(value, envelope.recipient):
             has_dt = True
     out = []
     if not has_rp:
@@ -334,11 +342,10 @@ def _read_some(read_raw):
 
 
 def _write_all(fd, data):
-    view = memoryview(data)
+    from pymda.durable import write_all  # only past SPOOL_IN_MEMORY: not on every start
+
     try:
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        write_all(fd, data)
     except OSError as exc:
         error = from_oserror(exc, "spooling the message")
         error.errno = exc.errno  # pymda-lmtpd: 452 4.3.1 for a full disk

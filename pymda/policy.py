@@ -16,7 +16,8 @@ DECISION (``decide``):
   rules below; a map that cannot be queried: ``DUNNO`` and a log line;
 - the recipient's user: extension stripped with ``recipient_delimiter``;
   a virtual user by full address (``[users."bob@example.org"]``), else
-  a system user by local part, as ``pymda`` itself resolves it; unknown:
+  a system user by local part (recipient.mailbox_for, the rule of every
+  pymda program); unknown:
   ``policy_nouser`` (default ``DUNNO``; e.g. ``550 5.1.1 User unknown``);
 - no quota for that user: ``DUNNO`` (nothing is read);
 - ``size`` more bytes would pass a limit of the main mailbox (the same
@@ -110,27 +111,6 @@ def format_response(action):
     return f"action={action}\n\n".encode("utf-8", "surrogateescape")
 
 
-def mailbox_for(cfg, address):
-    """(Identity, main-mailbox Target) for a recipient address.
-
-    Raises PermFail 5.1.1 for an unknown user.  The user rule is
-    ``pymda``'s (cli.build_envelope); the mailbox location is resolve's.
-    """
-    from pymda import resolve, users
-    from pymda.address import INBOX, split_address
-
-    local, domain, base, extension = split_address(address, cfg.recipient_delimiter)
-    name = users.name_for_recipient(cfg, base, domain)
-    if not name:
-        from pymda.errors import PermFail
-
-        raise PermFail("User unknown: empty local part", "5.1.1")
-    identity = users.lookup(cfg, name)
-    envelope = resolve.Envelope(sender="", recipient=address, user=name, local=local,
-                                domain=domain, extension=extension)
-    return identity, resolve.mailbox_target(cfg, envelope, identity, INBOX)
-
-
 def decide(cfg, attrs, resolver=None):
     """The action for one request (see the module docstring).
 
@@ -157,6 +137,7 @@ def decide(cfg, attrs, resolver=None):
 def decide_address(cfg, recipient, size, nouser=None):
     """The action for one final address; ``nouser`` overrides policy_nouser."""
     from pymda import quota
+    from pymda.recipient import mailbox_for
 
     try:
         identity, target = mailbox_for(cfg, recipient)
@@ -198,6 +179,8 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
     """One client on a pair of descriptors (postfix spawn(8)): until EOF."""
     import os
 
+    from pymda.durable import write_all
+
     parser = RequestParser()
     resolver = make_resolver(cfg, log)
     while True:
@@ -221,8 +204,7 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
             _log_action(log, attrs, action)
             out = format_response(action)
             try:
-                while out:
-                    out = out[os.write(write_fd, out):]
+                write_all(write_fd, out)
             except OSError:  # the client went away (EPIPE): nothing to answer
                 return
 

@@ -1,10 +1,12 @@
 """Batch redelivery: SOURCEs -> the delivery engine, once per message, once ever.
 
 Contract: ``redeliver(names, opts, ...)`` finds the user, switches to it
-(root with ``-d``), plans the targets ONCE (resolve.plan), opens and checks
-every source (sources.open_source) and sends every message through
+(root with ``-d``) and plans the targets ONCE (recipient.find_user,
+recipient.plan_only: the pipeline every pymda program shares), then opens
+and checks every source (sources.open_source) as that user and sends every
+message through
 exactly the engine ``pymda`` uses, in this process: ``message.read`` ->
-``deliver.run(..., check_loops=False)`` (SPEC 4: a saved message that was
+``deliver.run`` (no loop check - SPEC 4: a saved message that was
 delivered to this user before is not a loop).  It returns a ``Summary``
 (delivered / skipped / failed counts, the failures with position,
 Message-ID and reason, messages per second, exit code).  It never imports
@@ -318,11 +320,12 @@ def mbox_hint(path):
 # --- the batch ------------------------------------------------------------------------
 
 
-def choose_sender(opts, message, item):
+def sender_of(opts, message, item):
     """-f, else leading Return-Path, else From_ line sender, else null."""
     if opts.sender is not None:
-        s = opts.sender.strip()
-        return "" if s in ("", "<>") else s.strip("<>")
+        from pymda.address import parse_sender
+
+        return parse_sender(opts.sender)
     for name, value in message.leading:
         if name == "return-path":
             return value.strip().strip("<>").strip()
@@ -333,22 +336,12 @@ def choose_sender(opts, message, item):
     return ""
 
 
-def build_envelope(cfg, identity):
-    from pymda.address import split_address
-    from pymda.resolve import Envelope
+def build_envelope(cfg, name):
+    """The Envelope for user ``name``'s own address (no extension)."""
+    from pymda.recipient import envelope_for
 
-    name = identity.name
     recipient = name if "@" in name else f"{name}@{os.uname().nodename}"
-    local, domain, _, extension = split_address(recipient, cfg.recipient_delimiter)
-    return Envelope(
-        sender="",
-        recipient=recipient,
-        original_recipient=recipient,
-        user=name,
-        local=local,
-        domain=domain,
-        extension="",
-    )
+    return envelope_for(cfg, recipient, user=name, extension="")
 
 
 def record_location(cfg, identity):
@@ -363,14 +356,12 @@ def record_location(cfg, identity):
 
 
 def find_identity(cfg, opts):
-    from pymda import users
+    """The user of ``-d``, else the invoking user; authorised."""
+    from pymda import recipient, users
 
     if opts.user:
-        identity = users.lookup(cfg, opts.user)
-    else:
-        identity = users.current()
-    users.authorise(identity)
-    return identity
+        return recipient.find_user(cfg, build_envelope(cfg, opts.user))
+    return recipient.find_user(cfg, None, users.current())
 
 
 def message_sha(message):
@@ -415,14 +406,12 @@ def redeliver(names, opts, cfg, log, progress=None, stdin=None, on_plan=None):
     opened = []
     try:
         identity = find_identity(cfg, opts)
-        from pymda import users
+        from pymda import recipient
 
-        # DELIVERY RIGHTS: become the user before touching any of its files.
-        users.switch_to(identity)
-        from pymda import resolve
-
-        envelope = build_envelope(cfg, identity)
-        targets = resolve.plan(
+        envelope = build_envelope(cfg, identity.name)
+        # DELIVERY RIGHTS: plan_only becomes the user before touching any
+        # of its files; the batch below runs as the user.
+        targets = recipient.plan_only(
             cfg, envelope, identity, folder=opts.folder, mailbox=opts.mailbox,
             forward=opts.forward, log=log,
         )
@@ -573,7 +562,7 @@ def _one_source(source, opts, cfg, log, envelope, targets, record, summary, prog
                 continue
             sha = message_sha(message)
             n = seen[sha] = seen.get(sha, 0) + 1
-            env = envelope.replace(sender=choose_sender(opts, message, item))
+            env = envelope.replace(sender=sender_of(opts, message, item))
             # Maildir flags (cur/ files) are kept when every target is a Maildir.
             flags = item.flags if item.flags is not None and _keeps_flags(targets) else None
             sent = failed = 0
@@ -588,8 +577,7 @@ def _one_source(source, opts, cfg, log, envelope, targets, record, summary, prog
                     continue
                 hint = mbox_hint(target.path) if target.kind == "mbox" else str(int(time.time()))
                 record.begin(tid, sha, n, hint)
-                result = deliver.run([target], message, env, cfg, log, check_loops=False,
-                                     flags=flags)
+                result = deliver.run([target], message, env, cfg, log, flags=flags)
                 if result.error is not None:
                     failed += 1
                     _fail(summary, source, item, message, result.error, count=False)

@@ -1,10 +1,16 @@
 """Envelope + Identity -> ordered list of Targets.  Writes nothing.
 
 Contract: ``plan(cfg, envelope, identity, folder=None, mailbox=None,
-forward=False)`` returns ``list[Target]``: the user's mailbox (with the
-folder chosen by SPEC 1.2) or, when ``forward`` is on and a trusted
-.forward exists, what it expands to (dotforward.expand).  Raises
-UsageError for an unusable ``-m`` folder (exit 64).
+forward=False, log=None, items=None)`` returns ``list[Target]``: the
+user's mailbox (with the folder chosen by SPEC 1.2) or, when ``forward``
+is on and a trusted .forward exists, what it expands to
+(``forward_targets``: dotforward.expand_items -> ``targets_for_items``).  Raises UsageError
+for an unusable ``-m`` folder (exit 64), ConfigError when root's file
+targets need an unusable ``default_privs``.
+
+Entries come from .forward (and, later, from a Sieve result: the
+``items`` parameter); this module alone turns them into Targets and
+decides each Target's identity (DELIVERY RIGHTS in targets_for_items).
 
 It looks at the file system only to see whether a folder exists
 (``detail_folders = "existing"``, ``create_folders = false``), so it must
@@ -176,16 +182,82 @@ def choose_folder(cfg, envelope, identity, folder=None, mailbox=None):
     return mailbox_target(cfg, envelope, identity, INBOX, mailbox)
 
 
-def plan(cfg, envelope, identity, folder=None, mailbox=None, forward=False, log=None):
-    """The ordered targets for one recipient."""
-    main = choose_folder(cfg, envelope, identity, folder, mailbox)
-    if forward and not os.environ.get("PYMDA_DEPTH"):
-        from pymda import dotforward
+def plan(cfg, envelope, identity, folder=None, mailbox=None, forward=False, log=None,
+         items=None):
+    """The ordered targets for one recipient.
 
-        targets = dotforward.expand(cfg, envelope, identity, main, log)
+    ``items``: entries from a source other than .forward.  SIEVE HOOK: a
+    Sieve script's result will come in here, as dotforward.Item-shaped
+    entries (kind, value, source "sieve PATH line N", error) through the
+    same targets_for_items step - the one place that decides who a target
+    is written or run as; an empty list is then a discarded message.
+    None (today, every caller): the .forward, when ``forward`` is on.
+    """
+    main = choose_folder(cfg, envelope, identity, folder, mailbox)
+    if items is not None:
+        return targets_for_items(cfg, identity, main, items)
+    if forward and not os.environ.get("PYMDA_DEPTH"):
+        targets = forward_targets(cfg, envelope, identity, main, log)
         if targets:
             return targets
     return [main]
+
+
+def forward_targets(cfg, envelope, identity, main, log=None):
+    """Targets of the user's .forward, or None: deliver to ``main``.
+
+    dotforward finds, checks and expands the file into Items (its
+    warnings go to ``log``); targets_for_items makes them Targets.
+    """
+    from pymda import dotforward
+
+    expansion = dotforward.expand_items(cfg, envelope, identity)
+    if log is not None:
+        for text in expansion.warnings:
+            log.warning(text)
+    if expansion.items is None:
+        return None
+    return targets_for_items(cfg, identity, main, expansion.items)
+
+
+def targets_for_items(cfg, identity, main, items):
+    """Targets for expanded entries (dotforward.Item: kind, value, source,
+    error), in order; ``main`` is the mailbox Target that ``\\user`` and the
+    user's own address stand for.
+
+    DELIVERY RIGHTS: pipes and forwards run as the user; file targets are
+    written as the user, except root's, which are written as
+    default_privs (postfix local(8)); deliver.write_as does that switch
+    in a child.  ConfigError when default_privs is unusable.
+    """
+    spool = cfg.mail_spool_directory.rstrip("/")
+    file_identity = identity
+    if identity.uid == 0 and any(i.kind in ("mbox", "maildir") for i in items):
+        from pymda.users import default_privs
+
+        file_identity = default_privs(cfg)
+    targets = []
+    for item in items:
+        kind, value, source = item.kind, item.value, item.source
+        if kind == "mailbox":
+            target = main.replace(source=source)
+        elif kind == "mbox":
+            # Spool rules (Debian's dotlockfile helper, the "create it as
+            # root" advice) only for the user's own spool mailbox.
+            own_spool = value == f"{spool}/{identity.name}"
+            target = Target(kind="mbox", path=value, source=source, identity=file_identity,
+                            spool=spool if own_spool else None)
+        elif kind == "maildir":
+            target = Target(kind="maildir", path=value, directory=value, source=source,
+                            identity=file_identity)
+        elif kind == "pipe":
+            target = Target(kind="pipe", command=value, source=source, identity=identity)
+        else:
+            target = Target(kind="forward", address=value, source=source, identity=identity)
+        if item.error is not None:
+            target = target.replace(error=item.error)
+        targets.append(target)
+    return targets
 
 
 # --- presentation ------------------------------------------------------------

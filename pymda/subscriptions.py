@@ -45,7 +45,7 @@ import time
 
 from pymda import fastos as os
 from pymda.errors import TempFail
-from pymda.maildir import fsync_dir
+from pymda.durable import fsync_directory
 
 FILE_NAME = "subscriptions"
 LOCK_SUFFIX = ".lock"
@@ -92,7 +92,7 @@ def subscribe(root, folder_dir, timeout=60):
         os.fsync(lock_fd)
         os.rename(lock_path, path)  # the new file; the lock is gone with it
         lock_path = None
-        fsync_dir(root)
+        fsync_directory(root)
         return True
     except OSError as exc:
         raise TempFail(f"cannot update {path}: {exc.strerror}", "4.3.0") from None

@@ -9,7 +9,8 @@ behaviour matters, by running the installed program as a test user:
 - every exit-table row of issue 2: exit code, the status as the first
   bytes of exactly one line of output, and the mailbox untouched;
 - postfix's censored ``$SENDER`` and its stdin layout (POSTFIX-FACTS.md);
-- a plain delivery imports nothing heavy (``-X importtime``).
+- a plain delivery imports nothing heavy (``-X importtime``), and a plain
+  Maildir delivery no more pymda modules than it does today.
 """
 
 import json
@@ -637,6 +638,26 @@ def test_plain_maildir_delivery_imports_nothing_heavy(test_user):
     names = imported_modules(test_user, ["-f", SENDER, "--mailbox", "Maildir/"], MESSAGE)
     assert "pymda.maildir" in names
     assert heavy_in(names) == []
+    only_message(test_user.path("Maildir"))
+
+
+# Every pymda module a plain one-shot Maildir delivery loads (each costs the
+# start-up of every delivery ~0.05-0.1 ms; a package __init__ as much).  A new
+# one here needs a reason and a bench/bench_delivery.py figure.
+PLAIN_MAILDIR_DELIVERY_MODULES = {
+    "pymda", "pymda.address", "pymda.cli", "pymda.config", "pymda.deliver",
+    "pymda.durable", "pymda.errors", "pymda.fastos", "pymda.log", "pymda.maildir",
+    "pymda.message", "pymda.recipient", "pymda.record", "pymda.resolve", "pymda.users",
+}
+
+
+@needs_root
+def test_plain_maildir_delivery_loads_no_more_pymda_modules(test_user):
+    names = imported_modules(test_user, ["-f", SENDER, "--mailbox", "Maildir/"], MESSAGE)
+    ours = {n for n in names if n.split(".")[0] == "pymda"}
+    assert "pymda.maildir" in ours  # the measurement itself works
+    assert sorted(ours - PLAIN_MAILDIR_DELIVERY_MODULES) == []
+    assert len(ours) <= len(PLAIN_MAILDIR_DELIVERY_MODULES)
     only_message(test_user.path("Maildir"))
 
 

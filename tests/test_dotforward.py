@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from pymda import config, dotforward
+from pymda import config, dotforward, resolve
 from pymda.dotforward import Entry, ForwardSyntax, parse_forward
 from pymda.errors import PermFail, TempFail
 from pymda.resolve import Envelope, Target
@@ -313,7 +313,7 @@ def test_only_the_users_own_spool_file_gets_spool_rules(home, ident):
     it as root: install -o alice ... /var/mail/bob" advice in the log."""
     write(home / ".forward", "/var/mail/alice\n/var/mail/bob\n")
     main = Target(kind="maildir", path="/h/Maildir/", directory="/h/Maildir/", identity=ident)
-    targets = dotforward.expand(cfg("mail_spool_directory=/var/mail"), envelope(), ident, main)
+    targets = resolve.forward_targets(cfg("mail_spool_directory=/var/mail"), envelope(), ident, main)
     assert [(t.path, t.spool) for t in targets] == [
         ("/var/mail/alice", "/var/mail"),
         ("/var/mail/bob", None),
@@ -425,7 +425,7 @@ def test_expand_returns_targets(home, ident):
     write(home / ".forward", '\\alice\n"|/bin/true"\n~/m.mbox\n~/Md/\nbob@example.net\n')
     main = Target(kind="maildir", path="/h/Maildir/", directory="/h/Maildir/",
                   identity=ident)
-    targets = dotforward.expand(cfg(), envelope(), ident, main)
+    targets = resolve.forward_targets(cfg(), envelope(), ident, main)
     assert [(t.kind, t.path, t.command, t.address, t.source) for t in targets] == [
         ("maildir", "/h/Maildir/", None, None, ".forward line 1"),
         ("pipe", None, "/bin/true", None, ".forward line 2"),
@@ -456,7 +456,7 @@ def test_expand_logs_warnings(home, ident):
             self.lines.append(text)
 
     log = Log()
-    assert dotforward.expand(cfg(), envelope(), ident, None, log) is None
+    assert resolve.forward_targets(cfg(), envelope(), ident, None, log) is None
     assert "world-writable" in log.lines[0]
 
 
@@ -476,7 +476,7 @@ def test_plan_output_shows_sources(home, ident):
     from pymda import resolve
 
     write(home / ".forward", "\\alice\n|/bin/true\n")
-    targets = dotforward.expand(cfg("allow_commands=false"), envelope(), ident,
+    targets = resolve.forward_targets(cfg("allow_commands=false"), envelope(), ident,
                                 Target(kind="mbox", path="/var/mail/alice", identity=ident))
     text = resolve.format_plan(targets)
     assert "source=.forward line 1" in text

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pymda import config, policy, quota
+from pymda import config, policy, quota, recipient
 from pymda.users import Identity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -508,7 +508,7 @@ def test_policyd_does_not_import_quota_heavy_modules_per_request():
 
 def test_identity_and_mailbox_come_from_resolve(virtual_home):
     cfg = load(write_config(virtual_home.parent, virtual_home))
-    identity, target = policy.mailbox_for(cfg, "usuario+ext@example.net")
+    identity, target = recipient.mailbox_for(cfg, "usuario+ext@example.net")
     assert identity == Identity(name=VIRTUAL, uid=65534, gid=65534, home=str(virtual_home),
                                 virtual=True, source="config")
     assert (target.kind, target.path, target.folder) == (

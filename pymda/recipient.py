@@ -1,0 +1,188 @@
+"""THE per-recipient pipeline: address -> envelope -> user -> switch -> plan -> run.
+
+Every program reaches a user's mail through this module, as dovecot-lda
+and dovecot's lmtp share one mail_deliver and postfix's local(8) has one
+deliver_recipient.  The callers keep only what is theirs:
+
+- ``pymda`` (cli): argv and postfix's environment -> ``envelope_for`` ->
+  ``find_user`` -> ``deliver`` (or ``plan_only`` for ``-n``);
+- ``pymda-lmtpd`` (lmtp_deliver): ``find_recipient`` at RCPT,
+  ``envelope_for`` + ``deliver`` per recipient at DATA, the LMTP reply;
+- ``pymda-policyd`` (policy): ``mailbox_for`` (lookup only: no switch);
+- ``pymda-admin redeliver``: ``find_user``, ``plan_only`` once, then its
+  batch loop calls deliver.run per message;
+- ``pymda-admin explain``: ``envelope_for`` + ``find_user`` +
+  ``plan_only``, no message at all.
+
+Contract:
+
+- ``envelope_for(cfg, recipient, sender="", user=None,
+  original_recipient=None, extension=None)`` -> resolve.Envelope.
+  RECIPIENT -> USER, the one place: the address is split with
+  ``recipient_delimiter`` and, unless the caller names the user (``-d``,
+  redeliver), ``users.name_for_recipient`` picks it.  The name may come
+  out empty (``@example.org``): ``find_user`` refuses it.  Pure.
+- ``find_user(cfg, envelope, identity=None)`` -> users.Identity:
+  ``users.lookup`` (PermFail 5.1.1 unknown or empty name), then
+  ``users.authorise`` (PermFail 5.7.1: this process may not deliver for
+  that user).  ``identity``: the caller knows who already (the invoking
+  user delivering for itself): only authorised.
+- ``find_recipient(cfg, address)`` -> (Envelope, Identity): both of the
+  above for an address alone (LMTP RCPT).
+- ``mailbox_for(cfg, address)`` -> (Identity, main-mailbox Target):
+  lookup without authorisation, for the read-only quota check of
+  pymda-policyd and ``pymda-admin quota``.
+- ``deliver(cfg, log, message, envelope, identity=None, folder=None,
+  mailbox=None, forward=False, own_delivered_to=True, items=None)`` ->
+  deliver.DeliveryResult.  In order: the user (find_user, unless given),
+  LOOP CONTROL once, root's preparation, the switch, the plan, the run.
+  Never raises a DeliveryError (it becomes the result's ``error``);
+  anything unexpected propagates to the caller's one broad catch (4.3.0).
+- ``plan_only(cfg, envelope, identity, folder=None, mailbox=None,
+  forward=False, log=None, items=None)`` -> list[Target]: the switch and
+  the plan, nothing written, nothing created (``-n``, ``explain``, and
+  redeliver's one plan for a whole batch).  Raises DeliveryError.
+
+LOOP CONTROL (SPEC 1.3): checked once per recipient, before anything is
+created (a looping message makes no spool mbox).  ``own_delivered_to``:
+a Delivered-To for this recipient in the leading block is this
+delivery's own (postfix's local(8) wrote it for mailbox_command); False
+over LMTP, whose client writes none.  redeliver does not check (SPEC 4:
+mail delivered here before is what it redelivers).
+
+DELIVERY RIGHTS: ``switch`` below is the one place a delivery changes
+uid.  As root, only two things happen before it: the loop check (reads
+the spooled message) and the creation of a missing spool mbox
+(``/var/mail`` is 2775 root:mail: the user cannot; postfix's local(8)
+does the same).  After it, .forward and every file of the user's are
+read and written with the user's rights.  For a process that is not
+root, users.switch_to only verifies the uid (authorise already did).
+Root's own mail is the exception postfix makes too: its mailbox is
+written as root, its file targets as default_privs (resolve decides,
+deliver.write_as switches in a child) and its pipes run as default_privs
+(pipe.py).
+
+SIEVE / USER DATABASE: the user database plugs in behind
+``users.name_for_recipient`` and ``users.lookup`` (called here only);
+a Sieve result becomes a second source of entries through the ``items``
+parameter (see resolve.plan), between the switch and the run.
+
+LIMITATIONS: one recipient per call; LMTP calls it once per recipient,
+in a forked child when the server is root.
+"""
+
+from pymda.errors import DeliveryError, PermFail
+
+
+def envelope_for(cfg, recipient, sender="", user=None, original_recipient=None,
+                 extension=None):
+    """The Envelope of one delivery to ``recipient`` (see the module docstring)."""
+    from pymda.address import split_address
+    from pymda.resolve import Envelope
+    from pymda.users import name_for_recipient
+
+    local, domain, base, ext = split_address(recipient, cfg.recipient_delimiter)
+    if user is None:
+        user = name_for_recipient(cfg, base, domain)
+    return Envelope(
+        sender=sender,
+        recipient=recipient,
+        original_recipient=original_recipient or recipient,
+        user=user,
+        local=local,
+        domain=domain,
+        extension=ext if extension is None else extension,
+    )
+
+
+def find_user(cfg, envelope, identity=None):
+    """The Identity mail for ``envelope`` is delivered as, authorised."""
+    from pymda.users import authorise
+
+    if identity is None:
+        identity = _lookup(cfg, envelope)
+    authorise(identity)
+    return identity
+
+
+def _lookup(cfg, envelope):
+    from pymda.users import lookup
+
+    if not envelope.user:
+        raise PermFail("User unknown: empty local part", "5.1.1")
+    return lookup(cfg, envelope.user)
+
+
+def find_recipient(cfg, address):
+    """(Envelope, Identity) for a recipient address alone."""
+    envelope = envelope_for(cfg, address)
+    return envelope, find_user(cfg, envelope)
+
+
+def mailbox_for(cfg, address):
+    """(Identity, main-mailbox Target) of ``address``; 5.1.1 when unknown.
+
+    No authorisation and no switch: the quota check only reads.
+    """
+    from pymda.address import INBOX
+    from pymda.resolve import mailbox_target
+
+    envelope = envelope_for(cfg, address)
+    identity = _lookup(cfg, envelope)
+    return identity, mailbox_target(cfg, envelope, identity, INBOX)
+
+
+def switch(identity):
+    """DELIVERY RIGHTS: become ``identity`` for good (see the module docstring)."""
+    from pymda.users import switch_to
+
+    switch_to(identity)
+
+
+def prepare_as_root(cfg, envelope, identity, mailbox=None):
+    """What only root may do for a user: create a missing spool mbox."""
+    from pymda import fastos as os
+    from pymda.resolve import mailbox_location
+
+    if os.geteuid() != 0 or identity.uid == 0:
+        return
+    kind, path, spool = mailbox_location(cfg, envelope, identity, mailbox)
+    if kind == "mbox" and spool and not os.path.lexists(path):
+        from pymda.mbox import precreate_spool_mbox
+
+        precreate_spool_mbox(path, identity.uid, identity.gid)
+
+
+def plan_only(cfg, envelope, identity, folder=None, mailbox=None, forward=False, log=None,
+              items=None):
+    """Switch to the user and plan: nothing written, nothing created."""
+    from pymda import resolve
+
+    switch(identity)
+    return resolve.plan(cfg, envelope, identity, folder=folder, mailbox=mailbox,
+                        forward=forward, log=log, items=items)
+
+
+def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=None,
+            forward=False, own_delivered_to=True, items=None):
+    """Deliver ``message`` for one recipient; a DeliveryResult (see above)."""
+    from pymda import deliver as engine
+
+    try:
+        if identity is None:
+            identity = find_user(cfg, envelope)
+        try:
+            engine.check_loop(message, envelope, leading_is_ours=own_delivered_to)
+        except DeliveryError as exc:
+            log.info(f"to=<{envelope.recipient}>, user={envelope.user}, "
+                     f"size={message.size}, status=bounced ({exc.line()})")
+            raise
+        prepare_as_root(cfg, envelope, identity, mailbox)
+        # SIEVE HOOK: the user's Sieve script will run here - as the user,
+        # on ``message`` - and its result become ``items``, a second source
+        # of entries next to .forward (resolve.plan).
+        targets = plan_only(cfg, envelope, identity, folder=folder, mailbox=mailbox,
+                            forward=forward, log=log, items=items)
+    except DeliveryError as exc:
+        return engine.DeliveryResult(results=[], error=exc)
+    return engine.run(targets, message, envelope, cfg, log)
