@@ -8,8 +8,9 @@ import pytest
 
 from pymda import deliver, resolve
 from pymda.errors import PermFail, TempFail
-from support.engine import (  # noqa: F401 - cfg, me: fixtures
+from support.engine import (  # noqa: F401 - cfg, me, tmp_path: fixtures
     MESSAGE, cfg, collecting_log, config_file, envelope, maildir_new, me, message_of, own_user,
+    tmp_path,
 )
 
 TRACE = b"Return-Path: <sender@example.net>\nDelivered-To: alice@example.org\n"

@@ -20,9 +20,9 @@ from pymda import recipient
 from pymda.dotforward import Item
 from pymda.errors import PermFail
 from support import paths
-from support.engine import (  # noqa: F401 - cfg: a fixture
+from support.engine import (  # noqa: F401 - cfg, tmp_path: fixtures
     MESSAGE, SENDER, USER, cfg, collecting_log, config_file, maildir_new, message_of,
-    own_user, tree,
+    own_user, tmp_path, tree,
 )
 
 EX_NOUSER = 67

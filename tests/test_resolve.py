@@ -14,8 +14,8 @@ from pymda import resolve
 from pymda.dotforward import Item
 from pymda.errors import PermFail, UsageError
 from pymda.users import Identity
-from support.engine import (  # noqa: F401 - cfg, me: fixtures
-    cfg, config_file, envelope, me, own_user, tree,
+from support.engine import (  # noqa: F401 - cfg, me, tmp_path: fixtures
+    cfg, config_file, envelope, me, own_user, tmp_path, tree,
 )
 
 

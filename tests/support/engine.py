@@ -20,7 +20,12 @@ delivering root's own mail), and every byte lands under ``tmp_path``.
 
 Fixtures (import them into the test module): ``cfg`` - a config whose
 ``mailbox`` is ``Maildir/`` with one such user, ``alice``; ``me`` - her
-Identity.
+Identity; ``tmp_path`` - pytest's, except as root: then the test runs
+with the effective uid and gid of ``nobody`` in a directory of its own
+(root's uid 0 would make the virtual user a uid-0 database user, which
+pymda refuses - SPEC 7 - and a delivery as root would switch the test
+process to the user for good).  Real and saved uid stay root, so the
+ids come back after the test.
 """
 
 import os
@@ -40,7 +45,7 @@ MESSAGE = b"Subject: in-process\nMessage-ID: <in-process@example.net>\n\nbody li
 
 
 def user_table(name, home):
-    return (f'[users."{name}"]\nuid = {os.getuid()}\ngid = {os.getgid()}\n'
+    return (f'[users."{name}"]\nuid = {os.geteuid()}\ngid = {os.getegid()}\n'
             f'home = "{home}"\n')
 
 
@@ -63,7 +68,7 @@ def own_user(cfg, name=USER):
     """The Identity of virtual user ``name`` of ``cfg``."""
     table = cfg.user(name)
     return Identity(name=name, uid=table["uid"], gid=table["gid"], home=table["home"],
-                    virtual=True)
+                    virtual=True, source="config")
 
 
 def envelope(user=USER, extension="", domain=DOMAIN, sender=SENDER):
@@ -95,6 +100,33 @@ def tree(root):
         rel = str(path.relative_to(root))
         out[rel] = path.read_bytes() if path.is_file() and not path.is_symlink() else None
     return out
+
+
+@pytest.fixture
+def tmp_path(tmp_path_factory):
+    """pytest's tmp_path; as root, owned by nobody and run as nobody (above)."""
+    if os.geteuid() != 0:
+        yield tmp_path_factory.mktemp("engine")
+        return
+    import pwd
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    top = Path(tempfile.mkdtemp(prefix="pymda-engine-"))
+    os.chmod(top, 0o755)
+    path = top / "t"
+    path.mkdir()
+    os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    os.setegid(nobody.pw_gid)
+    os.seteuid(nobody.pw_uid)
+    try:
+        yield path
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        import shutil
+
+        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture
