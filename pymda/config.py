@@ -236,7 +236,7 @@ KEYS = {
     "subscribe_created_folders": (True, _bool),
     "message_size_limit": (0, parse_size),
     "lmtp_forward": (False, _bool),
-    # pymda-lmtpd (lmtp.py, README "LMTP: pymda-lmtpd"): seconds without a byte from the
+    # pymda-lmtpd (lmtp/protocol.py, docs/lmtp.md): seconds without a byte from the
     # client before 421 and close (0 = never); concurrent connections
     "lmtp_idle_timeout": (300, _seconds),
     "lmtp_max_connections": (100, _count),

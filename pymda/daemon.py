@@ -9,6 +9,9 @@ Contract:
 - ``socket_mode(text, prog)``: the octal mode, or exit 64.
 - ``DaemonLog(echo, ident)``: pymda.log.Log (syslog, facility mail) that
   also writes each line to stderr at once with ``echo`` (-v).
+- sockets: ``parse_listen(spec)`` (``inet:HOST:PORT`` / ``unix:PATH``),
+  ``systemd_sockets()`` (socket activation, LISTEN_FDS),
+  ``open_listeners(specs, unix_mode)`` (bound and listening).
 
 Never imported by the per-message ``pymda`` (click lives here).
 """
@@ -74,3 +77,65 @@ class DaemonLog(Log):
                 os.write(2, line.encode("utf-8", "surrogateescape"))
             except OSError:
                 pass
+
+
+# --- sockets ---------------------------------------------------------------------------
+
+def parse_listen(spec):
+    """'inet:HOST:PORT' -> ("inet", host, port); 'unix:PATH' -> ("unix", path)."""
+    kind, sep, rest = spec.partition(":")
+    if kind == "unix" and sep and rest:
+        return ("unix", rest)
+    if kind == "inet" and sep:
+        host, sep, port = rest.rpartition(":")
+        host = host.strip("[]")
+        if sep and port.isdigit() and 0 < int(port) < 65536:
+            return ("inet", host or "127.0.0.1", int(port))
+    raise ValueError(f"--listen {spec!r}: use inet:HOST:PORT or unix:PATH")
+
+
+def systemd_sockets(environ=None):
+    """Sockets passed by systemd socket activation (LISTEN_FDS), or []."""
+    import os
+    import socket
+
+    environ = os.environ if environ is None else environ
+    try:
+        if int(environ.get("LISTEN_PID", "0")) != os.getpid():
+            return []
+        count = int(environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        environ.pop(key, None)
+    return [socket.socket(fileno=3 + i) for i in range(count)]
+
+
+def open_listeners(specs, unix_mode=0o666):
+    """Bound, listening sockets for the --listen specs."""
+    import os
+    import socket
+    import stat
+
+    socks = []
+    for spec in specs:
+        parsed = parse_listen(spec)
+        if parsed[0] == "unix":
+            path = parsed[1]
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)  # stale socket of an earlier run
+            except FileNotFoundError:
+                pass
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            os.chmod(path, unix_mode)
+        else:
+            _, host, port = parsed
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        sock.listen(128)
+        socks.append(sock)
+    return socks

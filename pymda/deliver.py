@@ -225,12 +225,12 @@ def _write_target(target, message, envelope, cfg, log, prefix, flags=None):
         )
         return target.path
     if target.kind == "pipe":
-        from pymda import pipe
+        from pymda.forward import pipe
 
         pipe.run_command(target, message, envelope, cfg)
         return target.command
     if target.kind == "forward":
-        from pymda import forward
+        from pymda.forward import sendmail as forward
 
         forward.send(target, message, envelope, cfg)
         return target.address

@@ -8,8 +8,9 @@ sample configuration, ``contrib/pymda.toml``) ``pymda.toml.5`` into OUTDIR.
 One source of truth, so the pages cannot drift from the code:
 - ``pymda(8)``: ``pymda.cli.OPTIONS`` (the table the parser and ``--help``
   use) and ``EXIT_STATUS`` below (SPEC 1.9);
-- the daemons and ``pymda-admin``: their click commands, found through the
-  installed console-script entry points, options and sub-commands included;
+- the daemons and ``pymda-admin``: their click commands (PROGRAM_MODULES,
+  held equal to pyproject's console scripts by a test), options and
+  sub-commands included;
 - ``pymda.toml(5)``: ``contrib/pymda.toml``, whose ``#key = default`` lines a
   test already holds equal to ``pymda.config.KEYS``; the comment block above
   a key is its description.
@@ -126,25 +127,31 @@ def render_pymda():
 
 # --- click programs -------------------------------------------------------------------
 
+# The console scripts of pyproject.toml (tests/test_manpages.py holds them
+# equal): read from this table, not from installed metadata, which a stale
+# build tree on sys.path could shadow.
+PROGRAM_MODULES = {
+    "pymda-admin": "pymda.admin.commands",
+    "pymda-lmtpd": "pymda.lmtp.main",
+    "pymda-policyd": "pymda.policy.main",
+}
+
+
 def _click_command(program):
-    """The click command behind an installed console script."""
+    """The click command behind a program: the module's group if it has
+    one, else its command."""
     import importlib
-    from importlib.metadata import entry_points
 
     import click
 
-    for ep in entry_points(group="console_scripts"):
-        if ep.name == program:
-            module = importlib.import_module(ep.module)
-            commands = [v for v in vars(module).values()
-                        if isinstance(v, click.Command) and v.__module__ != "click"]
-            groups = [c for c in commands if isinstance(c, click.Group)]
-            # a module defines one program: its group if it has one, else
-            # the command main() runs.
-            chosen = groups or commands
-            if chosen:
-                return chosen[0]
-    raise LookupError(f"no click command found for {program}")
+    module = importlib.import_module(PROGRAM_MODULES[program])
+    commands = [v for v in vars(module).values()
+                if isinstance(v, click.Command) and v.__module__ != "click"]
+    groups = [c for c in commands if isinstance(c, click.Group)]
+    chosen = groups or commands
+    if not chosen:
+        raise LookupError(f"no click command found for {program}")
+    return chosen[0]
 
 
 def _options(command):

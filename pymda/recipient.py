@@ -6,9 +6,9 @@ deliver_recipient.  The callers keep only what is theirs:
 
 - ``pymda`` (cli): argv and postfix's environment -> ``envelope_for`` ->
   ``find_user`` -> ``deliver`` (or ``plan_only`` for ``-n``);
-- ``pymda-lmtpd`` (lmtp_deliver): ``find_recipient`` at RCPT,
+- ``pymda-lmtpd`` (lmtp/handler.py): ``find_recipient`` at RCPT,
   ``envelope_for`` + ``deliver`` per recipient at DATA, the LMTP reply;
-- ``pymda-policyd`` (policy): ``mailbox_for`` (lookup only: no switch);
+- ``pymda-policyd`` (policy/service.py): ``mailbox_for`` (lookup only: no switch);
 - ``pymda-admin redeliver``: ``find_user``, ``plan_only`` once, then its
   batch loop calls deliver.run per message;
 - ``pymda-admin explain``: ``envelope_for`` + ``find_user`` +

@@ -209,7 +209,7 @@ def forward_targets(cfg, envelope, identity, main, log=None):
     dotforward finds, checks and expands the file into Items (its
     warnings go to ``log``); targets_for_items makes them Targets.
     """
-    from pymda import dotforward
+    from pymda.forward import dotforward
 
     expansion = dotforward.expand_items(cfg, envelope, identity)
     if log is not None:

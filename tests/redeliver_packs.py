@@ -11,7 +11,7 @@
 Comparison rule: the body (after the header's empty line) of each stored
 message must equal the original's byte for byte, except for trailing
 newlines, which mbox cannot carry (procmail stores a message that ends in
-an empty line without adding a separator; see pymda/sources.py).
+an empty line without adding a separator; see pymda/admin/sources.py).
 """
 
 import bz2

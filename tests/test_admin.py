@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from pymda import admin
+from pymda.admin import commands as admin
 from support import paths
 
 EX_OK = 0

@@ -1,4 +1,4 @@
-"""Tests for pymda.aliases: postfix's alias lookup order, with postfix's own
+"""Tests for pymda.policy.aliases: postfix's alias lookup order, with postfix's own
 postconf/postmap/postalias on a private configuration directory
 (``MAIL_CONFIG``; no running postfix needed).  The e2e tests through a real
 postfix and pymda-policyd are in test_e2e_policy_aliases.py.
@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from pymda import aliases, config
+from pymda import config
+from pymda.policy import aliases
 
 POSTMAP = "/usr/sbin/postmap"
 POSTALIAS = "/usr/sbin/postalias"

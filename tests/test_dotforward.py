@@ -1,4 +1,4 @@
-"""pymda.dotforward: the .forward / :include: parser (pure), the trust
+"""pymda.forward.dotforward: the .forward / :include: parser (pure), the trust
 checks, the forward_path lookup and the expansion into items and Targets.
 
 File-system tests use real files under tmp_path with an Identity whose
@@ -9,8 +9,9 @@ import os
 
 import pytest
 
-from pymda import config, dotforward, resolve
-from pymda.dotforward import Entry, ForwardSyntax, parse_forward
+from pymda import config, resolve
+from pymda.forward import dotforward
+from pymda.forward.dotforward import Entry, ForwardSyntax, parse_forward
 from pymda.errors import PermFail, TempFail
 from pymda.resolve import Envelope, Target
 from pymda.users import Identity

@@ -524,7 +524,7 @@ def test_concurrent_connections(tmp_path, daemons, two_users):
 def test_fork_guard():
     import threading
 
-    from pymda.lmtp_deliver import ForkGuard
+    from pymda.lmtp.handler import ForkGuard
 
     guard = ForkGuard()
     inside = threading.Event()
@@ -657,8 +657,8 @@ def test_slow_clients_config_keys(tmp_path, daemons):
 def test_python_m_and_the_delivery_path_stay_apart():
     """pymda (one-shot) never imports the LMTP modules; they import fine."""
     code = ("import sys; import pymda.cli, pymda.deliver; "
-            "assert not [m for m in sys.modules if m.startswith('pymda.lmtp')]; "
-            "import pymda.lmtpd, pymda.lmtp, pymda.lmtp_deliver")
+            "assert not [m for m in sys.modules if m.startswith('pymda.lmtp.protocol')]; "
+            "import pymda.lmtp.main, pymda.lmtp.protocol, pymda.lmtp.handler")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=paths.REPO)
 
 

@@ -1,4 +1,4 @@
-"""pymda.forward: re-injection through sendmail_command, with a real
+"""pymda.forward.sendmail: re-injection through sendmail_command, with a real
 stand-in sendmail program that records its argv and stdin."""
 
 import json
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pymda import config, forward, message as msgmod
+from pymda import config, message as msgmod
+from pymda.forward import sendmail as forward
 from pymda.errors import PermFail, TempFail
 from pymda.resolve import Envelope, Target
 from pymda.users import Identity

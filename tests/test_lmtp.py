@@ -1,4 +1,4 @@
-"""Tests for pymda.lmtp: the LMTP protocol (RFC 2033), in-process.
+"""Tests for pymda.lmtp.protocol: the LMTP protocol (RFC 2033), in-process.
 
 The server runs on its own event loop in a thread, with a fake handler
 that records what it was given; the tests talk to it over a real unix
@@ -16,7 +16,7 @@ import time
 import pytest
 from support.lmtpclient import Client, transaction
 
-from pymda import lmtp
+from pymda.lmtp import protocol as lmtp
 
 HOST = "lmtp.test"
 MAX_SIZE = 100_000

@@ -68,6 +68,14 @@ def test_every_config_key_is_in_pymda_toml_5(pages):
         assert f".B {key} = " in text, key
 
 
+def test_program_table_is_pyproject_scripts():
+    import tomllib
+
+    scripts = tomllib.loads((paths.REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {name: value.split(":")[0] for name, value in scripts.items()} == \
+        manpage.PROGRAM_MODULES
+
+
 def test_parse_sample_takes_the_comment_block_above_a_key():
     sample = ("# About a.\n#a = 1\n#b = 2\n\n# About c,\n# two lines.\n#c = \"x\"  # note\n"
               "#[users.\"x\"]\n#d = 1\n")

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from pymda import sources
-from pymda.sources import MboxSplitter, SplitError
+from pymda.admin import sources
+from pymda.admin.sources import MboxSplitter, SplitError
 
 DATE = b"Thu Jan  1 00:00:00 1970"
 

@@ -1,4 +1,4 @@
-"""pymda.pipe: real commands, run as real users (root only for those).
+"""pymda.forward.pipe: real commands, run as real users (root only for those).
 
 A recorder program (Python, reading /proc/self/environ so the interpreter's
 own locale coercion cannot blur what it was given) saves its ids, groups,
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pymda import config, message as msgmod, pipe
+from pymda import config, message as msgmod
+from pymda.forward import pipe
 from pymda.errors import PermFail, TempFail
 from pymda.resolve import Envelope, Target
 from pymda.users import Identity
@@ -414,7 +415,8 @@ def test_as_the_user_without_root(test_user, workdir):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-        from pymda import config, message, pipe
+        from pymda import config, message
+        from pymda.forward import pipe
         from pymda.resolve import Envelope, Target
         from pymda.users import current
         ident = current()
@@ -439,7 +441,8 @@ def test_non_root_cannot_run_as_another_user(test_user):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-        from pymda import config, pipe
+        from pymda import config
+        from pymda.forward import pipe
         from pymda.errors import PermFail
         from pymda.users import Identity
         try:

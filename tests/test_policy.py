@@ -1,4 +1,4 @@
-"""Tests for pymda.policy and the pymda-policyd program (SPEC 3).
+"""Tests for pymda.policy.service and the pymda-policyd program (SPEC 3).
 
 The server tests run the installed ``pymda-policyd`` as a real process and
 talk to it over real sockets (and with ``nc``, as SPEC 3 shows).
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pymda import config, policy, quota, recipient
+from pymda import config, daemon, quota, recipient
+from pymda.policy import service as policy
 from pymda.users import Identity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,13 +77,13 @@ def test_parser_limits(data):
     ("unix:/run/pymda/policy", ("unix", "/run/pymda/policy")),
 ])
 def test_parse_listen(spec, parsed):
-    assert policy.parse_listen(spec) == parsed
+    assert daemon.parse_listen(spec) == parsed
 
 
 @pytest.mark.parametrize("spec", ["inet:host", "inet:h:0", "inet:h:99999", "tcp:h:1", "unix:"])
 def test_parse_listen_rejects(spec):
     with pytest.raises(ValueError):
-        policy.parse_listen(spec)
+        daemon.parse_listen(spec)
 
 
 # --- decisions -----------------------------------------------------------------
@@ -501,7 +502,7 @@ def test_bad_listen_is_a_usage_error(tmp_path):
 
 def test_policyd_does_not_import_quota_heavy_modules_per_request():
     """The decision path is the delivery path's quota code: no click there."""
-    code = ("import sys; from pymda import policy; "
+    code = ("import sys; from pymda.policy import service as policy; "
             "assert 'click' not in sys.modules and 'asyncio' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=paths.REPO)
 

@@ -870,7 +870,7 @@ def test_admin_quota_unknown_user(tmp_path):
 
 
 def test_admin_quota_report_format():
-    from pymda.admin_quota import format_report
+    from pymda.admin.quota import format_report
 
     ident = Identity(name="alice", uid=1, gid=1, home="/home/alice")
     t = Target(kind="mbox", path="/var/mail/alice", identity=ident)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pymda import recipient
-from pymda.dotforward import Item
+from pymda.forward.dotforward import Item
 from pymda.errors import PermFail
 from support import paths
 from support.engine import (  # noqa: F401 - cfg, tmp_path: fixtures
@@ -212,7 +212,7 @@ def test_one_place_switches_to_the_user_for_a_delivery():
 
 
 def test_dotforward_and_resolve_do_not_import_each_other_in_a_cycle():
-    code = ("import sys; import pymda.dotforward; "
+    code = ("import sys; import pymda.forward.dotforward; "
             "assert 'pymda.resolve' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=paths.REPO)
 
@@ -220,7 +220,7 @@ def test_dotforward_and_resolve_do_not_import_each_other_in_a_cycle():
 def test_explain_plans_without_a_message(cfg, tmp_path):
     """pymda-admin explain goes through the pipeline with no message at all
     (it used to build a fake one to reuse pymda's envelope code)."""
-    code = ("import sys; from pymda import admin; "
+    code = ("import sys; from pymda.admin import commands as admin; "
             f"rc = admin.main(['explain', '-c', {str(tmp_path / 'pymda.toml')!r}, "
             "'alice+x@example.org']); "
             "assert rc == 0, rc; assert 'pymda.message' not in sys.modules, 'message'")

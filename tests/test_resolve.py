@@ -11,7 +11,7 @@ import pwd
 import pytest
 
 from pymda import resolve
-from pymda.dotforward import Item
+from pymda.forward.dotforward import Item
 from pymda.errors import PermFail, UsageError
 from pymda.users import Identity
 from support.engine import (  # noqa: F401 - cfg, me, tmp_path: fixtures

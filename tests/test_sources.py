@@ -1,4 +1,4 @@
-"""pymda.sources: recognising SOURCEs by content and splitting them (real files)."""
+"""pymda.admin.sources: recognising SOURCEs by content and splitting them (real files)."""
 
 import gzip
 import io
@@ -7,7 +7,7 @@ import os
 import pytest
 
 import redeliver_packs as packs
-from pymda import sources
+from pymda.admin import sources
 from redeliver_packs import read_bytes
 
 
@@ -239,7 +239,7 @@ def test_a_huge_line_in_a_compressed_mbox_costs_no_memory(tmp_path):
     assert path.stat().st_size < 2 << 20
     code = (
         "import sys\n"
-        "from pymda import sources\n"
+        "from pymda.admin import sources\n"
         "sizes = []\n"
         "with sources.open_source(sys.argv[1]) as src:\n"
         "    for item in src.items():\n"

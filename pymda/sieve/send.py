@@ -1,7 +1,7 @@
 """Mail that Sieve sends: vacation replies and redirected copies (SPEC 6).
 
 Pure decisions and message bytes; the only I/O is ``SendmailSender.send``
-(through pymda.forward's sendmail runner) and the memory given by the
+(through pymda.forward.sendmail's sendmail runner) and the memory given by the
 caller (pymda.sieve.memory).
 
 Contract (what the delivery pipeline calls, after ``evaluate``)::
@@ -42,7 +42,7 @@ SECURITY: no text from the script or the message reaches a header
 unchecked: CR, LF and NUL become spaces (``_clean``), non-ASCII text is
 RFC 2047-encoded, ``:from`` must parse as one address (else the default
 is used and it is logged), recipients never start with ``-`` and follow
-``--`` on sendmail's command line (pymda.forward.sendmail_argv).
+``--`` on sendmail's command line (pymda.forward.sendmail.sendmail_argv).
 
 LIMITATIONS: replies are always UTF-8 text/plain (or the ``:mime``
 entity as written); no SMTPUTF8 recipients.
@@ -544,7 +544,7 @@ class RecordingSender:
 class SendmailSender:
     """``send(envelope_from, recipient, data)`` through ``sendmail_command``
     (``$sender`` = ``envelope_from``, "" = the null sender), ``--`` before
-    the recipient; raises TempFail/PermFail as pymda.forward.submit."""
+    the recipient; raises TempFail/PermFail as pymda.forward.sendmail.submit."""
 
     def __init__(self, cfg, user="", home="", user_address=""):
         self.cfg = cfg
@@ -553,7 +553,7 @@ class SendmailSender:
         self.user_address = user_address
 
     def send(self, envelope_from, recipient, data):
-        from pymda import forward
+        from pymda.forward import sendmail as forward
 
         forward.submit_bytes(self.cfg, envelope_from, recipient, data,
                              self.user, self.home, self.user_address)

@@ -17,7 +17,7 @@
   places users cannot write; a directory compiles its ``*.sieve`` files.
   Exit 0, or 65 when one does not compile.
 
-Registered in pymda/admin.py as the ``sieve`` group; imports click, so it
+Registered in pymda/admin/commands.py as the ``sieve`` group; imports click, so it
 is never on the delivery path.
 """
 

@@ -35,7 +35,10 @@ import sys
 
 import click
 
-from pymda.daemon import DaemonLog, daemon_options, load_config, socket_mode
+from pymda.daemon import (
+    DaemonLog, daemon_options, load_config, open_listeners, parse_listen, socket_mode,
+    systemd_sockets,
+)
 from pymda.errors import EX_TEMPFAIL, EX_USAGE
 
 
@@ -43,23 +46,21 @@ from pymda.errors import EX_TEMPFAIL, EX_USAGE
 @daemon_options("Address to serve (repeatable).  Also serves systemd's sockets.")
 def lmtpd(listen, config_path, socket_mode_text, verbose):
     """Deliver mail received over LMTP (RFC 2033) with pymda's engine."""
-    from pymda import policy
-
     log = DaemonLog(verbose, ident="pymda-lmtpd")
     cfg = load_config(config_path, "pymda-lmtpd")
     mode = socket_mode(socket_mode_text, "pymda-lmtpd")
     try:
-        specs = [policy.parse_listen(spec) for spec in listen]
+        specs = [parse_listen(spec) for spec in listen]
     except ValueError as exc:
         click.echo(f"pymda-lmtpd: {exc}", err=True)
         sys.exit(EX_USAGE)
-    sockets = policy.systemd_sockets()
+    sockets = systemd_sockets()
     if not sockets and not listen:
         click.echo("pymda-lmtpd: nothing to serve: give --listen inet:HOST:PORT or "
                    "unix:PATH (or start it by systemd socket activation)", err=True)
         sys.exit(EX_USAGE)
     try:
-        sockets += policy.open_listeners(listen, mode)
+        sockets += open_listeners(listen, mode)
     except OSError as exc:
         click.echo(f"pymda-lmtpd: cannot listen: {exc}", err=True)
         sys.exit(EX_TEMPFAIL)
@@ -79,8 +80,8 @@ async def serve(cfg, sockets, log, where="", ready=None):
     import asyncio
     import signal
 
-    from pymda.lmtp import LMTPServer
-    from pymda.lmtp_deliver import DeliveryHandler
+    from pymda.lmtp.protocol import LMTPServer
+    from pymda.lmtp.handler import DeliveryHandler
 
     loop = asyncio.get_running_loop()
     stop = loop.create_future()

@@ -159,7 +159,7 @@ class DeliveryHandler:
             return self._check_recipient(recipient, size)
 
     def _check_recipient(self, recipient, size):
-        from pymda import policy
+        from pymda.policy import service as policy
         from pymda.recipient import find_recipient
 
         try:
@@ -251,7 +251,7 @@ class DeliveryHandler:
         # (the kernel's teardown of a forked address space takes a while).
         output = await _read_line(loop, rfd)
         line = output.decode("utf-8", "replace").split("\n", 1)[0]
-        from pymda.lmtp import valid_reply
+        from pymda.lmtp.protocol import valid_reply
 
         if output.endswith(b"\n") and valid_reply(line) and line[0] in "245":
             self._reap_later(pid, recipient)

@@ -18,9 +18,9 @@ Commands:
   override), then the ``[sql.NAME]`` (passwords hidden) and ``[users."..."]``
   tables, then one line per ``userdb`` source asked once
   (admin_user.probe_sources).
-- ``user ADDRESS`` (pymda/admin_user.py): uid, gid, home, mailbox,
+- ``user ADDRESS`` (pymda/admin/user.py): uid, gid, home, mailbox,
   limits and the source that answered.
-- ``quota`` (pymda/admin_quota.py) when that module is installed.
+- ``quota`` (pymda/admin/quota.py) when that module is installed.
 
 Every command takes ``-c FILE`` (else $PYMDA_CONFIG, else
 /etc/pymda/pymda.toml) and ``-o KEY=VALUE``.
@@ -123,7 +123,7 @@ class _Bar:
 def redeliver(user, mailbox, folder, sender, forward, dry_run, config_path, overrides, sources):
     """Redeliver every message of SOURCE (mbox, .gz/.bz2/.xz mbox, Maildir,
     message file, or - for stdin) through the delivery engine, once."""
-    from pymda import redeliver as batch
+    from pymda.admin import redeliver as batch
     from pymda.log import Log
     from pymda.resolve import format_plan
 
@@ -209,7 +209,7 @@ def explain_aliases(cfg, address):
     the plan of each final recipient in a local domain (or a virtual user
     of pymda's), each in a child process (the plan switches to that user
     for good).  False when no map rewrites it."""
-    from pymda import aliases as aliases_mod
+    from pymda.policy import aliases as aliases_mod
 
     resolver = aliases_mod.Resolver(cfg)
     try:
@@ -312,7 +312,7 @@ def check_config(config_path, overrides):
         click.echo(f"check-config: {exc.text}", err=True)
         return EX_CONFIG
     click.echo(format_settings(cfg), nl=False)
-    from pymda.admin_user import probe_sources
+    from pymda.admin.user import probe_sources
 
     lines, status = probe_sources(cfg)
     click.echo("\n".join(lines))
@@ -321,9 +321,9 @@ def check_config(config_path, overrides):
 
 def _add_quota_command():
     try:
-        from pymda.admin_quota import quota_command
+        from pymda.admin.quota import quota_command
     except ModuleNotFoundError as exc:
-        if exc.name != "pymda.admin_quota":
+        if exc.name != "pymda.admin.quota":
             raise
         return
     cli.add_command(quota_command, "quota")
@@ -332,7 +332,7 @@ def _add_quota_command():
 _add_quota_command()
 from pymda.sieve.tool import sieve_group  # noqa: E402 - pymda-admin sieve ...
 cli.add_command(sieve_group)
-from pymda.admin_user import user_command  # noqa: E402
+from pymda.admin.user import user_command  # noqa: E402
 cli.add_command(user_command, "user")
 
 

@@ -126,7 +126,7 @@ def decide(cfg, attrs, resolver=None):
         size = 0
     size = max(size, 0)
     if resolver is not None:
-        from pymda import aliases
+        from pymda.policy import aliases
 
         return aliases.decide(resolver, recipient,
                               lambda address, nouser: decide_address(cfg, address, size, nouser),
@@ -162,7 +162,7 @@ def make_resolver(cfg, log=None):
     """An aliases.Resolver when ``policy_aliases`` is on, else None."""
     if not cfg.policy_aliases:
         return None
-    from pymda import aliases
+    from pymda.policy import aliases
 
     return aliases.Resolver(cfg, log)
 
@@ -257,66 +257,6 @@ async def handle_connection(cfg, reader, writer, log=None, resolver=None):
             await writer.wait_closed()
         except (ConnectionError, OSError):
             pass
-
-
-def parse_listen(spec):
-    """'inet:HOST:PORT' -> ("inet", host, port); 'unix:PATH' -> ("unix", path)."""
-    kind, sep, rest = spec.partition(":")
-    if kind == "unix" and sep and rest:
-        return ("unix", rest)
-    if kind == "inet" and sep:
-        host, sep, port = rest.rpartition(":")
-        host = host.strip("[]")
-        if sep and port.isdigit() and 0 < int(port) < 65536:
-            return ("inet", host or "127.0.0.1", int(port))
-    raise ValueError(f"--listen {spec!r}: use inet:HOST:PORT or unix:PATH")
-
-
-def systemd_sockets(environ=None):
-    """Sockets passed by systemd socket activation (LISTEN_FDS), or []."""
-    import os
-    import socket
-
-    environ = os.environ if environ is None else environ
-    try:
-        if int(environ.get("LISTEN_PID", "0")) != os.getpid():
-            return []
-        count = int(environ.get("LISTEN_FDS", "0"))
-    except ValueError:
-        return []
-    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        environ.pop(key, None)
-    return [socket.socket(fileno=3 + i) for i in range(count)]
-
-
-def open_listeners(specs, unix_mode=0o666):
-    """Bound, listening sockets for the --listen specs."""
-    import os
-    import socket
-    import stat
-
-    socks = []
-    for spec in specs:
-        parsed = parse_listen(spec)
-        if parsed[0] == "unix":
-            path = parsed[1]
-            try:
-                if stat.S_ISSOCK(os.lstat(path).st_mode):
-                    os.unlink(path)  # stale socket of an earlier run
-            except FileNotFoundError:
-                pass
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(path)
-            os.chmod(path, unix_mode)
-        else:
-            _, host, port = parsed
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-        sock.listen(128)
-        socks.append(sock)
-    return socks
 
 
 async def serve(cfg, sockets, log=None, ready=None):

@@ -118,7 +118,7 @@ def submit_bytes(cfg, envelope_from, recipient, data, user="", home="",
 
 
 def _submit(argv, chunks, address, cfg, what):
-    from pymda import pipe
+    from pymda.forward import pipe
 
     try:
         code, first, timed_out = pipe.run_argv(

@@ -462,7 +462,7 @@ def _open_sources(names, cfg, identity, summary, stdin):
     user, so a restructuring that moves the switch after this call fails
     loudly instead of reading sources with root's rights again.
     """
-    from pymda import sources
+    from pymda.admin import sources
 
     if os.geteuid() == 0 and identity.uid != 0:
         raise TempFail(f"internal error: sources for {identity.name} opened as root", "4.3.0")

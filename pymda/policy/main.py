@@ -17,7 +17,9 @@ import sys
 
 import click
 
-from pymda.daemon import DaemonLog, daemon_options, load_config, socket_mode
+from pymda.daemon import (
+    DaemonLog, daemon_options, load_config, open_listeners, socket_mode, systemd_sockets,
+)
 from pymda.errors import EX_TEMPFAIL, EX_USAGE
 
 
@@ -25,13 +27,13 @@ from pymda.errors import EX_TEMPFAIL, EX_USAGE
 @daemon_options("Address to serve (repeatable).  None: stdin/stdout (spawn(8)).")
 def policyd(listen, config_path, socket_mode_text, verbose):
     """Answer postfix policy requests with the recipient's quota state."""
-    from pymda import policy
+    from pymda.policy import service as policy
 
     log = DaemonLog(verbose, ident="pymda-policyd")
     cfg = load_config(config_path, "pymda-policyd")
     mode = socket_mode(socket_mode_text, "pymda-policyd")
     try:
-        sockets = policy.systemd_sockets() + policy.open_listeners(listen, mode)
+        sockets = systemd_sockets() + open_listeners(listen, mode)
     except ValueError as exc:
         click.echo(f"pymda-policyd: {exc}", err=True)
         sys.exit(EX_USAGE)

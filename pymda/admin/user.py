@@ -34,7 +34,7 @@ def _limit(value, unit):
     if not value:
         return "no limit"
     if unit == "bytes":
-        from pymda.admin_quota import _human
+        from pymda.admin.quota import _human
 
         return f"limit {_human(value)} [{value} bytes]"
     return f"limit {value}"
