@@ -32,6 +32,9 @@ Contract:
 - ``mailbox_for(cfg, address)`` -> (Identity, main-mailbox Target):
   lookup without authorisation, for the read-only quota check of
   pymda-policyd and ``pymda-admin quota``.
+- ``plan_message(cfg, log, message, envelope, identity, folder=None,
+  mailbox=None)`` -> (targets, Sieve step or None): redeliver --sieve,
+  per message, after plan_only switched; nothing is sent.
 - ``deliver(cfg, log, message, envelope, identity=None, folder=None,
   mailbox=None, forward=False, own_delivered_to=True, items=None,
   send=True)`` ->
@@ -209,6 +212,13 @@ def _plan(cfg, log, envelope, identity, folder, mailbox, forward, items, message
     finally:
         step.report(user_log=not dry)
     return targets, step
+
+
+def plan_message(cfg, log, message, envelope, identity, folder=None, mailbox=None):
+    """(targets, sieve step or None) of one message, for redeliver --sieve:
+    the caller has switched already (plan_only); nothing is sent."""
+    return _plan(cfg, log, envelope, identity, folder, mailbox, False, None, message,
+                 send=False)
 
 
 class Plan(list):

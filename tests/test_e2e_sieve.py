@@ -521,3 +521,67 @@ def test_a_store_that_fails_sends_nothing_until_it_succeeds(make_user):
     code, out = run_pymda(args(alice, *rec), m, user=alice)
     assert (code, out) == (EX_OK, b"")
     assert count(alice, ".Stuck") == 1 and len(sent(alice)) == 1
+
+
+# --- pymda-admin: redeliver --sieve, sieve test -d / --execute -------------------------------
+
+
+def admin(*argv, input_bytes=b""):
+    import subprocess
+
+    from support import paths
+
+    proc = subprocess.run([str(paths.prefix() / "bin" / "pymda-admin"), *map(str, argv)],
+                          input=input_bytes, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=120, check=False)
+    return proc.returncode, proc.stdout
+
+
+def test_redeliver_with_sieve_files_and_never_sends(make_user, tmp_path):
+    alice = make_user()
+    make_folder(alice, ".Dev")
+    script(alice, 'require ["fileinto", "vacation", "copy"];\n'
+                  'if header :contains "subject" "dev" { fileinto "Dev"; }\n'
+                  'redirect :copy "bob@example.net";\nvacation "away";\n')
+    rec = recorder(alice)
+    mbox = alice.write("old.mbox", b"From carol@example.net  Sat Nov 28 10:00:00 2026\n"
+                       + msg("dev news", to=f"{alice.name}@localhost")
+                       + b"\nFrom carol@example.net  Sat Nov 28 10:00:01 2026\n"
+                       + msg("other", to=f"{alice.name}@localhost"), 0o644)
+    code, out = admin("redeliver", "-d", alice.name, "--mailbox", "Maildir/", *rec, mbox)
+    assert code == 0, out
+    assert count(alice) == 2 and count(alice, ".Dev") == 0  # without --sieve: INBOX
+    code, out = admin("redeliver", "--sieve", "-d", alice.name, "--mailbox", "Maildir/",
+                      "--set", "redeliver_record=$home/.sieve-record", *rec, mbox)
+    assert code == 0, out
+    assert count(alice, ".Dev") == 1 and count(alice) == 3
+    assert sent(alice) == []
+    # run again: nothing twice
+    code, out = admin("redeliver", "--sieve", "-d", alice.name, "--mailbox", "Maildir/",
+                      "--set", "redeliver_record=$home/.sieve-record", *rec, mbox)
+    assert code == 0, out
+    assert count(alice, ".Dev") == 1 and count(alice) == 3
+
+
+def test_admin_sieve_test_as_the_user_and_execute(make_user, tmp_path):
+    alice = make_user()
+    make_folder(alice, ".Dev")
+    path = script(alice, 'require ["fileinto", "copy"];\nif header :contains "subject" "dev" '
+                         '{ fileinto "Dev"; }\nredirect :copy "bob@example.net";\n',
+                  "test.sieve")
+    m = user_file = alice.write("m.eml", msg("dev stuff"), 0o644)
+    assert "copy" in path.read_text()
+    code, out = admin("sieve", "test", "-d", alice.name, "-o", "mailbox=Maildir/",
+                      path, m)
+    assert code == 0, out
+    text = out.decode()
+    assert f"folder=Dev source=sieve {path} line 2" in text
+    assert "redirect bob@example.net" in text
+    assert count(alice, ".Dev") == 0                       # nothing written
+    rec = recorder(alice)
+    code, out = admin("sieve", "test", "-d", alice.name, "--execute", "-o", "mailbox=Maildir/",
+                      *rec, path, user_file)
+    assert code == 0, out
+    assert count(alice, ".Dev") == 1
+    ((argv, _),) = sent(alice)
+    assert argv[-1] == "bob@example.net"
