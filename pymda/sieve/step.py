@@ -147,15 +147,20 @@ class Step:
         if self.send and session.sends:
             from pymda.sieve.send import SendmailSender
 
-            sender = _Recorder(SendmailSender(self.cfg_of(), self.identity.name,
+            sender = _Recorder(SendmailSender(session.cfg, self.identity.name,
                                               self.identity.home,
                                               session.envelope.recipient))
         skipped = set()
+        unchecked = {}          # ledger key -> why the ledger could not say
         if done is not None:
             def was_done(key):
-                if done(key):
-                    skipped.add(key)
-                    return True
+                try:
+                    if done(key):
+                        skipped.add(key)
+                        return True
+                except DeliveryError as exc:    # not sent (never twice): retry
+                    unchecked[key] = exc
+                    raise
                 return False
         else:
             was_done = None
@@ -167,8 +172,8 @@ class Step:
             if out.ledger_key in skipped:
                 self.log.info("sieve: %s to <%s>: skipped (sent by an earlier attempt)"
                               % (out.kind, out.recipient))
-            elif out.recipient in sender.failed:
-                exc = sender.failed[out.recipient]
+            elif out.ledger_key in unchecked or out.recipient in sender.failed:
+                exc = unchecked.get(out.ledger_key) or sender.failed[out.recipient]
                 if out.kind != "redirect":
                     continue
                 if not isinstance(exc, DeliveryError):
@@ -180,9 +185,6 @@ class Step:
                 self.log.info("sieve: %s to <%s>: sent (%s)"
                               % (out.kind, out.recipient, self.source(out.line)))
         return None
-
-    def cfg_of(self):
-        return self.session.cfg
 
 
 def run(cfg, log, message, envelope, identity, main, send=True):
