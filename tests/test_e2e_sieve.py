@@ -587,3 +587,17 @@ def test_admin_sieve_test_as_the_user_and_execute(make_user, tmp_path):
     assert count(alice, ".Dev") == 1
     ((argv, _),) = sent(alice)
     assert argv[-1] == "bob@example.net"
+
+
+def test_mbox_mailbox_folders_are_files_under_mbox_folder_directory(make_user):
+    alice = make_user()
+    script(alice, 'require ["fileinto", "mailbox", "imap4flags"];\n'
+                  'if header :contains "subject" "list" { fileinto :create "Lists/Dev"; }\n'
+                  'addflag "\\\\Seen";\n')
+    a = ["-f", SENDER, "-a", f"{alice.name}@localhost", "-o", "mailbox=mbox"]
+    assert run_pymda(a, msg("list mail"), user=alice) == (EX_OK, b"")
+    assert run_pymda(a, msg("other"), user=alice) == (EX_OK, b"")
+    folder = alice.path("mail", "Lists", "Dev").read_bytes()
+    assert folder.startswith(f"From {SENDER} ".encode()) and b"Subject: list mail\n" in folder
+    inbox = alice.path("mbox").read_bytes()
+    assert inbox.count(b"\nSubject: ") == 1 and b"Subject: other\n" in inbox
