@@ -286,26 +286,6 @@ def prepare(step):
         unlink(step[1])
 
 
-def oneshot_worker(env, outdir, plan, stdin_path, n, warmup):
-    spawner = common.Spawner(env, outdir)
-    times = {name: [] for name in plan}
-    errors = []
-    try:
-        for r in range(warmup + n):
-            for name, (argv, step) in plan.items():
-                prepare(step)
-                code, elapsed, output = spawner.run(argv, stdin_path)
-                if code != 0 or output:
-                    errors.append(f"{name}: exit {code}: {output[:300]}")
-                    if len(errors) > 5:
-                        return {"times": times, "errors": errors}
-                if r >= warmup:
-                    times[name].append(elapsed)
-    finally:
-        spawner.close()
-    return {"times": times, "errors": errors}
-
-
 def import_probe(env, probes, stdin_path):
     """label -> sorted module names a delivery imports (python -X importtime)."""
     out = {}
@@ -458,15 +438,8 @@ def print_report(report):
               f"{report['pymda_sieve']}): its Sieve rows are not measured")
     one = report.get("oneshot")
     if one:
-        base = one.get("pymda plain", {}).get("median_ms")
-        print(f"\none-shot delivery, one process at a time, {one['floor']['n']} rounds "
-              "(wall time per message, ms)")
-        print(f"  {'':<28} {'median':>8} {'p90':>8} {'min':>8}  {'- pymda plain':>13}")
-        for name, s in one.items():
-            extra = (f"{s['median_ms'] - base:>13.2f}" if base and name.startswith("pymda")
-                     and "mbox" not in name else "")
-            print(f"  {name:<28} {s['median_ms']:>8.2f} {s['p90_ms']:>8.2f} "
-                  f"{s['min_ms']:>8.2f}  {extra}")
+        bd.print_oneshot(one, one.get("pymda plain", {}).get("median_ms"), "- pymda plain",
+                         lambda name: name.startswith("pymda") and "mbox" not in name, 28)
     mods = report.get("imports")
     if mods:
         print("\nmodules a delivery imports beyond pymda plain (python -X importtime)")
@@ -544,8 +517,10 @@ def main(argv=None):
         plan = {name: (s["argv"], s.get("prepare")) for name, s in table.items()}
         log(f"one-shot: {args.n} rounds of {len(plan)} contenders (+{WARMUP} warm-up) ...")
         t0 = time.time()
-        out = common.run_as(user, oneshot_worker, env, user.home, plan, stdin_path, args.n,
-                            WARMUP, fsize=common.MAILBOX_SIZE_LIMIT)
+        out = common.run_as(user, bd.oneshot_worker, env, user.home,
+                            {name: argv for name, (argv, _) in plan.items()}, stdin_path,
+                            args.n, WARMUP, lambda name: prepare(plan[name][1]),
+                            fsize=common.MAILBOX_SIZE_LIMIT)
         log(f"  {time.time() - t0:.1f} s")
         report["load_after"] = os.getloadavg()
         if out["errors"]:
