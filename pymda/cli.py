@@ -321,7 +321,8 @@ def _deliver(opts, environ, cfg, log):
     if opts.get("dry_run"):
         from pymda import resolve
 
-        targets = recipient.plan_only(cfg, envelope, identity, log=log, **how)
+        targets = recipient.plan_only(cfg, envelope, identity, log=log, message=message,
+                                      **how)
         out = resolve.plan_json(targets) if opts.get("json") else resolve.format_plan(targets)
         sys.stdout.write(out)
         sys.stdout.flush()

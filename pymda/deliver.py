@@ -1,11 +1,13 @@
 """The delivery engine: the only caller of the writers.
 
-Contract: ``run(targets, message, envelope, cfg, log, flags=None)``
+Contract: ``run(targets, message, envelope, cfg, log, flags=None,
+after=None, identity=None)``
 delivers ``message`` to every target in order and returns a
 DeliveryResult: its ``exit`` code, its one output ``line`` (None when all
 went well) and per-target ``results``.  It never raises a DeliveryError
 (they become results); anything unexpected is the caller's 4.3.0.
-``flags``: Maildir flags to deliver into ``cur/`` with (redeliver).
+``flags``: Maildir flags to deliver into ``cur/`` with (redeliver); a
+Target's own ``flags`` (Sieve's imap4flags) win.
 The caller has switched to the user (recipient.py) and planned the
 targets (resolve.py).
 
@@ -31,7 +33,15 @@ records each target once it is done (after the writer's fsync, a pipe's
 exit 0, sendmail's exit 0); the MTA's retry after a temporary failure skips
 what is recorded ("status=skipped").  When nothing failed temporarily the
 records are dropped again.  A single target costs nothing (state.py is not
-even imported).  A ledger that cannot be opened (read-only home, ...) is
+even imported) unless a Sieve script sends mail.
+
+SENDS (SPEC 6): ``after`` is the Sieve step of recipient.py (or None):
+once every target succeeded, ``after.after(done, record)`` sends the
+script's redirects and vacation reply, each checked and recorded in the
+ledger under its own key (the ledger is opened whenever
+``after.needs_ledger``); a DeliveryError it returns (a redirect sendmail
+refused) is the delivery's.  When a target failed, ``after.abandon()``:
+nothing is sent, the retry sends.  A ledger that cannot be opened (read-only home, ...) is
 logged and the delivery goes on without it: at worst a retry after a
 partial failure duplicates, which is better than holding the mail.
 """
@@ -269,7 +279,7 @@ def _subscriber(target, cfg, log):
     return created
 
 
-def run(targets, message, envelope, cfg, log, flags=None):
+def run(targets, message, envelope, cfg, log, flags=None, after=None, identity=None):
     """Deliver to every target; see the module docstring."""
     prefix = trace_headers(message, envelope)
     results = []
@@ -284,9 +294,10 @@ def run(targets, message, envelope, cfg, log, flags=None):
             unique.append(target)
     targets = unique
     ledger = msg_key = None
-    if len(targets) > 1:
+    if len(targets) > 1 or (after is not None and after.needs_ledger):
         try:
-            ledger, msg_key = _open_ledger(targets, message, envelope, cfg)
+            ledger, msg_key = _open_ledger(identity or targets[0].identity, message,
+                                           envelope, cfg)
         except DeliveryError as exc:
             log.warning(f"no duplicate elimination on retry: {exc.line()}")
     try:
@@ -306,7 +317,8 @@ def run(targets, message, envelope, cfg, log, flags=None):
                                  "already delivered by an earlier attempt")
                     continue
             try:
-                where = write_target(target, message, envelope, cfg, log, prefix, flags)
+                where = write_target(target, message, envelope, cfg, log, prefix,
+                                     flags if target.flags is None else target.flags)
             except DeliveryError as exc:
                 results.append(TargetResult(target=target, error=exc))
                 status = "deferred" if exc.temporary else "bounced"
@@ -323,6 +335,16 @@ def run(targets, message, envelope, cfg, log, flags=None):
                     log.warning(exc.line())
             results.append(TargetResult(target=target, where=where))
             log.delivery(target, envelope, message, "sent", f"delivered to {target.kind}")
+        if after is not None:
+            if first_temp is None and first_perm is None:
+                error = _after(after, ledger, msg_key, log)
+                if error is not None:
+                    if error.temporary:
+                        first_temp = error
+                    else:
+                        first_perm = error
+            else:
+                after.abandon()
         if ledger is not None and first_temp is None:
             try:
                 ledger.forget(msg_key)  # no retry will come: drop the records
@@ -334,11 +356,23 @@ def run(targets, message, envelope, cfg, log, flags=None):
     return DeliveryResult(results=results, error=first_temp or first_perm)
 
 
-def _open_ledger(targets, message, envelope, cfg):
-    """(Ledger, message key) for a delivery to several targets."""
+def _after(after, ledger, msg_key, log):
+    """SENDS: ``after`` (a Sieve step) once every target succeeded, with
+    the ledger's done/record for its sends; its DeliveryError or None."""
+    done = record = None
+    if ledger is not None:
+        def done(key):
+            return ledger.done(msg_key, key)
+
+        def record(key):
+            ledger.record(msg_key, key)
+    return after.after(done, record)
+
+
+def _open_ledger(identity, message, envelope, cfg):
+    """(Ledger, message key) for a delivery to several targets, or with sends."""
     from pymda import state
 
-    identity = targets[0].identity
     path = state.state_path(cfg, identity)
     ledger = state.Ledger.open(path, timeout=cfg.lock_timeout)
     return ledger, state.message_key(message, envelope)

@@ -32,16 +32,22 @@ Contract:
 - ``mailbox_for(cfg, address)`` -> (Identity, main-mailbox Target):
   lookup without authorisation, for the read-only quota check of
   pymda-policyd and ``pymda-admin quota``.
+- ``plan_message(cfg, log, message, envelope, identity, folder=None,
+  mailbox=None)`` -> (targets, Sieve step or None): redeliver --sieve,
+  per message, after plan_only switched; nothing is sent.
 - ``deliver(cfg, log, message, envelope, identity=None, folder=None,
-  mailbox=None, forward=False, own_delivered_to=True, items=None)`` ->
+  mailbox=None, forward=False, own_delivered_to=True, items=None,
+  send=True)`` ->
   deliver.DeliveryResult.  In order: the user (find_user, unless given),
   LOOP CONTROL once, root's preparation, the switch, the plan, the run.
   Never raises a DeliveryError (it becomes the result's ``error``);
   anything unexpected propagates to the caller's one broad catch (4.3.0).
 - ``plan_only(cfg, envelope, identity, folder=None, mailbox=None,
-  forward=False, log=None, items=None)`` -> list[Target]: the switch and
-  the plan, nothing written, nothing created (``-n``, ``explain``, and
-  redeliver's one plan for a whole batch).  Raises DeliveryError.
+  forward=False, log=None, items=None, message=None)`` -> list[Target]:
+  the switch and the plan, nothing written, nothing created (``-n``,
+  ``explain``, and redeliver's one plan for a whole batch); with
+  ``message`` the Sieve script runs too (nothing sent: plan entries
+  "redirect"/"vacation"/"reject"; ``.discarded``).  Raises DeliveryError.
 
 LOOP CONTROL (SPEC 1.3): checked once per recipient, before anything is
 created (a looping message makes no spool mbox).  ``own_delivered_to``:
@@ -62,10 +68,17 @@ written as root, its file targets as default_privs (resolve decides,
 deliver.write_as switches in a child) and its pipes run as default_privs
 (pipe.py).
 
-SIEVE / USER DATABASE: the user database plugs in behind
-``users.name_for_recipient`` and ``users.lookup`` (called here only);
-a Sieve result becomes a second source of entries through the ``items``
-parameter (see resolve.plan), between the switch and the run.
+SIEVE (SPEC 6, docs/sieve.md): between the switch and the plan, in
+``_plan`` - the one place, for pymda, pymda-lmtpd and redeliver --sieve.
+``sieve_may_run`` costs one stat when there is no script; otherwise
+pymda.sieve.step runs the script and its result becomes the ``items``
+of resolve.plan (a script replaces .forward).  reject -> the result's
+error PermFail 5.7.1 (exit 77, LMTP 550); sends (redirect, vacation)
+run in deliver.run's ``after`` once every store succeeded, keyed in the
+completed-target ledger so that a retry never sends twice.
+
+USER DATABASE: it plugs in behind ``users.name_for_recipient`` and
+``users.lookup`` (called here only).
 
 LIMITATIONS: one recipient per call; LMTP calls it once per recipient,
 in a forked child when the server is root.
@@ -153,19 +166,98 @@ def prepare_as_root(cfg, envelope, identity, mailbox=None):
         precreate_spool_mbox(path, identity.uid, identity.gid)
 
 
-def plan_only(cfg, envelope, identity, folder=None, mailbox=None, forward=False, log=None,
-              items=None):
-    """Switch to the user and plan: nothing written, nothing created."""
+def sieve_may_run(cfg, identity):
+    """False when this delivery certainly runs no Sieve script: ``sieve``
+    off, or no admin script configured and no file at ``sieve_script``
+    (ONE stat: a plain delivery does not import pymda.sieve at all)."""
+    if not cfg.sieve:
+        return False
+    if cfg.sieve_before or cfg.sieve_after or cfg.sieve_default:
+        return True
+    if not cfg.sieve_script:
+        return False
+    from pymda import fastos as os
+    from pymda.config import expand
+
+    path = expand(cfg.sieve_script, {"home": identity.home, "user": identity.name})
+    try:
+        os.stat(path)
+    except OSError as exc:
+        # missing, a dangling link, a loop: no filtering; anything else
+        # is for find_script to report
+        return exc.errno not in (2, 20, 40)
+    return True
+
+
+def _plan(cfg, log, envelope, identity, folder, mailbox, forward, items, message, send,
+          dry=False):
+    """(targets, sieve step or None), as the user: SIEVE HOOK.  ``dry``
+    (pymda -n): script errors go to syslog only, not the user's log."""
     from pymda import resolve
 
+    step = None
+    if message is not None and items is None and sieve_may_run(cfg, identity):
+        from pymda.sieve import step as sieve_step
+
+        main = resolve.choose_folder(cfg, envelope, identity, folder, mailbox)
+        step = sieve_step.run(cfg, log, message, envelope, identity, main, send=send)
+    if step is None:
+        return resolve.plan(cfg, envelope, identity, folder=folder, mailbox=mailbox,
+                            forward=forward, log=log, items=items), None
+    try:
+        if step.reject is not None:
+            return [], step
+        targets = resolve.plan(cfg, envelope, identity, folder=folder, mailbox=mailbox,
+                               log=log, items=step.items, warnings=step.warnings)
+    finally:
+        step.report(user_log=not dry)
+    return targets, step
+
+
+def plan_message(cfg, log, message, envelope, identity, folder=None, mailbox=None):
+    """(targets, sieve step or None) of one message, for redeliver --sieve:
+    the caller has switched already (plan_only); nothing is sent."""
+    return _plan(cfg, log, envelope, identity, folder, mailbox, False, None, message,
+                 send=False)
+
+
+class Plan(list):
+    """The targets of a plan; ``discarded``: a Sieve discard (empty plan)."""
+
+    discarded = False
+
+
+def plan_only(cfg, envelope, identity, folder=None, mailbox=None, forward=False, log=None,
+              items=None, message=None):
+    """Switch to the user and plan: nothing written, nothing created.
+
+    With ``message``, the user's Sieve script runs (nothing sent, no mark
+    written): its sends are plan entries of kind "redirect"/"vacation",
+    a reject an entry "reject" carrying the 5.7.1 error.
+    """
     switch(identity)
-    return resolve.plan(cfg, envelope, identity, folder=folder, mailbox=mailbox,
-                        forward=forward, log=log, items=items)
+    targets, step = _plan(cfg, log, envelope, identity, folder, mailbox, forward,
+                          items, message, send=False, dry=True)
+    if step is None:
+        return targets
+    plan = Plan(targets)
+    if step.reject is not None:
+        from pymda.resolve import Target
+
+        plan.append(Target(kind="reject", error=step.reject, identity=identity,
+                           source=step.script))
+    else:
+        plan.extend(step.plan_entries())
+        plan.discarded = step.discarded
+    step.abandon()
+    return plan
 
 
 def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=None,
-            forward=False, own_delivered_to=True, items=None):
-    """Deliver ``message`` for one recipient; a DeliveryResult (see above)."""
+            forward=False, own_delivered_to=True, items=None, send=True):
+    """Deliver ``message`` for one recipient; a DeliveryResult (see above).
+
+    ``send``: False for redeliver --sieve (redirect/vacation skipped)."""
     from pymda import deliver as engine
 
     try:
@@ -178,11 +270,20 @@ def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=Non
                      f"size={message.size}, status=bounced ({exc.line()})")
             raise
         prepare_as_root(cfg, envelope, identity, mailbox)
-        # SIEVE HOOK: the user's Sieve script will run here - as the user,
-        # on ``message`` - and its result become ``items``, a second source
-        # of entries next to .forward (resolve.plan).
-        targets = plan_only(cfg, envelope, identity, folder=folder, mailbox=mailbox,
-                            forward=forward, log=log, items=items)
+        switch(identity)
+        # SIEVE HOOK: the user's script runs in _plan, as the user, on
+        # ``message``; its result is a second source of entries (items).
+        targets, step = _plan(cfg, log, envelope, identity, folder, mailbox, forward,
+                              items, message, send=send)
+        if step is not None and step.reject is not None:
+            step.abandon()
+            log.info(f"to=<{envelope.recipient}>, user={envelope.user}, "
+                     f"size={message.size}, status=bounced "
+                     f"(sieve {step.script}: {step.reject.line()})")
+            raise step.reject
     except DeliveryError as exc:
         return engine.DeliveryResult(results=[], error=exc)
-    return engine.run(targets, message, envelope, cfg, log)
+    if step is not None and step.discarded:
+        log.info(f"to=<{envelope.recipient}>, user={envelope.user}, "
+                 f"size={message.size}, status=discarded (sieve {step.script})")
+    return engine.run(targets, message, envelope, cfg, log, after=step, identity=identity)

@@ -63,6 +63,10 @@ class Target(Record):
     identity: users.Identity the target is written as
     error: a DeliveryError reported instead of writing (a .forward target
            a policy refuses: allow_files, allow_commands, :include: rules)
+    flags: Maildir info flags ("FS") to deliver into cur/ with (Sieve's
+           imap4flags), or None
+    kind "redirect" | "vacation" | "reject": in plans only (pymda -n):
+           what a Sieve script would send or refuse; never delivered
     """
 
     __slots__ = (
@@ -77,8 +81,10 @@ class Target(Record):
         "source",
         "identity",
         "error",
+        "flags",
     )
     _defaults = {
+        "flags": None,
         "error": None,
         "path": None,
         "folder": INBOX,
@@ -183,19 +189,25 @@ def choose_folder(cfg, envelope, identity, folder=None, mailbox=None):
 
 
 def plan(cfg, envelope, identity, folder=None, mailbox=None, forward=False, log=None,
-         items=None):
+         items=None, warnings=None):
     """The ordered targets for one recipient.
 
-    ``items``: entries from a source other than .forward.  SIEVE HOOK: a
-    Sieve script's result will come in here, as dotforward.Item-shaped
-    entries (kind, value, source "sieve PATH line N", error) through the
-    same targets_for_items step - the one place that decides who a target
-    is written or run as; an empty list is then a discarded message.
-    None (today, every caller): the .forward, when ``forward`` is on.
+    ``items``: entries from a source other than .forward: a Sieve
+    script's result (pymda.sieve.step), dotforward.Item-shaped entries
+    (kind, value, source "sieve PATH line N", error, and ``flags``)
+    through the same targets_for_items step - the one place that decides
+    who a target is written or run as; an empty list is a discarded
+    message.  Sieve's kind "folder" (fileinto) becomes a folder of the
+    user's mailbox (``sieve_folder``); a folder it may not use falls back
+    to the main target, with a line appended to ``warnings``.
+    None: the .forward, when ``forward`` is on.
     """
     main = choose_folder(cfg, envelope, identity, folder, mailbox)
     if items is not None:
-        return targets_for_items(cfg, identity, main, items)
+        def folder_target(item):
+            return sieve_folder(cfg, envelope, identity, main, item, mailbox, warnings)
+
+        return targets_for_items(cfg, identity, main, items, folder_target)
     if forward and not os.environ.get("PYMDA_DEPTH"):
         targets = forward_targets(cfg, envelope, identity, main, log)
         if targets:
@@ -220,7 +232,47 @@ def forward_targets(cfg, envelope, identity, main, log=None):
     return targets_for_items(cfg, identity, main, expansion.items)
 
 
-def targets_for_items(cfg, identity, main, items):
+def sieve_folder(cfg, envelope, identity, main, item, mailbox=None, warnings=None):
+    """The Target of a Sieve ``fileinto`` entry (SPEC 6 "Where mail goes").
+
+    ``item.value`` is the folder as the script wrote it (UTF-8, ``/`` or
+    ``.`` between levels; INBOX in any case is the main mailbox);
+    ``item.create``: ``:create`` or ``sieve_fileinto_create``.  A name
+    pymda would never use, or a missing folder that may not be created,
+    is ``main`` (the implicit-keep target) and a line in ``warnings``.
+    """
+    name = item.value
+    flags = getattr(item, "flags", None)
+    if is_inbox(name):
+        return mailbox_target(cfg, envelope, identity, INBOX, mailbox,
+                              source=item.source).replace(flags=flags)
+    kind = main.kind
+    # Maildir++: "A.B" and "A/B" are one folder, so one name for both
+    # (Target.key: one copy per folder)
+    folder = name.replace(".", "/") if kind == "maildir" else name
+    why = None
+    target = None
+    if check_folder(folder) is None:
+        why = "unusable folder name"
+    else:
+        try:
+            target = mailbox_target(cfg, envelope, identity, folder, mailbox,
+                                    source=item.source)
+        except ValueError:
+            why = "folder name too long"
+    if target is not None and not getattr(item, "create", False) \
+            and not target_exists(target):
+        why = "folder does not exist (no :create)"
+        target = None
+    if target is None:
+        if warnings is not None:
+            warnings.append("%s: fileinto %r: %s: stored in %s instead"
+                            % (item.source, name, why, main.folder))
+        return main.replace(source=item.source, flags=flags)
+    return target.replace(flags=flags)
+
+
+def targets_for_items(cfg, identity, main, items, folder_target=None):
     """Targets for expanded entries (dotforward.Item: kind, value, source,
     error), in order; ``main`` is the mailbox Target that ``\\user`` and the
     user's own address stand for.
@@ -240,7 +292,9 @@ def targets_for_items(cfg, identity, main, items):
     for item in items:
         kind, value, source = item.kind, item.value, item.source
         if kind == "mailbox":
-            target = main.replace(source=source)
+            target = main.replace(source=source, flags=getattr(item, "flags", None))
+        elif kind == "folder":
+            target = folder_target(item)
         elif kind == "mbox":
             # Spool rules (Debian's dotlockfile helper, the "create it as
             # root" advice) only for the user's own spool mailbox.
@@ -271,8 +325,10 @@ def target_dict(target):
         out["folder"] = target.folder
     elif target.kind == "pipe":
         out["command"] = target.command
-    elif target.kind == "forward":
+    elif target.kind in ("forward", "redirect", "vacation"):
         out["address"] = target.address
+    if target.flags:
+        out["flags"] = target.flags
     out["source"] = target.source
     if target.error is not None:
         out["error"] = target.error.line()
@@ -286,12 +342,19 @@ def format_plan(targets):
         d = target_dict(t)
         where = d.get("path") or d.get("command") or d.get("address")
         extra = f" folder={d['folder']}" if "folder" in d else ""
+        if "flags" in d:
+            extra += f" flags={d['flags']}"
         refused = f" refused=({d['error']})" if "error" in d else ""
         lines.append(f"{d['kind']} {where}{extra} source={d['source']}{refused}")
+    if getattr(targets, "discarded", False):
+        lines.append("discarded (sieve)")
     return "\n".join(lines) + "\n"
 
 
 def plan_json(targets):
     import json
 
-    return json.dumps({"targets": [target_dict(t) for t in targets]}) + "\n"
+    out = {"targets": [target_dict(t) for t in targets]}
+    if getattr(targets, "discarded", False):
+        out["discarded"] = True
+    return json.dumps(out) + "\n"

@@ -117,10 +117,13 @@ class _Bar:
               help="Envelope sender (default: Return-Path, else the From_ line).")
 @click.option("--forward", is_flag=True, help="Read the user's .forward (off by default).")
 @click.option("-n", "--dry-run", is_flag=True, help="Check sources, print the plan, write nothing.")
+@click.option("--sieve", is_flag=True,
+              help="Run the user's Sieve script on each message (nothing is sent).")
 @config_options
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...",
                 type=click.Path(allow_dash=True))
-def redeliver(user, mailbox, folder, sender, forward, dry_run, config_path, overrides, sources):
+def redeliver(user, mailbox, folder, sender, forward, dry_run, sieve, config_path, overrides,
+              sources):
     """Redeliver every message of SOURCE (mbox, .gz/.bz2/.xz mbox, Maildir,
     message file, or - for stdin) through the delivery engine, once."""
     from pymda.admin import redeliver as batch
@@ -131,7 +134,7 @@ def redeliver(user, mailbox, folder, sender, forward, dry_run, config_path, over
     if folder is not None and not folder.strip():
         raise click.UsageError("empty folder name")
     opts = batch.Options(user=user, mailbox=mailbox, folder=folder, sender=sender,
-                         forward=forward, dry_run=dry_run)
+                         forward=forward, dry_run=dry_run, sieve=sieve)
     progress = _Bar() if sys.stderr.isatty() and not dry_run else None
 
     def show_plan(targets):

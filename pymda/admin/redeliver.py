@@ -89,8 +89,9 @@ EX_NOINPUT = 66  # sysexits: a SOURCE that cannot be read
 
 
 class Options(Record):
-    __slots__ = ("user", "mailbox", "folder", "sender", "forward", "dry_run")
+    __slots__ = ("user", "mailbox", "folder", "sender", "forward", "dry_run", "sieve")
     _defaults = {
+        "sieve": False,
         "user": None,
         "mailbox": None,
         "folder": None,
@@ -416,6 +417,11 @@ def redeliver(names, opts, cfg, log, progress=None, stdin=None, on_plan=None):
             forward=opts.forward, log=log,
         )
         summary.plan = targets
+        plan_for = None
+        if opts.sieve:
+            def plan_for(message, env):
+                return recipient.plan_message(cfg, log, message, env, identity,
+                                              folder=opts.folder, mailbox=opts.mailbox)
         if on_plan is not None:
             on_plan(targets)
         # Sources AFTER the switch: opened with the user's rights (see
@@ -426,7 +432,8 @@ def redeliver(names, opts, cfg, log, progress=None, stdin=None, on_plan=None):
         record_path = record_location(cfg, identity)
         if opts.dry_run:
             record = RecordFile(record_path, readonly=True)
-            _batch(opened, opts, cfg, log, envelope, targets, record, summary, progress, total)
+            _batch(opened, opts, cfg, log, envelope, targets, record, summary, progress, total,
+                   plan_for)
         else:
             import filelock
 
@@ -443,7 +450,7 @@ def redeliver(names, opts, cfg, log, progress=None, stdin=None, on_plan=None):
                 record = RecordFile(record_path)
                 try:
                     _batch(opened, opts, cfg, log, envelope, targets, record, summary,
-                           progress, total)
+                           progress, total, plan_for)
                 finally:
                     record.close()
             finally:
@@ -517,7 +524,8 @@ def _drop_targets_as_sources(opened, targets, summary):
     return kept
 
 
-def _batch(opened, opts, cfg, log, envelope, targets, record, summary, progress, total):
+def _batch(opened, opts, cfg, log, envelope, targets, record, summary, progress, total,
+           plan_for=None):
     import signal
 
     if progress is not None:
@@ -529,7 +537,7 @@ def _batch(opened, opts, cfg, log, envelope, targets, record, summary, progress,
     try:
         for source in opened:
             _one_source(source, opts, cfg, log, envelope, targets, record, summary,
-                        progress, stop)
+                        progress, stop, plan_for)
             if stop.signum is not None:
                 summary.interrupted = stop.signum != STOP_AT_FAILURE
                 summary.stopped = stop.signum == STOP_AT_FAILURE
@@ -541,10 +549,14 @@ def _batch(opened, opts, cfg, log, envelope, targets, record, summary, progress,
             progress.finish()
 
 
-def _one_source(source, opts, cfg, log, envelope, targets, record, summary, progress, stop):
+def _one_source(source, opts, cfg, log, envelope, targets, record, summary, progress, stop,
+                plan_for=None):
+    """``plan_for(message, envelope)`` -> (targets, Sieve step or None):
+    --sieve, the user's script decides each message's targets (no sends)."""
     from pymda import deliver
     from pymda import message as message_mod
 
+    plan_targets = targets
     tids = [target_id(t) for t in targets]
     seen = {}  # sha -> occurrences in this source so far
     for item in source.items():
@@ -563,6 +575,16 @@ def _one_source(source, opts, cfg, log, envelope, targets, record, summary, prog
             sha = message_sha(message)
             n = seen[sha] = seen.get(sha, 0) + 1
             env = envelope.replace(sender=sender_of(opts, message, item))
+            step = None
+            if plan_for is not None:
+                targets, step = plan_for(message, env)
+                if step is not None and step.reject is not None:
+                    step.abandon()
+                    _fail(summary, source, item, message, step.reject)
+                    continue
+                tids = [target_id(t) for t in targets]
+            else:
+                targets = plan_targets
             # Maildir flags (cur/ files) are kept when every target is a Maildir.
             flags = item.flags if item.flags is not None and _keeps_flags(targets) else None
             sent = failed = 0
@@ -592,6 +614,11 @@ def _one_source(source, opts, cfg, log, envelope, targets, record, summary, prog
                     continue
                 record.finish(tid, sha, n)
                 sent += 1
+            if step is not None:
+                if failed or opts.dry_run:
+                    step.abandon()
+                else:
+                    step.after()        # send=False: sends logged, skipped
             if failed:
                 summary.failed += 1
             elif sent:

@@ -23,7 +23,8 @@ pymda.resolve.Envelope (sender, recipient, original_recipient).  The
 scripts are ``sieve_before``, the user's ``sieve_script`` (trust-checked
 by pymda.sieve.files.find_script) or else ``sieve_default``, then
 ``sieve_after`` (pymda.sieve.sequence).  ``None`` when ``sieve = false``
-or there is no script at all.  Admin scripts (before/after/default) must
+or there is no script at all (the lines about scripts ignored as
+untrusted are then appended to the list ``warnings``, when given).  Admin scripts (before/after/default) must
 be regular files owned by root and not world-writable; others are
 ignored with a line in ``logs``.
 
@@ -108,7 +109,7 @@ class Session:
 
 
 def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
-             mailbox_exists=None, now=None, hostname=None):
+             mailbox_exists=None, now=None, hostname=None, warnings=None):
     if not cfg.sieve:
         return None
     from pymda.sieve import sequence
@@ -133,6 +134,8 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
         if path:
             scripts.append(path)
     if not scripts:
+        if warnings is not None:
+            warnings.extend(logs)
         return None
     if now is None:
         import time

@@ -12,6 +12,13 @@
   ``keep (implicit)``).  ``-m`` names the implicit-keep folder (as pymda's
   ``-m``); the delimiter defaults to the configuration's
   ``recipient_delimiter``.
+- ``test -d USER [--execute] ...`` / ``test --execute ...``: SCRIPT
+  as the user's script through the delivery pipeline (pymda.recipient),
+  as USER (default: the invoking user; ``-a`` defaults to USER@host):
+  without ``--execute`` the plan in ``pymda -n``'s format (sources
+  ``sieve SCRIPT line N``, redirect/vacation entries, nothing written,
+  nothing sent); with it the message is delivered and sent as ``pymda``
+  would, exit code as ``pymda``.
 - ``compile PATH...``: write the compiled form next to each script
   (``SCRIPT.pymda-bin``, see pymda.sieve.cache) — for admin scripts in
   places users cannot write; a directory compiles its ``*.sieve`` files.
@@ -29,6 +36,7 @@ import click
 from pymda.errors import EX_DATAERR
 
 EX_OK = 0
+DEFAULT_RECIPIENT = "recipient@example.com"
 
 
 @click.group("sieve")
@@ -81,16 +89,28 @@ def _delimiter():
 @sieve_group.command("test")
 @click.option("-f", "--from", "sender", default="sender@example.com",
               metavar="SENDER", help="Envelope sender ('' = null sender).")
-@click.option("-a", "--recipient", default="recipient@example.com",
+@click.option("-a", "--recipient", default=DEFAULT_RECIPIENT,
               metavar="RECIPIENT", help="Envelope recipient.")
 @click.option("-m", "--folder", default="INBOX", metavar="FOLDER",
               help="The implicit-keep folder.")
 @click.option("-D", "--delimiter", default=None, metavar="CHARS",
               help="recipient_delimiter (default: from the configuration).")
+@click.option("-d", "--user", default=None, metavar="USER",
+              help="Run as USER, in USER's mailbox (through the delivery pipeline).")
+@click.option("--execute", is_flag=True,
+              help="Do the actions: deliver MESSAGE (and send) as pymda would.")
+@click.option("-c", "--config", "config_path", metavar="FILE",
+              type=click.Path(dir_okay=False), help="Configuration file.")
+@click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one config key (repeatable).")
 @click.argument("script", type=click.Path(dir_okay=False))
 @click.argument("message", type=click.Path(dir_okay=False, allow_dash=True))
-def test_command(sender, recipient, folder, delimiter, script, message):
+def test_command(sender, recipient, folder, delimiter, user, execute, config_path,
+                 overrides, script, message):
     """Print the actions SCRIPT takes on MESSAGE (nothing is delivered)."""
+    if user is not None or execute:
+        sys.exit(_through_pipeline(sender, recipient, folder, user, execute,
+                                   config_path, overrides, script, message))
     from pymda.sieve import interp
     from pymda.sieve.cache import compile_bytes
     from pymda.sieve.errors import SieveCompileError
@@ -150,6 +170,55 @@ def _print_sends(outcome, env, view, data, recipient):
                                                   out.recipient))
     for line in plan.logs:
         click.echo("warning: " + line, err=True)
+
+
+def _through_pipeline(sender, rcpt, folder, user, execute, config_path, overrides,
+                      script, message):
+    """``-d USER`` / ``--execute``: SCRIPT as the user's one script
+    (``sieve_script``, no before/after/default), run by the per-recipient
+    pipeline (pymda.recipient) as USER (default: the invoking user).
+    Without --execute the plan is printed (pymda -n's format, nothing
+    written or sent); with it the message is delivered and the exit code
+    is pymda's.  The script must pass the trust checks of a real one."""
+    from pymda import config, users
+    from pymda import message as message_mod
+    from pymda import recipient as pipeline
+    from pymda.errors import DeliveryError
+    from pymda.log import Log
+    from pymda.resolve import format_plan
+
+    try:
+        cfg = config.load(config_path, list(overrides))
+        cfg = cfg.replace(sieve=True, sieve_script=os.path.abspath(script),
+                          sieve_before=(), sieve_after=(), sieve_default="")
+        if message == "-":
+            msg = message_mod.read(sys.stdin.buffer, cfg.message_size_limit)
+        else:
+            with open(message, "rb") as f:
+                msg = message_mod.read(f, cfg.message_size_limit)
+        identity = None
+        if user is None:
+            identity = users.current()
+            user = identity.name
+        if rcpt == DEFAULT_RECIPIENT:
+            rcpt = "%s@%s" % (user, os.uname().nodename)
+        envelope = pipeline.envelope_for(cfg, rcpt, sender=sender, user=user)
+        identity = pipeline.find_user(cfg, envelope, identity)
+        log = Log(ident="pymda-admin")
+        how = {"folder": None if folder == "INBOX" else folder}
+        if not execute:
+            plan = pipeline.plan_only(cfg, envelope, identity, log=log, message=msg, **how)
+            click.echo(format_plan(plan), nl=False)
+            return EX_OK
+        result = pipeline.deliver(cfg, log, msg, envelope, identity,
+                                  own_delivered_to=False, **how)
+        if result.error is not None:
+            raise result.error
+        click.echo("delivered")
+        return EX_OK
+    except DeliveryError as exc:
+        click.echo(exc.line(), err=True)
+        return exc.exit
 
 
 @sieve_group.command("compile")
