@@ -286,26 +286,32 @@ def prepare(step):
         unlink(step[1])
 
 
-def import_probe(env, probes, stdin_path):
-    """label -> sorted module names a delivery imports (python -X importtime)."""
+def import_probe(env, probes, stdin_path, reps=5):
+    """label -> {module: min self import time in us} of a delivery (-X importtime).
+
+    One untimed delivery first (it creates the probe's folders; a first
+    ``fileinto :create`` also subscribes the folder), then ``reps``."""
     out = {}
     for label, (argv, step) in probes.items():
-        prepare(step)
         launcher = argv[0]
         python = os.path.join(os.path.dirname(launcher), "python3")
-        with open(stdin_path, "rb") as f:
-            proc = subprocess.run([python, "-I", "-S", "-X", "importtime", launcher, *argv[1:]],
-                                  stdin=f, env=env, capture_output=True, text=True)
-        mods = set()
-        for line in proc.stderr.splitlines():
-            if line.startswith("import time:"):
-                if "imported package" not in line:
-                    mods.add(line.rpartition("|")[2].strip())
-            elif line.strip():
-                return {"error": f"{label}: {line[:300]}"}
-        if proc.returncode != 0:
-            return {"error": f"{label}: exit {proc.returncode}"}
-        out[label] = sorted(mods)
+        mods = {}
+        for i in range(1 + reps):
+            prepare(step)
+            with open(stdin_path, "rb") as f:
+                proc = subprocess.run([python, "-I", "-S", "-X", "importtime", launcher,
+                                       *argv[1:]], stdin=f, env=env, capture_output=True,
+                                      text=True)
+            if proc.returncode != 0:
+                return {"error": f"{label}: exit {proc.returncode}: {proc.stderr[-300:]}"}
+            for line in proc.stderr.splitlines():
+                if not line.startswith("import time:"):
+                    return {"error": f"{label}: {line[:300]}"}
+                self_us, _, name = line[12:].split("|")
+                if i and "imported package" not in name:
+                    name = name.strip()
+                    mods[name] = min(int(self_us), mods.get(name, 1 << 30))
+        out[label] = mods
     return out
 
 
@@ -442,9 +448,12 @@ def print_report(report):
                          lambda name: name.startswith("pymda") and "mbox" not in name, 28)
     mods = report.get("imports")
     if mods:
-        print("\nmodules a delivery imports beyond pymda plain (python -X importtime)")
+        print("\nmodules a delivery imports beyond pymda plain (python -X importtime; "
+              "self time in us, minimum of 5 deliveries)")
         for label, names in mods.items():
-            print(f"  {label}: {' '.join(names) or '(none)'}")
+            total = sum(names.values()) / 1000
+            print(f"  {label} ({len(names)} modules, {total:.2f} ms): "
+                  + (" ".join(f"{m}({us})" for m, us in sorted(names.items())) or "(none)"))
     hot = report.get("hot_path")
     if hot:
         print("\npymda.sieve alone in a fresh python3 -I -S (import + evaluate; NOT a "
@@ -541,11 +550,11 @@ def main(argv=None):
             mods = common.run_as(user, import_probe, env, probes, stdin_path)
             if "error" in mods:
                 raise Failure("import probe: " + mods["error"])
-            base = set(mods.pop("pymda plain", ()))
+            base = mods.pop("pymda plain", {})
             report["imports"] = {"pymda plain (its pymda modules)":
-                                 sorted(m for m in base if m.startswith("pymda"))}
+                                 {m: us for m, us in base.items() if m.startswith("pymda")}}
             for label, names in mods.items():
-                report["imports"][label] = [m for m in names if m not in base]
+                report["imports"][label] = {m: us for m, us in names.items() if m not in base}
         hot = args.hot_path if args.hot_path is not None else (30 if sieve == "inbox" else 0)
         if hot and have["pymda"]:
             log(f"hot path alone: {hot} fresh processes per case ...")
