@@ -84,6 +84,15 @@ def make_folder(user, name):
         user.mkdir(f"Maildir/{name}/{sub}")
 
 
+def user_with(make_user, folder, rules):
+    """A new user with Maildir ``folder``, a script of ``rules`` (fileinto,
+    vacation, copy required) and a recording sendmail: (user, -o args)."""
+    user = make_user()
+    make_folder(user, folder)
+    script(user, 'require ["fileinto", "vacation", "copy"];\n' + rules)
+    return user, recorder(user)
+
+
 def user_log(user):
     p = user.path(".dovecot.sieve.log")
     return p.read_text() if p.exists() else ""
@@ -477,12 +486,8 @@ def test_redirect_loop_between_two_pymda_users(make_user):
 
 
 def test_retry_after_a_temporary_failure_sends_nothing_twice(make_user):
-    alice = make_user()
-    make_folder(alice, ".Keep")
-    script(alice, 'require ["fileinto", "vacation", "copy"];\nfileinto "Keep";\n'
-                  'vacation "away";\nredirect :copy "bob@example.net";\n'
-                  'redirect "carl@example.net";\n')
-    rec = recorder(alice)
+    alice, rec = user_with(make_user, ".Keep", 'fileinto "Keep";\nvacation "away";\n'
+                           'redirect :copy "bob@example.net";\nredirect "carl@example.net";\n')
     alice.write("fail-for", b"carl@example.net", 0o644)
     m = msg("retry", to=f"{alice.name}@localhost")
     code, out = run_pymda(args(alice, *rec), m, user=alice)
@@ -538,12 +543,9 @@ def admin(*argv, input_bytes=b""):
 
 
 def test_redeliver_with_sieve_files_and_never_sends(make_user, tmp_path):
-    alice = make_user()
-    make_folder(alice, ".Dev")
-    script(alice, 'require ["fileinto", "vacation", "copy"];\n'
-                  'if header :contains "subject" "dev" { fileinto "Dev"; }\n'
-                  'redirect :copy "bob@example.net";\nvacation "away";\n')
-    rec = recorder(alice)
+    alice, rec = user_with(make_user, ".Dev",
+                           'if header :contains "subject" "dev" { fileinto "Dev"; }\n'
+                           'redirect :copy "bob@example.net";\nvacation "away";\n')
     mbox = alice.write("old.mbox", b"From carol@example.net  Sat Nov 28 10:00:00 2026\n"
                        + msg("dev news", to=f"{alice.name}@localhost")
                        + b"\nFrom carol@example.net  Sat Nov 28 10:00:01 2026\n"

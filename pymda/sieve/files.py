@@ -1,7 +1,8 @@
 """The user's Sieve files: which script runs, and the user's error log.
 
 For the delivery pipeline (SPEC 6 "Where scripts are", "Errors"); called
-after the switch to the user.  Not wired in yet (see docs/sieve.md).
+after the switch to the user (pymda.sieve.delivery, from the pipeline's
+Sieve step; see docs/sieve.md "How delivery runs Sieve").
 
 - ``find_script(path, owner_uids)`` -> ``(path, warning)``: ``path`` when
   the script is to run, else None.  No file, a dangling symlink or a

@@ -25,10 +25,12 @@ NEVER TWICE: ``after`` gets the completed-target ledger's ``done`` /
 send, also for a single mailbox target); each send has its own key
 (``sieve-redirect:ADDR``, ``sieve-vacation:ADDR``), recorded right after
 sendmail accepted it, so the MTA's retry after a temporary failure sends
-only what is still owed.  A redirect that sendmail refuses is the
-delivery's error (temporary: exit 75 and retry; permanent: bounce) -
-without it the message might be stored nowhere; a vacation reply that
-fails is only logged (SPEC 6).  ``send=False`` (pymda -n, redeliver
+only what is still owed.  A redirect that sendmail refuses
+temporarily is the delivery's error (exit 75: the MTA retries, the
+ledger skips what was stored and sent); refused for good, it bounces the
+message when the script stored no copy, else it is only logged.  A
+vacation reply that fails is only logged (SPEC 6).  Without this a
+redirect that failed would lose the message.  ``send=False`` (pymda -n, redeliver
 --sieve): nothing is sent and no mark is written.
 
 Errors of the script never raise: evaluate already turned them into the
@@ -169,9 +171,11 @@ class Step:
                 exc = sender.failed[out.recipient]
                 if out.kind != "redirect":
                     continue
-                if isinstance(exc, DeliveryError):
+                if not isinstance(exc, DeliveryError):
+                    exc = TempFail("redirect to %s failed: %s" % (out.recipient, exc))
+                if exc.temporary or not self.items:
                     return exc
-                return TempFail("redirect to %s failed: %s" % (out.recipient, exc))
+                # refused for good, but the message is stored: logged only
             else:
                 self.log.info("sieve: %s to <%s>: sent (%s)"
                               % (out.kind, out.recipient, self.source(out.line)))
