@@ -467,7 +467,7 @@ def print_report(report):
     width = max((len(t["target"]) for t in report["targets"]), default=0)
     for t in report["targets"]:
         met = {True: "MET", False: "NOT MET", None: "not measured"}[t["met"]]
-        v = "-" if t["value"] is None else f"{t['value']}{t['unit'].strip() if t['unit'] == 'x' else ''}"
+        v = "-" if t["value"] is None else f"{t['value']}{'x' if t['unit'] == 'x' else ''}"
         print(f"  {t['target']:<{width}} {v:>8}  {met}")
 
 
