@@ -280,6 +280,7 @@ def oneshot_worker(env, outdir, plan, stdin_path, n, warmup, before=None):
     """Interleaved rounds of plan (name -> argv); before(name), untimed, if given."""
     spawner = common.Spawner(env, outdir)
     times = {name: [] for name in plan}
+    cpu = {name: [] for name in plan}
     errors = []
     try:
         for r in range(warmup + n):
@@ -290,12 +291,13 @@ def oneshot_worker(env, outdir, plan, stdin_path, n, warmup, before=None):
                 if code != 0 or output:
                     errors.append(f"{name}: exit {code}: {output[:300]}")
                     if len(errors) > 5:
-                        return {"times": times, "errors": errors}
+                        return {"times": times, "cpu": cpu, "errors": errors}
                 if r >= warmup:
                     times[name].append(elapsed)
+                    cpu[name].append(spawner.last_cpu)
     finally:
         spawner.close()
-    return {"times": times, "errors": errors}
+    return {"times": times, "cpu": cpu, "errors": errors}
 
 
 def writer_worker(env, outdir, argv, files, start_r, start_w):
