@@ -137,3 +137,26 @@ def test_postfix_vacation_redirect_and_reject(postfix, make_user, config_path):
     assert b"MAILER-DAEMON" in bounce
     assert b"We do not want this." in bounce
     assert len(messages(alice)) == 2 and len(messages(dave)) == 2
+
+
+@needs_postfix
+def test_postfix_redirect_loop_between_two_users_ends(postfix, make_user, config_path):
+    """alice redirects to bob, bob to alice: the copy that comes back to
+    alice carries postfix's Delivered-To for alice (pymda's redirect keeps
+    the trace headers, as Pigeonhole), so postfix's local(8) stops it as a
+    mail forwarding loop before pymda runs and bounces it to the sender -
+    the same as with dovecot-lda.  Never a loop; nothing stored."""
+    alice, bob, carol = make_user(), make_user(), make_user()
+    postfix.set(mailbox_command=f'{pymda_bin()} -c {config_path} -f "$SENDER"')
+    a, b, c = (f"{u.name}@localhost" for u in (alice, bob, carol))
+    alice.write(".dovecot.sieve", f'redirect "{b}";\n'.encode(), 0o644)
+    bob.write(".dovecot.sieve", f'redirect "{a}";\n'.encode(), 0o644)
+    postfix.send(c, a, body("ping pong", to=a, sender=c).replace(b"\r\n", b"\n"))
+    postfix.wait_until(lambda: messages(alice) or messages(carol), timeout=60,
+                       what="the loop to end in a mailbox or a bounce")
+    postfix.wait_empty(60)
+    assert messages(alice) == [] and messages(bob) == []
+    (bounce,) = messages(carol)
+    assert bounce.startswith(b"Return-Path: <>\n")
+    assert b"mail forwarding loop" in bounce.lower()
+    assert len([e for e in postfix.deliveries() if e[2] == "sent"]) <= 4, postfix.log()
