@@ -276,23 +276,28 @@ def write_configs(user):
 
 # ---------------------------------------------------------------- workers (run as the user)
 
-def oneshot_worker(env, outdir, plan, stdin_path, n, warmup):
+def oneshot_worker(env, outdir, plan, stdin_path, n, warmup, before=None):
+    """Interleaved rounds of plan (name -> argv); before(name), untimed, if given."""
     spawner = common.Spawner(env, outdir)
     times = {name: [] for name in plan}
+    cpu = {name: [] for name in plan}
     errors = []
     try:
         for r in range(warmup + n):
             for name, argv in plan.items():
+                if before is not None:
+                    before(name)
                 code, elapsed, output = spawner.run(argv, stdin_path)
                 if code != 0 or output:
                     errors.append(f"{name}: exit {code}: {output[:300]}")
                     if len(errors) > 5:
-                        return {"times": times, "errors": errors}
+                        return {"times": times, "cpu": cpu, "errors": errors}
                 if r >= warmup:
                     times[name].append(elapsed)
+                    cpu[name].append(spawner.last_cpu)
     finally:
         spawner.close()
-    return {"times": times, "errors": errors}
+    return {"times": times, "cpu": cpu, "errors": errors}
 
 
 def writer_worker(env, outdir, argv, files, start_r, start_w):
@@ -485,6 +490,17 @@ def targets(report, big_mb):
     return out
 
 
+def print_oneshot(one, base, label, relative, width=20):
+    """The one-shot table; column ``label``: median - base where relative(name)."""
+    print(f"\none-shot delivery, one process at a time, {one['floor']['n']} rounds "
+          "(wall time per message, ms)")
+    print(f"  {'':<{width}} {'median':>8} {'p90':>8} {'min':>8}  {label:>13}")
+    for name, s in one.items():
+        extra = f"{s['median_ms'] - base:>13.2f}" if base and relative(name) else ""
+        print(f"  {name:<{width}} {s['median_ms']:>8.2f} {s['p90_ms']:>8.2f} "
+              f"{s['min_ms']:>8.2f}  {extra}")
+
+
 def print_report(report):
     m = report["machine"]
     print(f"\nmachine: {m['nproc']} x {m['cpu']}, {m['memory_gib']} GiB, {m['os']}, "
@@ -494,13 +510,7 @@ def print_report(report):
     one = report.get("oneshot")
     if one:
         floor = one["floor"]["median_ms"]
-        print(f"\none-shot delivery, one process at a time, {one['floor']['n']} rounds "
-              "(wall time per message)")
-        print(f"  {'':<20} {'median ms':>10} {'p90 ms':>8} {'min ms':>8}  {'- floor':>8}")
-        for name, s in one.items():
-            extra = "" if name == "floor" else f"{s['median_ms'] - floor:>8.2f}"
-            print(f"  {name:<20} {s['median_ms']:>10.2f} {s['p90_ms']:>8.2f} "
-                  f"{s['min_ms']:>8.2f}  {extra}")
+        print_oneshot(one, floor, "- floor", lambda name: name != "floor")
     conc = report.get("concurrent")
     if conc:
         print("\nconcurrent writers into one mbox")

@@ -21,7 +21,9 @@ Contract:
   cost stays small and is the same for every contender) and ``wait4``;
   stdin from a file, stdout+stderr into one private file, new process
   group (as postfix).  ``run(argv, stdin_path)`` -> (exit code, seconds,
-  output text).
+  output text); ``last_cpu`` is then that process's user+sys CPU seconds
+  (rusage from wait4: unlike the wall time, not inflated by waiting for
+  a CPU on a loaded machine).
 - ``peak_rss(argv, env, stdin_path, user)`` -> (exit code, peak RSS in KiB,
   output).  ru_maxrss of an exec'd child also counts the pages of the
   process it was forked from (the kernel carries the old mm's high-water
@@ -204,8 +206,9 @@ class Spawner:
         ]
         t0 = time.perf_counter()
         pid = os.posix_spawn(argv[0], argv, self.env, file_actions=actions, setpgroup=0)
-        _, status, _ = os.wait4(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
         elapsed = time.perf_counter() - t0
+        self.last_cpu = usage.ru_utime + usage.ru_stime
         code = os.waitstatus_to_exitcode(status)
         output = ""
         if os.fstat(self.out_fd).st_size:
