@@ -18,13 +18,14 @@ EX_CONFIG = 78
 UNKNOWN_USER = "5.1.1"
 
 
-def invoke(*args):
-    """Run the command group as main() would, returning (exit, output)."""
+def invoke(*args, stdout_only=False):
+    """Run the command group as main() would, returning (exit, output)
+    (stdout and stderr, or stdout alone)."""
     runner = CliRunner()
     result = runner.invoke(admin.cli, list(args), standalone_mode=False,
                            catch_exceptions=True)
     code = result.return_value if isinstance(result.return_value, int) else result.exit_code
-    return code, result.output
+    return code, result.stdout if stdout_only else result.output
 
 
 def admin_bin():
@@ -108,7 +109,7 @@ def test_explain_matches_pymda_dry_run(tmp_path, pymda_bin):
     cfg = tmp_path / "c.toml"
     cfg.write_text('mailbox = "Maildir/"\ndetail_folders = "create"\n')
     for extra in ([], ["--json"]):
-        code, out = invoke("explain", address, "-c", str(cfg), *extra)
+        code, out = invoke("explain", address, "-c", str(cfg), *extra, stdout_only=True)
         assert code == EX_OK, out
         proc = subprocess.run([str(pymda_bin), "-n", *extra, "-a", address, "-d", me,
                                "-c", str(cfg)], input=b"Subject: x\n\n",
@@ -117,6 +118,25 @@ def test_explain_matches_pymda_dry_run(tmp_path, pymda_bin):
         assert out == proc.stdout.decode()
     plan = json.loads(out)["targets"]
     assert plan[0]["kind"] == "maildir" and plan[0]["folder"] == "lists"
+
+
+def test_explain_names_the_user_source(tmp_path, make_user):
+    """SPEC 4: explain says which user source answered (on stderr; stdout
+    stays pymda -n's plan)."""
+    alice = make_user()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('mailbox = "Maildir/"\npolicy_aliases = false\n'
+                   f'[users."bob@example.org"]\nuid = {alice.uid}\ngid = {alice.gid}\n'
+                   f'home = "{alice.home}"\n')
+    os.chmod(tmp_path, 0o755)
+    os.chmod(cfg, 0o644)
+    for address, source in (("bob@example.org", "config"), (f"{alice.name}@example.org", "passwd")):
+        proc = subprocess.run([admin_bin(), "explain", "-c", str(cfg), address],
+                              capture_output=True, text=True, check=False,
+                              env={"PATH": "/usr/bin:/bin", "PYMDA_CACHE_DIR": str(tmp_path / "c")})
+        assert proc.returncode == EX_OK, proc
+        assert f"from {source}" in proc.stderr, proc.stderr
+        assert "maildir" in proc.stdout and "from " not in proc.stdout
 
 
 def test_shell_completion_script_and_users():

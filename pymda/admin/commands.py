@@ -196,6 +196,9 @@ def explain(address, user, folder, mailbox, forward, as_json, aliases, config_pa
     )
     out = resolve.plan_json(targets) if as_json else resolve.format_plan(targets)
     click.echo(out, nl=False)
+    # SPEC 4: which user source answered (stderr: stdout stays `pymda -n`'s plan)
+    click.echo(f"user {identity.name} (uid {identity.uid}) from "
+               f"{getattr(identity, 'source', None) or 'passwd'}", err=True)
     return 0
 
 
