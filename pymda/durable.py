@@ -15,8 +15,9 @@ status with ``errors.from_oserror`` and the context only they know):
   followed), every byte, fsync (``sync``), rename over ``path``; on any
   failure the tmp file is removed and ``path`` is untouched.  ``owner``:
   an Identity the file is given to when root writes it for a user.
-- ``flock_with_deadline(fd, timeout, busy)``: an exclusive ``flock`` on
-  ``fd`` within ``timeout`` seconds, polling with a growing sleep;
+- ``flock_with_deadline(fd, timeout, busy, shared=False)``: an exclusive
+  (or ``shared``) ``flock`` on ``fd`` within ``timeout`` seconds, polling
+  with a growing sleep (also converts a lock already held);
   ``busy()`` is called (and what it raises propagates) when the time is
   up, so the caller names its own lock in its TempFail.
 
@@ -94,16 +95,17 @@ def write_atomically(path, data, mode=0o600, owner=None, sync=True):
         raise
 
 
-def flock_with_deadline(fd, timeout, busy):
-    """flock(LOCK_EX) on ``fd`` within ``timeout`` seconds, else ``busy()``."""
+def flock_with_deadline(fd, timeout, busy, shared=False):
+    """flock(LOCK_EX, or LOCK_SH) on ``fd`` within ``timeout`` seconds, else ``busy()``."""
     import fcntl
     import time
 
+    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, operation)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:

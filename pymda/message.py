@@ -278,12 +278,12 @@ class Intake:
             head += chunk[: HEADER_SCAN_LIMIT - len(head)]
         if self.fd is None and kept + len(chunk) > SPOOL_IN_MEMORY:
             self.fd = _open_spool()
-            _write_all(self.fd, b"".join(self.parts))
+            _spool_write(self.fd, b"".join(self.parts))
             self.parts = None
         if self.fd is None:
             self.parts.append(chunk)
         else:
-            _write_all(self.fd, chunk)
+            _spool_write(self.fd, chunk)
         self.kept = kept + len(chunk)
 
     def finish(self):
@@ -306,7 +306,7 @@ class Intake:
             if self.fd is None:
                 self.parts.append(ending)
             else:
-                _write_all(self.fd, ending)
+                _spool_write(self.fd, ending)
             kept += len(ending)
             self.lines += 1
             if len(self.head) < HEADER_SCAN_LIMIT:
@@ -341,7 +341,8 @@ def _read_some(read_raw):
             raise from_oserror(exc, "reading the message") from None
 
 
-def _write_all(fd, data):
+def _spool_write(fd, data):
+    """durable.write_all with the spool's status (errno kept for LMTP)."""
     from pymda.durable import write_all  # only past SPOOL_IN_MEMORY: not on every start
 
     try:

@@ -45,7 +45,7 @@ import time
 
 from pymda import fastos as os
 from pymda.errors import TempFail
-from pymda.durable import fsync_directory
+from pymda.durable import fsync_directory, fsync_file, write_all
 
 FILE_NAME = "subscriptions"
 LOCK_SUFFIX = ".lock"
@@ -86,10 +86,8 @@ def subscribe(root, folder_dir, timeout=60):
         if old and not old.endswith(b"\n"):
             old += b"\n"
         data = old + line + b"\n"
-        view = memoryview(data)
-        while view:
-            view = view[os.write(lock_fd, view):]
-        os.fsync(lock_fd)
+        write_all(lock_fd, data)
+        fsync_file(lock_fd)
         os.rename(lock_path, path)  # the new file; the lock is gone with it
         lock_path = None
         fsync_directory(root)

@@ -91,3 +91,21 @@ def test_flock_with_deadline_waits_then_calls_busy(tmp_path):
     finally:
         os.close(holder)
         os.close(other)
+
+
+def test_flock_with_deadline_shared_and_conversion(tmp_path):
+    path = tmp_path / "lock"
+    holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    other = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_SH)
+        durable.flock_with_deadline(other, 5, busy, shared=True)  # shared + shared
+        with pytest.raises(Busy):  # shared -> exclusive waits for the other reader
+            durable.flock_with_deadline(other, 0.2, busy)
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        durable.flock_with_deadline(other, 5, busy)  # converted to exclusive
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(holder, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        os.close(holder)
+        os.close(other)
