@@ -81,10 +81,13 @@ class Message(Record):
 
 
 def parse_from_line(line):
-    """Sender of a ``From sender  date`` line; '' for MAILER-DAEMON / <>."""
-    rest = line[5:].strip()
-    sender = rest.split(None, 1)[0] if rest else b""
-    text = sender.decode("utf-8", "surrogateescape")
+    """Sender of a ``From sender  date`` line: '' for MAILER-DAEMON / <>,
+    None when the line names no sender at all (SPEC 1: the next source of
+    the -f chain decides then, not a null sender)."""
+    parts = line[5:].split(None, 1)
+    if not parts:
+        return None
+    text = parts[0].decode("utf-8", "surrogateescape")
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
     if text.upper() == "MAILER-DAEMON":

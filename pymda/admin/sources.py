@@ -87,6 +87,7 @@ import errno
 import os
 import stat
 
+from pymda.message import parse_from_line
 from pymda.record import Record
 
 # How much of a file libmagic and the first-line check look at.
@@ -156,19 +157,6 @@ def is_from_line(line):
     return line.startswith(b"From ") and len(line.strip()) > 5
 
 
-def parse_from_sender(line):
-    """Sender address of a ``From sender date`` line; '' for MAILER-DAEMON."""
-    parts = line[5:].split(None, 1)
-    if not parts:
-        return None
-    sender = parts[0].decode("utf-8", "surrogateescape")
-    if sender.startswith("<") and sender.endswith(">"):
-        sender = sender[1:-1]
-    if sender.upper() == "MAILER-DAEMON" or sender == "<>":
-        return ""
-    return sender
-
-
 def _is_header_line(line):
     """RFC 5322 field: printable ASCII name (no space, no colon), then ':'."""
     colon = line.find(b":")
@@ -212,7 +200,7 @@ class _FromLine:
         self.blank = blank  # length of the empty line just before it, or 0
         self.dated = dated is not None
         self.is_from = is_from_line(head)
-        self.sender = parse_from_sender(head)
+        self.sender = parse_from_line(head)
         self.cl = None  # Content-Length of the header after it, when valid
         self.body = None  # where that header ended: None open, -1 no body
 
