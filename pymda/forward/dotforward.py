@@ -229,24 +229,13 @@ def parse_forward(text, path):
 # --- reading files ----------------------------------------------------------
 
 
-def _variables(cfg, envelope, identity):
-    return {
-        "home": identity.home,
-        "user": identity.name,
-        "extension": envelope.extension or "",
-        "recipient_delimiter": cfg.recipient_delimiter,
-        "recipient": envelope.recipient,
-        "local": envelope.local,
-        "domain": envelope.domain,
-    }
-
-
 def forward_paths(cfg, envelope, identity):
     """Candidate .forward paths, in order (templates needing an absent
     $extension are skipped, as postfix skips them)."""
-    from pymda.config import expand as expand_template
+    from pymda.config import expand as expand_template, template_variables
 
-    variables = _variables(cfg, envelope, identity)
+    variables = template_variables(envelope, identity, cfg)
+    variables["sender"] = ""  # the remote party's choice never names a file
     # The extension is the remote sender's choice: one with a '/' is not
     # used in a file name at all (postfix's rule).
     extension = envelope.extension
