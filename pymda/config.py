@@ -520,22 +520,17 @@ def read_file(path, environ=os.environ, write_cache=None):
                         return table
         except (OSError, EOFError, ValueError, TypeError):
             pass
-        chunks = []
-        size = 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > MAX_CONFIG_SIZE:  # it grew while we read
-                raise ConfigError(f"config {path}: larger than {MAX_CONFIG_SIZE} bytes")
-            chunks.append(chunk)
+        from pymda.durable import read_all
+
+        data = read_all(fd, MAX_CONFIG_SIZE)
+        if data is None:  # it grew while we read
+            raise ConfigError(f"config {path}: larger than {MAX_CONFIG_SIZE} bytes")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
     try:
-        text = b"".join(chunks).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config {path}: not UTF-8") from None
     table = _toml(text, f"config {path}")
