@@ -105,6 +105,13 @@ def run(command, ident, env=None, data=MESSAGE, c=None):
                             c or cfg("command_timeout=20"))
 
 
+def failure(kind, command, ident, **kw):
+    """The ``kind`` (PermFail/TempFail) that ``run(command, ident, **kw)`` raises."""
+    with pytest.raises(kind) as info:
+        run(command, ident, **kw)
+    return info.value
+
+
 def load(out):
     return json.loads(Path(f"{out}.json").read_text()), Path(f"{out}.stdin").read_bytes()
 
@@ -282,29 +289,23 @@ def test_cwd_falls_back_to_root_when_home_is_missing(test_user, workdir):
 @needs_root
 def test_exit_1_is_permanent_with_first_output_line(test_user):
     ident = identity_of(test_user)
-    with pytest.raises(PermFail) as info:
-        run('echo; echo "  procmail: no such   folder "; echo second; exit 1', ident)
-    assert info.value.status == PERM_STATUS
-    assert info.value.line() == f"{PERM_STATUS} procmail: no such folder"
+    err = failure(PermFail, 'echo; echo "  procmail: no such   folder "; echo second; exit 1',
+                  ident)
+    assert err.status == PERM_STATUS
+    assert err.line() == f"{PERM_STATUS} procmail: no such folder"
 
 
 @needs_root
 def test_exit_75_is_temporary(test_user):
     ident = identity_of(test_user)
-    with pytest.raises(TempFail) as info:
-        run("echo try later; exit 75", ident)
-    assert info.value.line() == f"{TEMP_STATUS} try later"
+    assert failure(TempFail, "echo try later; exit 75", ident).line() == f"{TEMP_STATUS} try later"
 
 
 @needs_root
 def test_silent_failure_and_signal(test_user):
     ident = identity_of(test_user)
-    with pytest.raises(PermFail) as info:
-        run("/bin/sh -c 'exit 3'", ident)
-    assert "status 3" in info.value.text
-    with pytest.raises(PermFail) as info:
-        run("kill -9 $$", ident)
-    assert "signal 9" in info.value.text
+    assert "status 3" in failure(PermFail, "/bin/sh -c 'exit 3'", ident).text
+    assert "signal 9" in failure(PermFail, "kill -9 $$", ident).text
 
 
 def test_shell_builtin_without_metacharacters_goes_to_the_shell():
@@ -328,9 +329,8 @@ def test_exec_idiom_delivers(test_user, workdir):
 
 @needs_root
 def test_missing_program_is_permanent(test_user):
-    with pytest.raises(PermFail) as info:
-        run("/nonexistent/program arg", identity_of(test_user))
-    assert info.value.status == PERM_STATUS
+    assert failure(PermFail, "/nonexistent/program arg", identity_of(test_user)).status == \
+        PERM_STATUS
 
 
 @needs_root

@@ -413,22 +413,29 @@ def test_symlinked_maildirsize_is_never_followed(tmp_path):
     assert not (Path(md) / "maildirsize").is_symlink()
 
 
+def _child_prologue(md, *options):
+    """Python source a child process starts with: ``cfg`` (config with
+    ``options``), ``t`` (a maildir Target of ``md`` for nobody), ``quota``."""
+    return textwrap.dedent(f"""
+        from pymda import config, quota
+        from pymda.record import Record
+        from pymda.users import Identity
+        class T(Record):
+            __slots__ = ("kind", "path", "folder", "identity")
+        cfg = config.load(None, {list(options)!r}, environ={{}})
+        t = T(kind="maildir", path={md!r}, folder="INBOX",
+              identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
+    """)
+
+
 def test_a_fifo_or_directory_named_maildirsize_blocks_nothing(tmp_path):
     """A user's FIFO must not hang a delivery or pymda-policyd (its worker
     threads): it is not a regular file, so it is untrusted and rebuilt."""
     md = make_maildir(tmp_path / "Maildir")
     put(md, "1,S=100", 100)
     fifo = Path(md) / "maildirsize"
-    code = textwrap.dedent(f"""
+    code = _child_prologue(md, "quota_storage=1000") + textwrap.dedent(f"""
         import os
-        from pymda import config, quota
-        from pymda.record import Record
-        from pymda.users import Identity
-        class T(Record):
-            __slots__ = ("kind", "path", "folder", "identity")
-        cfg = config.load(None, ["quota_storage=1000"], environ={{}})
-        t = T(kind="maildir", path={md!r}, folder="INBOX",
-              identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
         quota.record(t, 5, cfg)                              # no reader: skipped
         print(quota.usage(cfg, t.identity, t))               # policyd: a scan
         quota.release(quota.check(t, 900, cfg))              # delivery: rebuilt
@@ -460,16 +467,9 @@ def test_missing_maildir_counts_as_empty(tmp_path):
 
 
 def _check_in_child(md, storage, timeout):
-    code = textwrap.dedent(f"""
+    code = _child_prologue(md, f"quota_storage={storage}", f"lock_timeout={timeout}")
+    code += textwrap.dedent("""
         import sys
-        from pymda import config, quota
-        from pymda.record import Record
-        from pymda.users import Identity
-        class T(Record):
-            __slots__ = ("kind", "path", "folder", "identity")
-        cfg = config.load(None, ["quota_storage={storage}", "lock_timeout={timeout}"], environ={{}})
-        t = T(kind="maildir", path={md!r}, folder="INBOX",
-              identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
         try:
             quota.release(quota.check(t, 1, cfg))
         except Exception as e:
@@ -511,16 +511,8 @@ def test_concurrent_check_and_record_never_corrupt_the_file(tmp_path):
     """Many processes rebuild, check and append at once, near the limit."""
     md = make_maildir(tmp_path / "Maildir")
     workers = 12
-    code = textwrap.dedent(f"""
+    code = _child_prologue(md, "quota_storage=5000") + textwrap.dedent(f"""
         import os, sys
-        from pymda import config, quota
-        from pymda.record import Record
-        from pymda.users import Identity
-        class T(Record):
-            __slots__ = ("kind", "path", "folder", "identity")
-        cfg = config.load(None, ["quota_storage=5000"], environ={{}})
-        t = T(kind="maildir", path={md!r}, folder="INBOX",
-              identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
         n = int(sys.argv[1])
         for i in range(40):
             try:
