@@ -128,11 +128,16 @@ def test_smtp_with_room_is_accepted_and_delivered_by_pymda(setup):
     assert f"{len(data)} 1" in text.splitlines()[1:] or text.endswith(f"{len(data)} 1\n")
 
 
+def _sent_locally(postfix, user, status):
+    """Submit MESSAGE to ``user``@localhost; its log entry once ``status``."""
+    rcpt = f"{user.name}@localhost"
+    postfix.send("sender@example.org", rcpt, MESSAGE.replace(b"\r\n", b"\n"))
+    return postfix.wait_status(rcpt, status)
+
+
 def test_delivery_time_quota_bounces_what_smtp_did_not_check(setup):
     postfix, full, roomy, _ = setup
-    rcpt = f"{full.name}@localhost"
-    postfix.send("sender@example.org", rcpt, MESSAGE.replace(b"\r\n", b"\n"))
-    entry = postfix.wait_status(rcpt, "bounced")
+    entry = _sent_locally(postfix, full, "bounced")
     assert entry[1] == FULL_DSN, entry
     assert "Mailbox is full" in entry[3]
     assert maildir_messages(full) == []
@@ -141,9 +146,7 @@ def test_delivery_time_quota_bounces_what_smtp_did_not_check(setup):
 def test_delivery_time_quota_tempfail_mode_defers(setup):
     postfix, full, roomy, cfg = setup
     cfg.write_text(cfg.read_text() + "quota_full_tempfail = true\n")
-    rcpt = f"{full.name}@localhost"
-    postfix.send("sender@example.org", rcpt, MESSAGE.replace(b"\r\n", b"\n"))
-    entry = postfix.wait_status(rcpt, "deferred")
+    entry = _sent_locally(postfix, full, "deferred")
     assert entry[1] == FULL_TEMP_DSN, entry
     assert maildir_messages(full) == []
 
@@ -151,8 +154,6 @@ def test_delivery_time_quota_tempfail_mode_defers(setup):
 def test_message_size_limit_bounces_with_5_2_3(setup):
     postfix, full, roomy, cfg = setup
     cfg.write_text(cfg.read_text() + "message_size_limit = 500\n")
-    rcpt = f"{roomy.name}@localhost"
-    postfix.send("sender@example.org", rcpt, MESSAGE.replace(b"\r\n", b"\n"))
-    entry = postfix.wait_status(rcpt, "bounced")
+    entry = _sent_locally(postfix, roomy, "bounced")
     assert entry[1] == TOO_BIG_DSN, entry
     assert maildir_messages(roomy) == []

@@ -323,11 +323,18 @@ def test_untrusted_file_is_rebuilt(tmp_path, content):
     assert maildirsize(md) == "1000S\n100 1\n"
 
 
-def test_over_quota_single_line_trusted_while_fresh_rebuilt_when_stale(tmp_path):
+def _with_maildirsize(tmp_path, name, size, content):
+    """A Maildir holding one message ``name`` of ``size`` bytes and a
+    maildirsize saying ``content``: (root, the maildirsize Path)."""
     md = make_maildir(tmp_path / "Maildir")
-    put(md, "1,S=100", 100)
+    put(md, name, size)
     size_file = Path(md) / "maildirsize"
-    size_file.write_text("1000S\n2000 5\n")
+    size_file.write_text(content)
+    return md, size_file
+
+
+def test_over_quota_single_line_trusted_while_fresh_rebuilt_when_stale(tmp_path):
+    md, size_file = _with_maildirsize(tmp_path, "1,S=100", 100, "1000S\n2000 5\n")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
     with pytest.raises(PermFail):
@@ -342,10 +349,8 @@ def test_a_file_at_exactly_the_limit_with_several_lines_is_recounted(tmp_path):
     """Issue 8 item 5: a client deleted mail without updating maildirsize;
     the file says exactly full (not over), the next message would not fit:
     recount (courier) instead of refusing for ever."""
-    md = make_maildir(tmp_path / "Maildir")
-    put(md, "1,S=400", 400)
-    size_file = Path(md) / "maildirsize"
-    size_file.write_text("1000S\n400 1\n600 1\n")       # the 600 was deleted
+    # the 600 was deleted
+    md, size_file = _with_maildirsize(tmp_path, "1,S=400", 400, "1000S\n400 1\n600 1\n")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
     check(t, 100, cfg)
@@ -353,10 +358,7 @@ def test_a_file_at_exactly_the_limit_with_several_lines_is_recounted(tmp_path):
 
 
 def test_a_single_line_file_at_the_limit_is_trusted_while_fresh(tmp_path):
-    md = make_maildir(tmp_path / "Maildir")
-    put(md, "1,S=400", 400)
-    size_file = Path(md) / "maildirsize"
-    size_file.write_text("1000S,5C\n1000 1\n")
+    md, size_file = _with_maildirsize(tmp_path, "1,S=400", 400, "1000S,5C\n1000 1\n")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000", "quota_messages=5"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
     with pytest.raises(PermFail):
