@@ -34,7 +34,6 @@ from support.run import (
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (test users)")
 
-FROM_LINE_RE_PREFIX = b"From "
 
 
 # --- option parsing, in-process -------------------------------------------------

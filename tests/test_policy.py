@@ -30,7 +30,6 @@ DUNNO = b"action=DUNNO\n\n"
 FULL = b"action=552 5.2.2 Mailbox is full\n\n"
 FULL_TEMP = b"action=452 4.2.2 Mailbox is full\n\n"
 NOUSER_SETTING = "550 5.1.1 User unknown"
-NOUSER = b"action=550 5.1.1 User unknown\n\n"
 VIRTUAL = "usuario@example.net"
 LIMIT = 100 * 1024 * 1024          # usuario's quota: a 1 GB message does not fit
 EX_OK = 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from support import paths
-from support.run import run_pymda
+from support.run import EX_NOPERM, EX_NOUSER, EX_OK, EX_TEMPFAIL, run_pymda
 from support.users import create_user, delete_user
 
 from pymda import config
@@ -33,7 +33,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 SENDER = "sender@example.org"
 MESSAGE = b"From: sender@example.org\nSubject: userdb\nMessage-ID: <userdb@test>\n\nhello\n"
-EX_OK, EX_NOUSER, EX_TEMPFAIL, EX_NOPERM = 0, 67, 75, 77
 DEFER = b"action=DEFER_IF_PERMIT Service temporarily unavailable\n\n"
 FULL = b"action=552 5.2.2 Mailbox is full\n\n"
 DUNNO = b"action=DUNNO\n\n"

@@ -34,6 +34,7 @@ EX_DATAERR = 65
 EX_NOUSER = 67
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
+EX_CONFIG = 78
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
