@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support import paths
 from support.lmtpclient import Client, transaction
-from support.procs import socket_activation
+from support.procs import run_clients, socket_activation
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -486,8 +486,6 @@ def test_a_big_message_is_spooled_once(tmp_path, daemons, test_user):
 @needs_root
 def test_concurrent_connections(tmp_path, daemons, two_users):
     """Forks and RCPT worker threads at the same time (lmtp_deliver's ForkGuard)."""
-    import threading
-
     alice, bob = two_users
     d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
     errors = []
@@ -505,11 +503,7 @@ def test_concurrent_connections(tmp_path, daemons, two_users):
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(repr(exc))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    run_clients(client, 8, 120)
     assert errors == []
     assert len(maildir_messages(alice)) == len(maildir_messages(bob)) == 40
 

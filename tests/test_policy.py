@@ -23,7 +23,7 @@ from pymda.users import Identity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import paths  # noqa: E402
-from support.procs import socket_activation  # noqa: E402
+from support.procs import run_clients, socket_activation  # noqa: E402
 from support.users import create_user, delete_user  # noqa: E402
 
 DUNNO = b"action=DUNNO\n\n"
@@ -394,11 +394,7 @@ def test_fifty_concurrent_connections(server, virtual_home):
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append((n, repr(exc)))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_clients(client, 50, 60)
     assert errors == []
 
 

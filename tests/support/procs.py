@@ -5,6 +5,8 @@ temporary directory (0755) owned by the system ``account`` the server
 runs as.  ``terminate(proc, timeout)``: SIGTERM, then SIGKILL after
 ``timeout`` seconds; no-op for None or an exited process.
 ``tail(path)``: the end of a log file ("" when unreadable).
+``run_clients(client, count, timeout)``: ``client(n)`` for n in
+range(count), each in its own thread, all started, then all joined.
 ``socket_activation()`` -> (listener, port, argv prefix): a listening
 127.0.0.1 socket and the command that hands it to a daemon as systemd
 does (fd 3, ``LISTEN_FDS=1``, ``LISTEN_PID`` the daemon's own pid); pass
@@ -17,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 
 
 def private_top(prefix, account):
@@ -56,3 +59,11 @@ def socket_activation():
                "os.execv(sys.argv[2], sys.argv[2:])")
     prefix = [sys.executable, "-c", wrapper, str(listener.fileno())]
     return listener, listener.getsockname()[1], prefix
+
+
+def run_clients(client, count, timeout):
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
