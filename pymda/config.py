@@ -27,7 +27,10 @@ datetime), twice what a whole dovecot-lda delivery takes.  So:
   reads it if it is owned by root (or by the config file's owner) and not
   writable by group or others.  A stale or untrusted cache is ignored.
 
-``expand()`` substitutes $name / ${name} in path templates without ``re``.
+``expand()`` substitutes $name / ${name} in path templates without ``re``;
+``template_variables(envelope, identity, cfg)`` is the one set of names
+every template gets, ``user_path(template, identity, envelope, cfg)`` the
+one way a per-user path template becomes a path.
 """
 
 
@@ -517,22 +520,17 @@ def read_file(path, environ=os.environ, write_cache=None):
                         return table
         except (OSError, EOFError, ValueError, TypeError):
             pass
-        chunks = []
-        size = 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > MAX_CONFIG_SIZE:  # it grew while we read
-                raise ConfigError(f"config {path}: larger than {MAX_CONFIG_SIZE} bytes")
-            chunks.append(chunk)
+        from pymda.durable import read_all
+
+        data = read_all(fd, MAX_CONFIG_SIZE)
+        if data is None:  # it grew while we read
+            raise ConfigError(f"config {path}: larger than {MAX_CONFIG_SIZE} bytes")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
     try:
-        text = b"".join(chunks).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config {path}: not UTF-8") from None
     table = _toml(text, f"config {path}")
@@ -569,6 +567,48 @@ def write_cache_file(path, data):
 
 
 # --- templates -------------------------------------------------------------
+
+
+_ENVELOPE_VARIABLES = ("sender", "recipient", "local", "domain", "extension")
+
+
+def template_variables(envelope=None, identity=None, cfg=None):
+    """The $name values of every template (mailbox, mbox_folder_directory,
+    forward_path, state_file, redeliver_record, sendmail_command):
+
+    - ``user``, ``home``: the ``identity`` (without one: the envelope's
+      user, no home);
+    - ``sender``, ``recipient``, ``local``, ``domain``, ``extension``: the
+      ``envelope`` (without one - a state file, a user check - ``local``
+      and ``domain`` are the parts of the user's name);
+    - ``recipient_delimiter``: ``cfg``'s.
+    A name with no value is ''.
+    """
+    variables = dict.fromkeys(_ENVELOPE_VARIABLES, "")
+    variables["recipient_delimiter"] = cfg.recipient_delimiter if cfg is not None else ""
+    if envelope is not None:
+        for name in _ENVELOPE_VARIABLES:
+            variables[name] = getattr(envelope, name, "") or ""
+    if identity is not None:
+        variables["user"], variables["home"] = identity.name, identity.home
+        if envelope is None:
+            variables["local"], _, variables["domain"] = identity.name.partition("@")
+    else:
+        variables["user"] = (getattr(envelope, "user", "") or "") if envelope else ""
+        variables["home"] = ""
+    return variables
+
+
+def user_path(template, identity, envelope=None, cfg=None):
+    """``template`` expanded for ``identity`` (``template_variables``); a
+    relative result is under the user's home.  SECURITY: ``$sender`` is ''
+    here - the remote party's choice never names a file."""
+    variables = template_variables(envelope, identity, cfg)
+    variables["sender"] = ""
+    path = expand(template, variables)
+    if not path.startswith("/"):
+        path = os.path.join(identity.home, path)
+    return path
 
 
 def expand(template, variables):

@@ -7,6 +7,9 @@ Contract:
   ``D.S.N`` line naming the file and key (a daemon that cannot read its
   config must not serve with defaults).
 - ``socket_mode(text, prog)``: the octal mode, or exit 64.
+- ``start(prog, verbose, config_path, socket_mode_text)``: (log, config,
+  socket mode), what every daemon begins with; ``fail(prog, text, code)``
+  says ``prog: text`` on stderr and exits ``code``.
 - ``DaemonLog(echo, ident)``: pymda.log.Log (syslog, facility mail) that
   also writes each line to stderr at once with ``echo`` (-v).
 - sockets: ``parse_listen(spec)`` (``inet:HOST:PORT`` / ``unix:PATH``),
@@ -60,6 +63,17 @@ def socket_mode(text, prog):
     except ValueError:
         click.echo(f"{prog}: --socket-mode must be octal, got {text!r}", err=True)
         sys.exit(EX_USAGE)
+
+
+def start(prog, verbose, config_path, socket_mode_text):
+    """(DaemonLog, Config, socket mode) of a daemon's command line."""
+    log = DaemonLog(verbose, ident=prog)
+    return log, load_config(config_path, prog), socket_mode(socket_mode_text, prog)
+
+
+def fail(prog, text, code):
+    click.echo(f"{prog}: {text}", err=True)
+    sys.exit(code)
 
 
 class DaemonLog(Log):

@@ -15,8 +15,12 @@ status with ``errors.from_oserror`` and the context only they know):
   followed), every byte, fsync (``sync``), rename over ``path``; on any
   failure the tmp file is removed and ``path`` is untouched.  ``owner``:
   an Identity the file is given to when root writes it for a user.
-- ``flock_with_deadline(fd, timeout, busy)``: an exclusive ``flock`` on
-  ``fd`` within ``timeout`` seconds, polling with a growing sleep;
+- ``read_all(fd, limit)``: the bytes from ``fd``'s offset to its end, or
+  None when there are more than ``limit`` (a small file read whole - a
+  config, a .forward, a subscriptions file - that may grow while read).
+- ``flock_with_deadline(fd, timeout, busy, shared=False)``: an exclusive
+  (or ``shared``) ``flock`` on ``fd`` within ``timeout`` seconds, polling
+  with a growing sleep (also converts a lock already held);
   ``busy()`` is called (and what it raises propagates) when the time is
   up, so the caller names its own lock in its TempFail.
 
@@ -47,6 +51,20 @@ def write_all(fd, data):
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def read_all(fd, limit):
+    """Read ``fd`` to its end: bytes, or None past ``limit`` bytes."""
+    chunks = []
+    total = 0
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
 
 
 def fsync_file(fd):
@@ -94,16 +112,17 @@ def write_atomically(path, data, mode=0o600, owner=None, sync=True):
         raise
 
 
-def flock_with_deadline(fd, timeout, busy):
-    """flock(LOCK_EX) on ``fd`` within ``timeout`` seconds, else ``busy()``."""
+def flock_with_deadline(fd, timeout, busy, shared=False):
+    """flock(LOCK_EX, or LOCK_SH) on ``fd`` within ``timeout`` seconds, else ``busy()``."""
     import fcntl
     import time
 
+    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     deadline = time.monotonic() + timeout
     delay = 0.005
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, operation)
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:

@@ -44,6 +44,7 @@ import stat
 import time
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
+from pymda.durable import write_all
 from pymda.errors import TempFail
 
 DOTLOCKFILE = "/usr/bin/dotlockfile"
@@ -78,7 +79,7 @@ def try_dotlock(lockpath):
             raise _NoDotlock(exc.strerror) from None
         raise
     try:
-        os.write(fd, f"{os.getpid()}\n{_hostname()}\n".encode())
+        write_all(fd, f"{os.getpid()}\n{_hostname()}\n".encode())
         try:
             os.link(tmp, lockpath)
             return True

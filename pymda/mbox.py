@@ -42,6 +42,7 @@ import errno
 import stat
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
+from pymda.durable import fsync_file, write_all
 from pymda.errors import TempFail, from_oserror
 from pymda.locking import _hostname, lock_mbox, process_gone
 from pymda.message import CHUNK, format_from_line
@@ -297,13 +298,6 @@ def stored_chunks(message, cfg):
     return chunks
 
 
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def append(path, message, prefix, sender, cfg, uid, log=None, spool_dir=None, home=None):
     """Append ``message`` to the mbox at ``path``; see the module docstring.
 
@@ -358,13 +352,13 @@ def _append_locked(fd, path, st, records, message, prefix, sender, cfg):
         for piece in body or stored_chunks(message, cfg):
             buf += piece
             if len(buf) >= WRITE_BUFFER:
-                _write_all(fd, buf)
+                write_all(fd, buf)
                 written += len(buf)
                 buf.clear()
         buf += b"\n"
-        _write_all(fd, buf)
+        write_all(fd, buf)
         written += len(buf)
-        os.fsync(fd)
+        fsync_file(fd)
     except BaseException as exc:
         _undo(fd, start)
         if isinstance(exc, OSError):
@@ -380,7 +374,7 @@ def _undo(fd, length):
     """Truncate back to ``length``; we still hold the locks."""
     try:
         os.ftruncate(fd, length)
-        os.fsync(fd)
+        fsync_file(fd)
     except OSError:
         pass
 
@@ -508,8 +502,8 @@ def _write_record(records, st, start, lead, marks, head):
         except OSError:
             continue  # not ours to write there (or a foreign record in the way)
         try:
-            _write_all(rfd, text)
-            os.fsync(rfd)
+            write_all(rfd, text)
+            fsync_file(rfd)
         except OSError:
             _drop_record((rpath, rfd))
             continue
@@ -643,7 +637,7 @@ def _settle(fd, path, st, rpath, rec, log):
         return
     try:
         os.ftruncate(fd, start)
-        os.fsync(fd)
+        fsync_file(fd)
     except OSError as exc:
         raise from_oserror(exc, f"cannot undo the unfinished append in {path}") from None
     warn(f"removed the unfinished message ({tail} of {length} bytes) that process"

@@ -81,10 +81,13 @@ class Message(Record):
 
 
 def parse_from_line(line):
-    """Sender of a ``From sender  date`` line; '' for MAILER-DAEMON / <>."""
-    rest = line[5:].strip()
-    sender = rest.split(None, 1)[0] if rest else b""
-    text = sender.decode("utf-8", "surrogateescape")
+    """Sender of a ``From sender  date`` line: '' for MAILER-DAEMON / <>,
+    None when the line names no sender at all (SPEC 1: the next source of
+    the -f chain decides then, not a null sender)."""
+    parts = line[5:].split(None, 1)
+    if not parts:
+        return None
+    text = parts[0].decode("utf-8", "surrogateescape")
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
     if text.upper() == "MAILER-DAEMON":
@@ -278,12 +281,12 @@ class Intake:
             head += chunk[: HEADER_SCAN_LIMIT - len(head)]
         if self.fd is None and kept + len(chunk) > SPOOL_IN_MEMORY:
             self.fd = _open_spool()
-            _write_all(self.fd, b"".join(self.parts))
+            _spool_write(self.fd, b"".join(self.parts))
             self.parts = None
         if self.fd is None:
             self.parts.append(chunk)
         else:
-            _write_all(self.fd, chunk)
+            _spool_write(self.fd, chunk)
         self.kept = kept + len(chunk)
 
     def finish(self):
@@ -306,7 +309,7 @@ class Intake:
             if self.fd is None:
                 self.parts.append(ending)
             else:
-                _write_all(self.fd, ending)
+                _spool_write(self.fd, ending)
             kept += len(ending)
             self.lines += 1
             if len(self.head) < HEADER_SCAN_LIMIT:
@@ -341,7 +344,8 @@ def _read_some(read_raw):
             raise from_oserror(exc, "reading the message") from None
 
 
-def _write_all(fd, data):
+def _spool_write(fd, data):
+    """durable.write_all with the spool's status (errno kept for LMTP)."""
     from pymda.durable import write_all  # only past SPOOL_IN_MEMORY: not on every start
 
     try:

@@ -543,49 +543,23 @@ def _open_lock(root, owner, create=False):
 
 def _flock(fd, exclusive, timeout, root):
     """flock ``fd`` (exclusive or shared) within ``timeout`` seconds, or TempFail."""
-    import fcntl
+    from pymda.durable import flock_with_deadline
 
-    operation = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                from pymda.errors import TempFail
+    def busy():
+        from pymda.errors import TempFail
 
-                raise TempFail(f"quota lock {os.path.join(root, LOCK_NAME)} busy",
-                               "4.2.0") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+        raise TempFail(f"quota lock {os.path.join(root, LOCK_NAME)} busy", "4.2.0") from None
+
+    flock_with_deadline(fd, timeout, busy, shared=not exclusive)
 
 
 def _write_atomically(path, data, owner):
-    """tmp file in the same directory, fsync, rename over ``path``."""
-    host = os.uname().nodename.replace("/", "_")
-    tmp = f"{path}.{host}.{os.getpid()}.{time.time_ns()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-    except OSError as exc:
-        from pymda.errors import from_oserror
+    """durable.write_atomically with the status of ``path``."""
+    from pymda.durable import write_atomically
 
-        raise from_oserror(exc, f"writing {path}") from None
     try:
-        try:
-            _chown_to(fd, owner)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        write_atomically(path, data, owner=owner)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         from pymda.errors import from_oserror
 
         raise from_oserror(exc, f"writing {path}") from None

@@ -29,7 +29,7 @@ from pymda.address import (
     maildir_folder,
     mbox_folder,
 )
-from pymda.config import expand
+from pymda.config import user_path
 from pymda.errors import UsageError
 from pymda.record import Record
 
@@ -102,16 +102,6 @@ class Target(Record):
         return (self.kind, self.path, self.folder, self.command, self.address)
 
 
-def template_vars(envelope, identity):
-    return {
-        "user": identity.name,
-        "home": identity.home,
-        "local": envelope.local,
-        "domain": envelope.domain,
-        "extension": envelope.extension,
-    }
-
-
 def mailbox_location(cfg, envelope, identity, override=None):
     """(kind, path, spool_dir) of the user's main mailbox (SPEC 1.2)."""
     template = override
@@ -122,9 +112,7 @@ def mailbox_location(cfg, envelope, identity, override=None):
     if template == "":
         spool = cfg.mail_spool_directory
         return "mbox", os.path.join(spool, identity.name), spool
-    path = expand(template, template_vars(envelope, identity))
-    if not path.startswith("/"):
-        path = os.path.join(identity.home, path)
+    path = user_path(template, identity, envelope, cfg)
     if path.endswith("/"):
         return "maildir", path, None
     spool = cfg.mail_spool_directory
@@ -146,9 +134,7 @@ def mailbox_target(cfg, envelope, identity, folder=INBOX, mailbox=None, create=T
         directory = os.path.join(path, maildir_folder(folder, cfg.folder_encoding))
         return Target(kind=kind, path=path, folder=folder, directory=directory,
                       create=create, source=source, identity=identity)
-    base = expand(cfg.mbox_folder_directory, template_vars(envelope, identity))
-    if not base.startswith("/"):
-        base = os.path.join(identity.home, base)
+    base = user_path(cfg.mbox_folder_directory, identity, envelope, cfg)
     file = os.path.join(base, mbox_folder(folder, cfg.folder_encoding))
     return Target(kind=kind, path=file, folder=folder, create=create, source=source,
                   identity=identity)

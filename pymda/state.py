@@ -72,13 +72,9 @@ CREATE TABLE IF NOT EXISTS quota_marks (
 
 
 def state_path(cfg, identity):
-    from pymda.config import expand
+    from pymda.config import user_path
 
-    template = getattr(cfg, "state_file", None) or DEFAULT_STATE_FILE
-    path = expand(template, {"home": identity.home, "user": identity.name})
-    if not path.startswith("/"):
-        path = os.path.join(identity.home, path)
-    return path
+    return user_path(getattr(cfg, "state_file", None) or DEFAULT_STATE_FILE, identity, cfg=cfg)
 
 
 def message_key(message, envelope):

@@ -45,7 +45,7 @@ import time
 
 from pymda import fastos as os
 from pymda.errors import TempFail
-from pymda.durable import fsync_directory
+from pymda.durable import fsync_directory, fsync_file, read_all, write_all
 
 FILE_NAME = "subscriptions"
 LOCK_SUFFIX = ".lock"
@@ -86,10 +86,8 @@ def subscribe(root, folder_dir, timeout=60):
         if old and not old.endswith(b"\n"):
             old += b"\n"
         data = old + line + b"\n"
-        view = memoryview(data)
-        while view:
-            view = view[os.write(lock_fd, view):]
-        os.fsync(lock_fd)
+        write_all(lock_fd, data)
+        fsync_file(lock_fd)
         os.rename(lock_path, path)  # the new file; the lock is gone with it
         lock_path = None
         fsync_directory(root)
@@ -123,16 +121,11 @@ def _read(path):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise TempFail(f"{path} is not a regular file: not subscribed", "4.3.0")
-        if st.st_size > MAX_FILE_SIZE:
+        data = read_all(fd, MAX_FILE_SIZE) if st.st_size <= MAX_FILE_SIZE else None
+        if data is None:
             raise TempFail(f"{path} is larger than {MAX_FILE_SIZE} bytes: not subscribed",
                            "4.3.0")
-        chunks = []
-        while True:
-            piece = os.read(fd, 65536)
-            if not piece:
-                break
-            chunks.append(piece)
-        return b"".join(chunks)
+        return data
     finally:
         os.close(fd)
 

@@ -110,21 +110,17 @@ def check(cfg, identity):
         problem = f"home {identity.home!r} is not absolute"
     else:
         mailbox = settings(cfg, identity).get("mailbox", "")
-        if mailbox and _escapes(mailbox, identity):
+        if mailbox and _escapes(mailbox, identity, cfg):
             problem = f"mailbox {mailbox!r} is outside the home {identity.home}"
     if problem:
         raise PermFail(f"userdb {identity.source}: user {identity.name} refused: {problem}",
                        "5.7.1")
 
 
-def _escapes(mailbox, identity):
-    from pymda.config import expand
+def _escapes(mailbox, identity, cfg):
+    from pymda.config import user_path
 
-    local, _, domain = identity.name.partition("@")
-    path = expand(mailbox, {"user": identity.name, "home": identity.home,
-                            "local": local, "domain": domain})
-    if not path.startswith("/"):
-        path = identity.home.rstrip("/") + "/" + path
+    path = user_path(mailbox, identity, cfg=cfg)
     if "/../" in path + "/" or "/./" in path + "/":
         return True
     home = identity.home.rstrip("/") + "/"

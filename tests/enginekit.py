@@ -62,6 +62,16 @@ def assert_failure(result, code, status):
     assert b"Traceback" not in out
 
 
+def refused_unchanged(user, code, status, args, data=MESSAGE, **kw):
+    """deliver() that must fail with ``code`` and ``status`` and leave the
+    home as it was; its Result."""
+    before = snapshot(user.home)
+    result = deliver(user, args, data, **kw)
+    assert_failure(result, code, status)
+    assert snapshot(user.home) == before
+    return result
+
+
 def snapshot(root):
     """{relative path: (kind, mode, uid, content)} for everything under root."""
     root = str(root)

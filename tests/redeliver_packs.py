@@ -92,15 +92,6 @@ def body_of(data):
     return body.rstrip(b"\n") if sep else b""
 
 
-def message_ids(data):
-    import email.parser
-    import email.policy
-
-    head = data.split(b"\n\n", 1)[0]
-    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    return msg.get("Message-ID")
-
-
 def expected_bodies(msgs):
     """Sorted bodies of the corpus as split into messages by an mbox reader.
 

@@ -10,11 +10,8 @@ from click.testing import CliRunner
 
 from pymda.admin import commands as admin
 from support import paths
+from support.run import EX_CONFIG, EX_NOUSER, EX_OK, EX_USAGE
 
-EX_OK = 0
-EX_USAGE = 64
-EX_NOUSER = 67
-EX_CONFIG = 78
 UNKNOWN_USER = "5.1.1"
 
 

@@ -22,7 +22,7 @@ import pytest
 from enginekit import (
     CONFIG, EMPTY, INTERNAL, LOOP, MESSAGE, NO_USER, NOT_ALLOWED, REFUSED, SENDER,
     TEMP, TOO_BIG, USAGE, assert_failure, assert_ok, deliver, header_lines,
-    only_message, recipient_of, snapshot,
+    only_message, recipient_of, refused_unchanged, snapshot,
 )
 from pymda import cli
 from pymda.errors import UsageError
@@ -34,7 +34,6 @@ from support.run import (
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (test users)")
 
-FROM_LINE_RE_PREFIX = b"From "
 
 
 # --- option parsing, in-process -------------------------------------------------
@@ -266,10 +265,7 @@ def filled(test_user):
 @needs_root
 @pytest.mark.parametrize("mailbox", ["mbox", "Maildir/"])
 def test_empty_input_65(filled, mailbox):
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", mailbox], b"")
-    assert_failure(result, EX_DATAERR, EMPTY)
-    assert snapshot(filled.home) == before
+    refused_unchanged(filled, EX_DATAERR, EMPTY, ["--mailbox", mailbox], b"")
 
 
 @needs_root
@@ -309,10 +305,7 @@ def test_size_limit_not_reached_delivers(test_user):
 def test_loop_65(filled, mailbox):
     rcpt = recipient_of(filled)
     looped = (f"Delivered-To: {rcpt}\nSubject: x\nDelivered-To: {rcpt.upper()}\n\nb\n").encode()
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", mailbox], looped, recipient=rcpt)
-    assert_failure(result, EX_DATAERR, LOOP)
-    assert snapshot(filled.home) == before
+    refused_unchanged(filled, EX_DATAERR, LOOP, ["--mailbox", mailbox], looped, recipient=rcpt)
 
 
 @needs_root
@@ -355,47 +348,33 @@ def test_bad_config_75(filled, text, word):
 def test_unreadable_config_75(filled):
     cfg = filled.write("pymda.toml", b'mailbox = "Maildir/"\n', 0o600)
     os.chown(cfg, 0, 0)
-    before = snapshot(filled.home)
-    result = deliver(filled, ["-c", str(cfg)])
-    assert_failure(result, EX_TEMPFAIL, CONFIG)
+    result = refused_unchanged(filled, EX_TEMPFAIL, CONFIG, ["-c", str(cfg)])
     assert str(cfg).encode() in result.output
-    assert snapshot(filled.home) == before
 
 
 @needs_root
 def test_unknown_o_key_75(filled):
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", "Maildir/", "-o", "mailbux=1"])
-    assert_failure(result, EX_TEMPFAIL, CONFIG)
+    result = refused_unchanged(filled, EX_TEMPFAIL, CONFIG,
+                               ["--mailbox", "Maildir/", "-o", "mailbux=1"])
     assert b"mailbux" in result.output
-    assert snapshot(filled.home) == before
 
 
 @needs_root
 def test_symlinked_mbox_75(filled):
     os.symlink("mbox", filled.path("link"))
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", "link"])
-    assert_failure(result, EX_TEMPFAIL, REFUSED)
-    assert snapshot(filled.home) == before
+    refused_unchanged(filled, EX_TEMPFAIL, REFUSED, ["--mailbox", "link"])
 
 
 @needs_root
 def test_symlinked_mbox_to_a_missing_file_75(filled):
     os.symlink("elsewhere", filled.path("link"))
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", "link"])
-    assert_failure(result, EX_TEMPFAIL, REFUSED)
-    assert snapshot(filled.home) == before
+    refused_unchanged(filled, EX_TEMPFAIL, REFUSED, ["--mailbox", "link"])
 
 
 @needs_root
 def test_hard_linked_mbox_75(filled):
     os.link(filled.path("mbox"), filled.path("other"))
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", "mbox"])
-    assert_failure(result, EX_TEMPFAIL, REFUSED)
-    assert snapshot(filled.home) == before
+    refused_unchanged(filled, EX_TEMPFAIL, REFUSED, ["--mailbox", "mbox"])
 
 
 @needs_root
@@ -404,20 +383,14 @@ def test_foreign_owned_mbox_75(filled, make_user, mode):
     other = make_user()
     os.chown(filled.path("mbox"), other.uid, other.gid)
     os.chmod(filled.path("mbox"), mode)
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", "mbox"])
-    assert_failure(result, EX_TEMPFAIL, REFUSED)
-    assert snapshot(filled.home) == before
+    refused_unchanged(filled, EX_TEMPFAIL, REFUSED, ["--mailbox", "mbox"])
 
 
 @needs_root
 def test_root_owned_mbox_75(filled):
     os.chown(filled.path("mbox"), 0, 0)
     os.chmod(filled.path("mbox"), 0o666)
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", "mbox"])
-    assert_failure(result, EX_TEMPFAIL, REFUSED)
-    assert snapshot(filled.home) == before
+    refused_unchanged(filled, EX_TEMPFAIL, REFUSED, ["--mailbox", "mbox"])
 
 
 @needs_root
@@ -431,19 +404,13 @@ def test_non_regular_mbox_75(filled, kind):
         path = filled.mkdir("box")
     else:
         path = "/dev/null"
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", str(path)])
-    assert_failure(result, EX_TEMPFAIL, REFUSED)
-    assert snapshot(filled.home) == before
+    refused_unchanged(filled, EX_TEMPFAIL, REFUSED, ["--mailbox", str(path)])
 
 
 @needs_root
 def test_executable_mbox_75(filled):
     os.chmod(filled.path("mbox"), 0o700)
-    before = snapshot(filled.home)
-    result = deliver(filled, ["--mailbox", "mbox"])
-    assert_failure(result, EX_TEMPFAIL, REFUSED)
-    assert snapshot(filled.home) == before
+    refused_unchanged(filled, EX_TEMPFAIL, REFUSED, ["--mailbox", "mbox"])
 
 
 @needs_root

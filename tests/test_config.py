@@ -372,6 +372,37 @@ def test_expand(template, expected):
     assert config.expand(template, variables) == expected
 
 
+class _Who:  # the two attributes an Identity / an Envelope lend to templates
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def test_template_variables_one_set_for_every_template():
+    me = _Who(name="alice@example.org", home="/srv/a")
+    env = _Who(sender="s@far", recipient="alice+x@example.org", user="alice@example.org",
+               local="alice", domain="example.org", extension="x")
+    cfg = config.load(None, environ={}).replace(recipient_delimiter="+")
+    assert config.template_variables(env, me, cfg) == {
+        "user": "alice@example.org", "home": "/srv/a", "sender": "s@far",
+        "recipient": "alice+x@example.org", "local": "alice", "domain": "example.org",
+        "extension": "x", "recipient_delimiter": "+"}
+    # no envelope (state file, user check): local and domain from the name
+    alone = config.template_variables(None, me)
+    assert (alone["local"], alone["domain"], alone["extension"]) == ("alice", "example.org", "")
+    # no identity (sendmail for a pipe's forward): the envelope's user, no home
+    anon = config.template_variables(env, None)
+    assert (anon["user"], anon["home"]) == ("alice@example.org", "")
+
+
+def test_user_path_is_under_the_home_and_never_names_the_sender():
+    me = _Who(name="bob", home="/home/bob")
+    env = _Who(sender="evil/../../x", recipient="bob@h", user="bob", local="bob",
+               domain="h", extension="")
+    assert config.user_path("Maildir/", me) == "/home/bob/Maildir/"
+    assert config.user_path("/var/mail/$user", me) == "/var/mail/bob"
+    assert config.user_path("$home/.s-$sender-$domain", me, env) == "/home/bob/.s--h"
+
+
 # --- hostile values and files (issue 8 items 7 and 8) ------------------------------
 
 NUMBER_KEYS = sorted(

@@ -74,20 +74,50 @@ def test_fsync_helpers_accept_files_and_directories(tmp_path):
         durable.fsync_directory(str(tmp_path / "f"))
 
 
-def test_flock_with_deadline_waits_then_calls_busy(tmp_path):
+@pytest.fixture
+def two_fds(tmp_path):
+    """Two open file descriptions of one lock file: two processes' worth."""
     path = tmp_path / "lock"
     holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     other = os.open(path, os.O_RDWR)
+    yield holder, other
+    os.close(holder)
+    os.close(other)
+
+
+def test_flock_with_deadline_waits_then_calls_busy(two_fds):
+    holder, other = two_fds
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    started = time.monotonic()
+    with pytest.raises(Busy):
+        durable.flock_with_deadline(other, 0.3, busy)
+    assert time.monotonic() - started >= 0.3
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    durable.flock_with_deadline(other, 5, busy)  # free now: taken at once
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_flock_with_deadline_shared_and_conversion(two_fds):
+    holder, other = two_fds
+    fcntl.flock(holder, fcntl.LOCK_SH)
+    durable.flock_with_deadline(other, 5, busy, shared=True)  # shared + shared
+    with pytest.raises(Busy):  # shared -> exclusive waits for the other reader
+        durable.flock_with_deadline(other, 0.2, busy)
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    durable.flock_with_deadline(other, 5, busy)  # converted to exclusive
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(holder, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
+def test_read_all_reads_to_the_end_or_gives_none_past_the_limit(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 200_000)
+    fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(holder, fcntl.LOCK_EX)
-        started = time.monotonic()
-        with pytest.raises(Busy):
-            durable.flock_with_deadline(other, 0.3, busy)
-        assert time.monotonic() - started >= 0.3
-        fcntl.flock(holder, fcntl.LOCK_UN)
-        durable.flock_with_deadline(other, 5, busy)  # free now: taken at once
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert durable.read_all(fd, 200_000) == b"x" * 200_000
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert durable.read_all(fd, 199_999) is None
+        assert durable.read_all(fd, 0) == b""  # at the end already
     finally:
-        os.close(holder)
-        os.close(other)
+        os.close(fd)

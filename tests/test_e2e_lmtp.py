@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from support import paths
 from support.lmtpclient import Client, transaction
+from support.procs import run_clients, socket_activation
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -138,6 +139,19 @@ class Daemon:
             if int(fields[1]) == self.proc.pid:
                 pids.append(int(entry.name))
         return pids
+
+    def send_and_wait_for_children(self, c, *recipients, timeout=15):
+        """One transaction to ``recipients`` on connection ``c`` up to the
+        end of DATA; the delivery children once they run."""
+        c.cmd(f"MAIL FROM:<{SENDER}>")
+        for recipient in recipients:
+            assert c.cmd(f"RCPT TO:<{recipient}>") == RCPT_OK
+        assert c.cmd("DATA") == START_DATA
+        c.send(BODY + b".\r\n")
+        deadline = time.monotonic() + timeout
+        while not self.children() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.children()
 
 
 @pytest.fixture
@@ -319,15 +333,8 @@ def test_dead_child_is_451_and_the_connection_goes_on(tmp_path, daemons, two_use
     cfg = write_config(tmp_path, 'mailbox = "Maildir/"\nlmtp_forward = true\n')
     d = daemons(cfg)
     with d.connect() as c:
-        c.cmd(f"MAIL FROM:<{SENDER}>")
-        assert c.cmd(f"RCPT TO:<{alice.name}@localhost>") == RCPT_OK
-        assert c.cmd(f"RCPT TO:<{bob.name}@localhost>") == RCPT_OK
-        assert c.cmd("DATA") == START_DATA
-        c.send(BODY + b".\r\n")
-        deadline = time.monotonic() + 15
-        while not d.children() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        (child,) = d.children()
+        (child,) = d.send_and_wait_for_children(c, f"{alice.name}@localhost",
+                                                f"{bob.name}@localhost")
         os.kill(child, signal.SIGKILL)
         assert c.line() == CHILD_KILLED
         assert c.line() == DELIVERED  # bob
@@ -344,14 +351,7 @@ def test_sigterm_finishes_the_transaction_in_flight(tmp_path, daemons, test_user
     d = daemons(cfg)
     idle = d.connect()
     with d.connect() as c:
-        c.cmd(f"MAIL FROM:<{SENDER}>")
-        assert c.cmd(f"RCPT TO:<{test_user.name}@localhost>") == RCPT_OK
-        assert c.cmd("DATA") == START_DATA
-        c.send(BODY + b".\r\n")
-        deadline = time.monotonic() + 15
-        while not d.children() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert d.children()
+        assert d.send_and_wait_for_children(c, f"{test_user.name}@localhost")
         d.proc.send_signal(signal.SIGTERM)
         # the idle connection is told at once; no new connections
         assert idle.line().startswith(SHUTTING_DOWN_START) and idle.closed()
@@ -373,14 +373,7 @@ def test_a_busy_child_does_not_hold_other_connections_open(tmp_path, daemons, te
     d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\nlmtp_forward = true\n'))
     other = d.connect()
     with d.connect() as c:
-        c.cmd(f"MAIL FROM:<{SENDER}>")
-        assert c.cmd(f"RCPT TO:<{test_user.name}@localhost>") == RCPT_OK
-        assert c.cmd("DATA") == START_DATA
-        c.send(BODY + b".\r\n")
-        deadline = time.monotonic() + 15
-        while not d.children() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert d.children()
+        assert d.send_and_wait_for_children(c, f"{test_user.name}@localhost")
         start = time.monotonic()
         assert other.cmd("QUIT") == "221 2.0.0 Bye"
         assert other.closed()
@@ -493,8 +486,6 @@ def test_a_big_message_is_spooled_once(tmp_path, daemons, test_user):
 @needs_root
 def test_concurrent_connections(tmp_path, daemons, two_users):
     """Forks and RCPT worker threads at the same time (lmtp_deliver's ForkGuard)."""
-    import threading
-
     alice, bob = two_users
     d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
     errors = []
@@ -512,11 +503,7 @@ def test_concurrent_connections(tmp_path, daemons, two_users):
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(repr(exc))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    run_clients(client, 8, 120)
     assert errors == []
     assert len(maildir_messages(alice)) == len(maildir_messages(bob)) == 40
 
@@ -561,16 +548,8 @@ def test_fork_guard():
 
 def test_systemd_socket_activation(tmp_path, daemons):
     cfg = write_config(tmp_path, "")
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    # LISTEN_PID must be the server's own pid: the wrapper sets it, then execs.
-    wrapper = ("import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); os.close(fd); "
-               "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
-               "os.execv(sys.argv[2], sys.argv[2:])")
-    d = daemons(cfg, inet=False, ready=False, pass_fds=[listener.fileno()],
-                argv_prefix=[sys.executable, "-c", wrapper, str(listener.fileno())])
+    listener, port, prefix = socket_activation()
+    d = daemons(cfg, inet=False, ready=False, pass_fds=[listener.fileno()], argv_prefix=prefix)
     listener.close()
     d.wait_ready(("127.0.0.1", port))
     with d.connect(("127.0.0.1", port)) as c:

@@ -128,31 +128,30 @@ def test_smtp_with_room_is_accepted_and_delivered_by_pymda(setup):
     assert f"{len(data)} 1" in text.splitlines()[1:] or text.endswith(f"{len(data)} 1\n")
 
 
+def _refused_locally(postfix, user, status, dsn):
+    """Submit MESSAGE to ``user``@localhost; once its log entry says
+    ``status``, check the ``dsn`` and that nothing was delivered; the entry."""
+    rcpt = f"{user.name}@localhost"
+    postfix.send("sender@example.org", rcpt, MESSAGE.replace(b"\r\n", b"\n"))
+    entry = postfix.wait_status(rcpt, status)
+    assert entry[1] == dsn, entry
+    assert maildir_messages(user) == []
+    return entry
+
+
 def test_delivery_time_quota_bounces_what_smtp_did_not_check(setup):
     postfix, full, roomy, _ = setup
-    rcpt = f"{full.name}@localhost"
-    postfix.send("sender@example.org", rcpt, MESSAGE.replace(b"\r\n", b"\n"))
-    entry = postfix.wait_status(rcpt, "bounced")
-    assert entry[1] == FULL_DSN, entry
+    entry = _refused_locally(postfix, full, "bounced", FULL_DSN)
     assert "Mailbox is full" in entry[3]
-    assert maildir_messages(full) == []
 
 
 def test_delivery_time_quota_tempfail_mode_defers(setup):
     postfix, full, roomy, cfg = setup
     cfg.write_text(cfg.read_text() + "quota_full_tempfail = true\n")
-    rcpt = f"{full.name}@localhost"
-    postfix.send("sender@example.org", rcpt, MESSAGE.replace(b"\r\n", b"\n"))
-    entry = postfix.wait_status(rcpt, "deferred")
-    assert entry[1] == FULL_TEMP_DSN, entry
-    assert maildir_messages(full) == []
+    _refused_locally(postfix, full, "deferred", FULL_TEMP_DSN)
 
 
 def test_message_size_limit_bounces_with_5_2_3(setup):
     postfix, full, roomy, cfg = setup
     cfg.write_text(cfg.read_text() + "message_size_limit = 500\n")
-    rcpt = f"{roomy.name}@localhost"
-    postfix.send("sender@example.org", rcpt, MESSAGE.replace(b"\r\n", b"\n"))
-    entry = postfix.wait_status(rcpt, "bounced")
-    assert entry[1] == TOO_BIG_DSN, entry
-    assert maildir_messages(roomy) == []
+    _refused_locally(postfix, roomy, "bounced", TOO_BIG_DSN)

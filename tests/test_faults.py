@@ -27,7 +27,7 @@ from enginekit import (
     SENDER, TEMP, assert_failure, assert_ok, deliver, maildir_files, recipient_of,
 )
 from support import paths
-from support.run import EX_TEMPFAIL, child_environment, start_pymda
+from support.run import EX_TEMPFAIL, reaped, start_pymda
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (test users, mount)")
 
@@ -88,14 +88,10 @@ def test_kill_9_while_the_maildir_file_is_written(test_user):
     before = maildir_files(box, "new")
     raw = b"Subject: big\n\n" + (b"k" * 1023 + b"\n") * (48 * 1024)
     src = test_user.write("big.eml", raw)
-    with open(src, "rb") as stdin:
-        proc = subprocess.Popen(
-            [str(paths.pymda_bin()), "-f", SENDER, "-a", recipient_of(test_user),
-             "--mailbox", "Maildir/"], stdin=stdin, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=child_environment(test_user),
-            user=test_user.uid, group=test_user.gid, extra_groups=[])
+    proc = start_pymda(["-f", SENDER, "-a", recipient_of(test_user), "--mailbox", "Maildir/"],
+                       user=test_user, stdin_path=src, stdout=subprocess.DEVNULL)
     killed_partial = False
-    try:
+    with reaped(proc):
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
             names = os.listdir(box / "tmp")
@@ -112,10 +108,6 @@ def test_kill_9_while_the_maildir_file_is_written(test_user):
                 break
             os.kill(proc.pid, signal.SIGCONT)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     if not killed_partial:
         pytest.fail("never caught the writer mid-file (machine too fast?)")
     assert maildir_files(box, "new") == before
@@ -321,14 +313,10 @@ def test_sigterm_mid_append_truncates_the_mbox_back(test_user):
     before = box.read_bytes()
     raw = b"Subject: big\n\n" + (b"t" * 1023 + b"\n") * (64 * 1024)
     src = test_user.write("big.eml", raw)
-    with open(src, "rb") as stdin:
-        proc = subprocess.Popen(
-            [str(paths.pymda_bin()), "-f", SENDER, "-a", recipient_of(test_user),
-             "--mailbox", "mbox"], stdin=stdin, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=child_environment(test_user),
-            user=test_user.uid, group=test_user.gid, extra_groups=[])
+    proc = start_pymda(["-f", SENDER, "-a", recipient_of(test_user), "--mailbox", "mbox"],
+                       user=test_user, stdin_path=src)
     caught = False
-    try:
+    with reaped(proc):
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
             if os.path.getsize(box) <= len(before):
@@ -341,10 +329,6 @@ def test_sigterm_mid_append_truncates_the_mbox_back(test_user):
             if caught:
                 break
         out = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     if not caught:
         pytest.fail("never caught the writer mid-append")
     assert proc.returncode == EX_TEMPFAIL, out

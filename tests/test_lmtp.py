@@ -512,12 +512,17 @@ def test_garbage_never_crashes_the_server(server):
         assert replies == [DELIVERED.format("a@x")]
 
 
+def open_data(c):
+    """LHLO, MAIL, one RCPT and DATA on ``c``: the next bytes are the message."""
+    c.cmd("LHLO x")
+    c.cmd("MAIL FROM:<s@x>")
+    c.cmd("RCPT TO:<a@x>")
+    assert c.cmd("DATA") == START_DATA
+
+
 def test_connection_lost_mid_data(server):
     with server.connect() as c:
-        c.cmd("LHLO x")
-        c.cmd("MAIL FROM:<s@x>")
-        c.cmd("RCPT TO:<a@x>")
-        assert c.cmd("DATA") == START_DATA
+        open_data(c)
         c.send(b"S: half a message\r\n")
     with server.connect() as c:
         assert c.cmd("LHLO x") == LHLO_REPLY
@@ -564,10 +569,7 @@ def test_idle_timeout_applies_inside_data(tmp_path):
     h = Harness(tmp_path, idle_timeout=0.5)
     try:
         with h.connect() as c:
-            c.cmd("LHLO x")
-            c.cmd("MAIL FROM:<s@x>")
-            c.cmd("RCPT TO:<a@x>")
-            assert c.cmd("DATA") == START_DATA
+            open_data(c)
             c.send(b"S: x\r\n")
             assert c.line() == TIMEOUT
             assert c.closed()

@@ -22,8 +22,8 @@ from enginekit import (
     only_message, recipient_of, snapshot,
 )
 from pymda import maildir
-from support import dovecot, paths
-from support.run import EX_OK, EX_USAGE, child_environment, run_pymda
+from support import dovecot
+from support.run import EX_OK, EX_USAGE, reaped, run_pymda, start_pymda
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (test users)")
 
@@ -292,18 +292,11 @@ def test_nothing_partial_in_new_while_the_writer_is_stopped(test_user):
     for sub in ("tmp", "new", "cur"):
         test_user.mkdir(f"Maildir/{sub}")
     tmp_dir, new_dir = str(root / "tmp"), str(root / "new")
-    import subprocess
-
-    with open(src, "rb") as stdin:
-        proc = subprocess.Popen(
-            [str(paths.pymda_bin()), "-f", SENDER, "-a", recipient_of(test_user),
-             "--mailbox", "Maildir/"],
-            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=child_environment(test_user), user=test_user.uid, group=test_user.gid,
-            extra_groups=[])
+    proc = start_pymda(["-f", SENDER, "-a", recipient_of(test_user), "--mailbox", "Maildir/"],
+                       user=test_user, stdin_path=src)
     partial_seen = 0
     stops = 0
-    try:
+    with reaped(proc):
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
             if not os.listdir(tmp_dir):
@@ -326,10 +319,6 @@ def test_nothing_partial_in_new_while_the_writer_is_stopped(test_user):
                 os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.002)
         out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert (proc.returncode, out) == (EX_OK, b"")
     print(f"stops={stops} partial_seen={partial_seen}")
     assert stops > 0 and partial_seen > 0, (stops, partial_seen)

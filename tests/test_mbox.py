@@ -22,7 +22,7 @@ from enginekit import (
     LOCKED, MESSAGE, SENDER, assert_failure, assert_ok, deliver, recipient_of,
 )
 from support import mboxfmt, paths
-from support.run import EX_OK, EX_TEMPFAIL, child_environment, run_pymda
+from support.run import EX_OK, EX_TEMPFAIL, child_environment, reaped, run_pymda, start_pymda
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (test users)")
 
@@ -356,7 +356,6 @@ def test_fcntl_lock_held_waits_then_75(test_user):
 def test_fcntl_lock_released_delivery_follows_soon(test_user):
     test_user.write("mbox", b"")
     holder = hold_fcntl(mbox_of(test_user))
-    from support.run import start_pymda
 
     proc = start_pymda(["-f", SENDER, "-a", recipient_of(test_user), "--mailbox", "mbox",
                         "-o", "lock_timeout=30"], user=test_user)
@@ -381,15 +380,11 @@ def test_pymda_holds_the_fcntl_lock_while_writing(test_user):
     src = test_user.write("big.eml", raw)
     import signal
 
-    with open(src, "rb") as stdin:
-        proc = subprocess.Popen(
-            [str(paths.pymda_bin()), "-f", SENDER, "-a", recipient_of(test_user),
-             "--mailbox", "mbox"], stdin=stdin, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=child_environment(test_user), user=test_user.uid,
-            group=test_user.gid, extra_groups=[])
+    proc = start_pymda(["-f", SENDER, "-a", recipient_of(test_user), "--mailbox", "mbox"],
+                       user=test_user, stdin_path=src)
     mbox = mbox_of(test_user)
     checked = 0
-    try:
+    with reaped(proc):
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
             if not os.path.exists(str(mbox) + ".lock") or os.path.getsize(mbox) == 0:
@@ -405,10 +400,6 @@ def test_pymda_holds_the_fcntl_lock_while_writing(test_user):
                 os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.005)
         out = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert (proc.returncode, out) == (EX_OK, b"")
     print(f"checked={checked}")
     assert checked > 0

@@ -34,8 +34,8 @@ import time
 import pytest
 
 from enginekit import LOCKED, SENDER, assert_failure, assert_ok, deliver, recipient_of
-from support import mboxfmt, paths, procmail
-from support.run import EX_OK, EX_TEMPFAIL, child_environment
+from support import mboxfmt, procmail
+from support.run import EX_OK, EX_TEMPFAIL, start_pymda
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (test users)")
 
@@ -97,11 +97,7 @@ def big_message(tag, mb=40):
 def start_as(user, args, data, tmp_path, name):
     src = tmp_path / f"{name}.in"
     src.write_bytes(data)
-    with open(src, "rb") as stdin:
-        return subprocess.Popen(
-            [str(paths.pymda_bin()), *args], stdin=stdin, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=child_environment(user), user=user.uid,
-            group=user.gid, extra_groups=[])
+    return start_pymda(args, user=user, stdin_path=src)
 
 
 def kill_while_writing(proc, mbox, before, expected_total):
@@ -316,15 +312,10 @@ def test_stress_kill_lock_holder(test_user, tmp_path):
         inputs[tag].write_bytes(msg)
         return tag
 
-    args = [str(paths.pymda_bin()), "-v", "-f", SENDER, "-a", rcpt, "--mailbox", str(mbox),
-            "-o", "lock_timeout=60"]
-    env = child_environment(test_user)
+    args = ["-v", "-f", SENDER, "-a", rcpt, "--mailbox", str(mbox), "-o", "lock_timeout=60"]
 
     def start(tag):
-        with open(inputs[tag], "rb") as stdin:
-            proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, env=env, user=test_user.uid,
-                                    group=test_user.gid, extra_groups=[])
+        proc = start_pymda(args, user=test_user, stdin_path=inputs[tag])
         running[proc.pid] = (tag, proc)
 
     running = {}  # pid -> (tag, Popen)

@@ -16,6 +16,7 @@ import pytest
 
 from pymda import message
 from pymda.errors import EX_DATAERR, EX_NOPERM, PermFail
+from pymda.message import parse_from_line
 
 EMPTY_STATUS = "5.6.0"
 TOO_BIG_STATUS = "5.2.3"
@@ -93,6 +94,18 @@ def test_from_line_sender_forms(line, sender):
     msg = intake([line + b"\r\nS: x\r\n\r\nb\r\n"])
     assert msg.from_sender == sender
     assert stored(msg) == b"S: x\n\nb\n"
+
+
+@pytest.mark.parametrize("line", [b"From ", b"From  \t "])
+def test_from_line_without_sender_names_none(line):
+    # SPEC 1: no address on the line -> the next source of the -f chain,
+    # not the null sender (which MAILER-DAEMON and <> name explicitly)
+    msg = intake([line + b"\nS: x\n\nb\n"])
+    assert msg.from_sender is None
+    assert stored(msg) == b"S: x\n\nb\n"
+    assert parse_from_line(line) is None
+    assert parse_from_line(b"From MAILER-DAEMON  Tue Nov 24 22:08:05 2026\n") == ""
+    assert parse_from_line(b"From a@b Tue Nov 24 22:08:05 2026\n") == "a@b"
 
 
 def test_from_line_split_over_many_reads():

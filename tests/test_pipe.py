@@ -105,6 +105,20 @@ def run(command, ident, env=None, data=MESSAGE, c=None):
                             c or cfg("command_timeout=20"))
 
 
+def recorded(workdir, ident, **kw):
+    """Run the recorder as ``ident``: (what it saw, its stdin bytes)."""
+    out = workdir / "rec"
+    run(f"{workdir}/recorder {out}", ident, **kw)
+    return load(out)
+
+
+def failure(kind, command, ident, **kw):
+    """The ``kind`` (PermFail/TempFail) that ``run(command, ident, **kw)`` raises."""
+    with pytest.raises(kind) as info:
+        run(command, ident, **kw)
+    return info.value
+
+
 def load(out):
     return json.loads(Path(f"{out}.json").read_text()), Path(f"{out}.stdin").read_bytes()
 
@@ -173,9 +187,7 @@ def test_censor_like_postfix():
 @needs_root
 def test_runs_as_user_without_groups_in_home_with_exact_env(test_user, workdir):
     ident = identity_of(test_user)
-    out = workdir / "rec"
-    run(f"{workdir}/recorder {out}", ident)
-    rec, data = load(out)
+    rec, data = recorded(workdir, ident)
     assert (rec["uid"], rec["euid"]) == (ident.uid, ident.uid)
     assert (rec["gid"], rec["egid"]) == (ident.gid, ident.gid)
     assert rec["groups"] in ([], [ident.gid])  # no supplementary groups (root's 0 gone)
@@ -194,15 +206,13 @@ def test_runs_as_user_without_groups_in_home_with_exact_env(test_user, workdir):
     assert env["EXTENSION"] == "work"
     assert env["PATH"] == "/usr/bin:/bin"
     assert int(env["PYMDA_DEPTH"]) >= 1
-    assert rec["argv"][1:] == [str(out)]
+    assert rec["argv"][1:] == [str(workdir / "rec")]
 
 
 @needs_root
 def test_stdin_is_from_line_trace_headers_and_message(test_user, workdir):
     ident = identity_of(test_user)
-    out = workdir / "rec"
-    run(f"{workdir}/recorder {out}", ident)
-    _, data = load(out)
+    _, data = recorded(workdir, ident)
     m = FROM_LINE.match(data)
     assert m and m.group(1) == b"bob@example.net"
     rest = data[m.end():]
@@ -231,18 +241,14 @@ def test_null_sender_and_existing_leading_block(test_user, workdir):
 @needs_root
 def test_extension_absent_without_one(test_user, workdir):
     ident = identity_of(test_user)
-    out = workdir / "rec"
-    run(f"{workdir}/recorder {out}", ident, env=envelope(ident.name, extension=""))
-    rec, _ = load(out)
+    rec, _ = recorded(workdir, ident, env=envelope(ident.name, extension=""))
     assert set(rec["env"]) == EXPECTED_ENV_KEYS - {"EXTENSION"}
 
 
 @needs_root
 def test_root_pipes_run_as_default_privs(workdir):
     ident = Identity(name="root", uid=0, gid=0, home="/root", shell="/bin/sh")
-    out = workdir / "rec"
-    run(f"{workdir}/recorder {out}", ident)
-    rec, _ = load(out)
+    rec, _ = recorded(workdir, ident)
     assert rec["uid"] == rec["euid"] == NOBODY
     assert rec["groups"] in ([], [rec["gid"]])
     assert rec["env"]["USER"] == "root"
@@ -270,9 +276,7 @@ def test_shell_command_and_nothing_from_the_message_reaches_a_shell(test_user, w
 @needs_root
 def test_cwd_falls_back_to_root_when_home_is_missing(test_user, workdir):
     ident = identity_of(test_user).replace(home="/nonexistent-pymda-home")
-    out = workdir / "rec"
-    run(f"{workdir}/recorder {out}", ident)
-    rec, _ = load(out)
+    rec, _ = recorded(workdir, ident)
     assert rec["cwd"] == "/"
 
 
@@ -282,29 +286,23 @@ def test_cwd_falls_back_to_root_when_home_is_missing(test_user, workdir):
 @needs_root
 def test_exit_1_is_permanent_with_first_output_line(test_user):
     ident = identity_of(test_user)
-    with pytest.raises(PermFail) as info:
-        run('echo; echo "  procmail: no such   folder "; echo second; exit 1', ident)
-    assert info.value.status == PERM_STATUS
-    assert info.value.line() == f"{PERM_STATUS} procmail: no such folder"
+    err = failure(PermFail, 'echo; echo "  procmail: no such   folder "; echo second; exit 1',
+                  ident)
+    assert err.status == PERM_STATUS
+    assert err.line() == f"{PERM_STATUS} procmail: no such folder"
 
 
 @needs_root
 def test_exit_75_is_temporary(test_user):
     ident = identity_of(test_user)
-    with pytest.raises(TempFail) as info:
-        run("echo try later; exit 75", ident)
-    assert info.value.line() == f"{TEMP_STATUS} try later"
+    assert failure(TempFail, "echo try later; exit 75", ident).line() == f"{TEMP_STATUS} try later"
 
 
 @needs_root
 def test_silent_failure_and_signal(test_user):
     ident = identity_of(test_user)
-    with pytest.raises(PermFail) as info:
-        run("/bin/sh -c 'exit 3'", ident)
-    assert "status 3" in info.value.text
-    with pytest.raises(PermFail) as info:
-        run("kill -9 $$", ident)
-    assert "signal 9" in info.value.text
+    assert "status 3" in failure(PermFail, "/bin/sh -c 'exit 3'", ident).text
+    assert "signal 9" in failure(PermFail, "kill -9 $$", ident).text
 
 
 def test_shell_builtin_without_metacharacters_goes_to_the_shell():
@@ -328,9 +326,8 @@ def test_exec_idiom_delivers(test_user, workdir):
 
 @needs_root
 def test_missing_program_is_permanent(test_user):
-    with pytest.raises(PermFail) as info:
-        run("/nonexistent/program arg", identity_of(test_user))
-    assert info.value.status == PERM_STATUS
+    assert failure(PermFail, "/nonexistent/program arg", identity_of(test_user)).status == \
+        PERM_STATUS
 
 
 @needs_root

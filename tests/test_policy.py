@@ -23,13 +23,13 @@ from pymda.users import Identity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import paths  # noqa: E402
+from support.procs import run_clients, socket_activation  # noqa: E402
 from support.users import create_user, delete_user  # noqa: E402
 
 DUNNO = b"action=DUNNO\n\n"
 FULL = b"action=552 5.2.2 Mailbox is full\n\n"
 FULL_TEMP = b"action=452 4.2.2 Mailbox is full\n\n"
 NOUSER_SETTING = "550 5.1.1 User unknown"
-NOUSER = b"action=550 5.1.1 User unknown\n\n"
 VIRTUAL = "usuario@example.net"
 LIMIT = 100 * 1024 * 1024          # usuario's quota: a 1 GB message does not fit
 EX_OK = 0
@@ -394,11 +394,7 @@ def test_fifty_concurrent_connections(server, virtual_home):
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append((n, repr(exc)))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_clients(client, 50, 60)
     assert errors == []
 
 
@@ -443,16 +439,8 @@ def test_stdin_mode_client_gone_is_a_clean_exit(virtual_home):
 
 def test_systemd_socket_activation(virtual_home):
     cfg = write_config(virtual_home.parent, virtual_home)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    # LISTEN_PID must be the server's own pid: the wrapper sets it, then execs.
-    wrapper = ("import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); os.close(fd); "
-               "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
-               "os.execv(sys.argv[2], sys.argv[2:])")
-    proc = subprocess.Popen([sys.executable, "-c", wrapper, str(listener.fileno()),
-                             str(policyd_bin()), "-c", str(cfg)],
+    listener, port, prefix = socket_activation()
+    proc = subprocess.Popen([*prefix, str(policyd_bin()), "-c", str(cfg)],
                             pass_fds=[listener.fileno()],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)

@@ -323,11 +323,18 @@ def test_untrusted_file_is_rebuilt(tmp_path, content):
     assert maildirsize(md) == "1000S\n100 1\n"
 
 
-def test_over_quota_single_line_trusted_while_fresh_rebuilt_when_stale(tmp_path):
+def _with_maildirsize(tmp_path, name, size, content):
+    """A Maildir holding one message ``name`` of ``size`` bytes and a
+    maildirsize saying ``content``: (root, the maildirsize Path)."""
     md = make_maildir(tmp_path / "Maildir")
-    put(md, "1,S=100", 100)
+    put(md, name, size)
     size_file = Path(md) / "maildirsize"
-    size_file.write_text("1000S\n2000 5\n")
+    size_file.write_text(content)
+    return md, size_file
+
+
+def test_over_quota_single_line_trusted_while_fresh_rebuilt_when_stale(tmp_path):
+    md, size_file = _with_maildirsize(tmp_path, "1,S=100", 100, "1000S\n2000 5\n")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
     with pytest.raises(PermFail):
@@ -342,10 +349,8 @@ def test_a_file_at_exactly_the_limit_with_several_lines_is_recounted(tmp_path):
     """Issue 8 item 5: a client deleted mail without updating maildirsize;
     the file says exactly full (not over), the next message would not fit:
     recount (courier) instead of refusing for ever."""
-    md = make_maildir(tmp_path / "Maildir")
-    put(md, "1,S=400", 400)
-    size_file = Path(md) / "maildirsize"
-    size_file.write_text("1000S\n400 1\n600 1\n")       # the 600 was deleted
+    # the 600 was deleted
+    md, size_file = _with_maildirsize(tmp_path, "1,S=400", 400, "1000S\n400 1\n600 1\n")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
     check(t, 100, cfg)
@@ -353,10 +358,7 @@ def test_a_file_at_exactly_the_limit_with_several_lines_is_recounted(tmp_path):
 
 
 def test_a_single_line_file_at_the_limit_is_trusted_while_fresh(tmp_path):
-    md = make_maildir(tmp_path / "Maildir")
-    put(md, "1,S=400", 400)
-    size_file = Path(md) / "maildirsize"
-    size_file.write_text("1000S,5C\n1000 1\n")
+    md, size_file = _with_maildirsize(tmp_path, "1,S=400", 400, "1000S,5C\n1000 1\n")
     cfg = make_cfg(tmp_path, overrides=["quota_storage=1000", "quota_messages=5"])
     t = Target(kind="maildir", path=md, identity=NOBODY)
     with pytest.raises(PermFail):
@@ -413,22 +415,29 @@ def test_symlinked_maildirsize_is_never_followed(tmp_path):
     assert not (Path(md) / "maildirsize").is_symlink()
 
 
+def _child_prologue(md, *options):
+    """Python source a child process starts with: ``cfg`` (config with
+    ``options``), ``t`` (a maildir Target of ``md`` for nobody), ``quota``."""
+    return textwrap.dedent(f"""
+        from pymda import config, quota
+        from pymda.record import Record
+        from pymda.users import Identity
+        class T(Record):
+            __slots__ = ("kind", "path", "folder", "identity")
+        cfg = config.load(None, {list(options)!r}, environ={{}})
+        t = T(kind="maildir", path={md!r}, folder="INBOX",
+              identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
+    """)
+
+
 def test_a_fifo_or_directory_named_maildirsize_blocks_nothing(tmp_path):
     """A user's FIFO must not hang a delivery or pymda-policyd (its worker
     threads): it is not a regular file, so it is untrusted and rebuilt."""
     md = make_maildir(tmp_path / "Maildir")
     put(md, "1,S=100", 100)
     fifo = Path(md) / "maildirsize"
-    code = textwrap.dedent(f"""
+    code = _child_prologue(md, "quota_storage=1000") + textwrap.dedent(f"""
         import os
-        from pymda import config, quota
-        from pymda.record import Record
-        from pymda.users import Identity
-        class T(Record):
-            __slots__ = ("kind", "path", "folder", "identity")
-        cfg = config.load(None, ["quota_storage=1000"], environ={{}})
-        t = T(kind="maildir", path={md!r}, folder="INBOX",
-              identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
         quota.record(t, 5, cfg)                              # no reader: skipped
         print(quota.usage(cfg, t.identity, t))               # policyd: a scan
         quota.release(quota.check(t, 900, cfg))              # delivery: rebuilt
@@ -460,16 +469,9 @@ def test_missing_maildir_counts_as_empty(tmp_path):
 
 
 def _check_in_child(md, storage, timeout):
-    code = textwrap.dedent(f"""
+    code = _child_prologue(md, f"quota_storage={storage}", f"lock_timeout={timeout}")
+    code += textwrap.dedent("""
         import sys
-        from pymda import config, quota
-        from pymda.record import Record
-        from pymda.users import Identity
-        class T(Record):
-            __slots__ = ("kind", "path", "folder", "identity")
-        cfg = config.load(None, ["quota_storage={storage}", "lock_timeout={timeout}"], environ={{}})
-        t = T(kind="maildir", path={md!r}, folder="INBOX",
-              identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
         try:
             quota.release(quota.check(t, 1, cfg))
         except Exception as e:
@@ -511,16 +513,8 @@ def test_concurrent_check_and_record_never_corrupt_the_file(tmp_path):
     """Many processes rebuild, check and append at once, near the limit."""
     md = make_maildir(tmp_path / "Maildir")
     workers = 12
-    code = textwrap.dedent(f"""
+    code = _child_prologue(md, "quota_storage=5000") + textwrap.dedent(f"""
         import os, sys
-        from pymda import config, quota
-        from pymda.record import Record
-        from pymda.users import Identity
-        class T(Record):
-            __slots__ = ("kind", "path", "folder", "identity")
-        cfg = config.load(None, ["quota_storage=5000"], environ={{}})
-        t = T(kind="maildir", path={md!r}, folder="INBOX",
-              identity=Identity(name="nobody", uid=65534, gid=65534, home="/"))
         n = int(sys.argv[1])
         for i in range(40):
             try:

@@ -20,13 +20,12 @@ from pymda import recipient
 from pymda.forward.dotforward import Item
 from pymda.errors import PermFail
 from support import paths
+from support.run import EX_DATAERR, EX_NOUSER
 from support.engine import (  # noqa: F401 - cfg, tmp_path: fixtures
     MESSAGE, SENDER, USER, cfg, collecting_log, config_file, maildir_new, message_of,
     own_user, tmp_path, tree,
 )
 
-EX_NOUSER = 67
-EX_DATAERR = 65
 LOOP = "5.4.6"
 NO_USER = "5.1.1"
 NOT_ALLOWED = "5.7.1"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from support import paths
-from support.run import run_pymda
+from support.run import EX_NOPERM, EX_NOUSER, EX_OK, EX_TEMPFAIL, run_pymda
 from support.users import create_user, delete_user
 
 from pymda import config
@@ -33,7 +33,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 SENDER = "sender@example.org"
 MESSAGE = b"From: sender@example.org\nSubject: userdb\nMessage-ID: <userdb@test>\n\nhello\n"
-EX_OK, EX_NOUSER, EX_TEMPFAIL, EX_NOPERM = 0, 67, 75, 77
 DEFER = b"action=DEFER_IF_PERMIT Service temporarily unavailable\n\n"
 FULL = b"action=552 5.2.2 Mailbox is full\n\n"
 DUNNO = b"action=DUNNO\n\n"
@@ -409,39 +408,16 @@ def test_database_down_defers_and_delivery_resumes(site):
 # --- the daemons ---------------------------------------------------------------------------
 
 
-class Policyd:
-    """The installed pymda-policyd on 127.0.0.1 (its caches in the test's dir)."""
+def _start_policyd(cfg):
+    """The installed pymda-policyd (its caches in the test's directory)."""
+    from support.policyd import start_policyd
 
-    def __init__(self, cfg):
-        from test_policy import free_port, policyd_bin, wait_port
-
-        self.port = free_port()
-        env = {"PATH": "/usr/bin:/bin", "PYMDA_CACHE_DIR": str(Path(cfg).parent / "cache")}
-        self.proc = subprocess.Popen(
-            [str(policyd_bin()), "-c", str(cfg), "--listen", f"inet:127.0.0.1:{self.port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        wait_port(self.port, self.proc)
-
-    def stop(self):
-        from support.procs import terminate
-
-        terminate(self.proc, 10)
-        self.proc.stdout.close()
+    return start_policyd(cfg, env={"PATH": "/usr/bin:/bin",
+                                   "PYMDA_CACHE_DIR": str(Path(cfg).parent / "cache")})
 
 
-def _policy(port, recipient, size):
-    import socket
-
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(f"request=smtpd_access_policy\nrecipient={recipient}\nsize={size}\n\n"
-                  .encode())
-        out = b""
-        while not out.endswith(b"\n\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            out += chunk
-    return out
+def _policy(policyd, recipient, size):
+    return policyd.ask({"request": "smtpd_access_policy", "recipient": recipient, "size": size})
 
 
 @needs_root
@@ -451,28 +427,28 @@ def test_daemons_defer_while_down_and_recover_without_restart(site, vmail):
     address, home = site.user()
     full, full_home = site.user(quota_storage=1024)
     lmtpd = Daemon(site.cfg).wait_ready()
-    policyd = Policyd(site.cfg)
+    policyd = _start_policyd(site.cfg)
     try:
         big = 4096
         # all three agree on the over-quota user
-        assert _policy(policyd.port, full, big) == FULL
+        assert _policy(policyd, full, big) == FULL
         with lmtpd.connect() as c:
             assert c.cmd(f"MAIL FROM:<{LMTP_SENDER}> SIZE={big}").startswith("250")
             assert c.cmd(f"RCPT TO:<{full}>") == "552 5.2.2 Mailbox is full"
         r = site.pymda(full, MESSAGE + b"x" * big)
         assert (r.code, r.output[:6]) == (EX_NOPERM, b"5.2.2 ")
-        assert _policy(policyd.port, address, 10) == DUNNO
+        assert _policy(policyd, address, 10) == DUNNO
 
         site.source.stop()
         try:
-            assert _policy(policyd.port, address, 10) == DEFER
+            assert _policy(policyd, address, 10) == DEFER
             with lmtpd.connect() as c:
                 assert c.cmd(f"MAIL FROM:<{LMTP_SENDER}>").startswith("250")
                 reply = c.cmd(f"RCPT TO:<{address}>")
                 assert reply.startswith("451 4.3.0 userdb "), reply
         finally:
             site.source.start()
-        assert _policy(policyd.port, full, big) == FULL
+        assert _policy(policyd, full, big) == FULL
         with lmtpd.connect() as c:
             c.cmd(f"MAIL FROM:<{LMTP_SENDER}>")
             assert c.cmd(f"RCPT TO:<{address}>") == "250 2.1.5 Ok"
@@ -932,16 +908,16 @@ def test_daemon_cache_keeps_answers_not_unknown(tmp_path):
     cfg.write_text('policy_nouser = "550 5.1.1 User unknown"\nuserdb_cache_ttl = 600\n'
                    'virtual_uid = 4000\nvirtual_gid = 4000\n'
                    'virtual_home = "/nonexistent/$local"\n' + source.config())
-    policyd = Policyd(cfg)
+    policyd = _start_policyd(cfg)
     try:
-        assert _policy(policyd.port, "new@x.example", 10) == b"action=550 5.1.1 User unknown\n\n"
+        assert _policy(policyd, "new@x.example", 10) == b"action=550 5.1.1 User unknown\n\n"
         source.add("new@x.example", None, None, None)
-        assert _policy(policyd.port, "new@x.example", 10) == DUNNO
+        assert _policy(policyd, "new@x.example", 10) == DUNNO
         source.add("root@x.example", 0, 0, "/root")  # refused: as policy_nouser says
-        assert _policy(policyd.port, "root@x.example", 10) == b"action=550 5.1.1 User unknown\n\n"
+        assert _policy(policyd, "root@x.example", 10) == b"action=550 5.1.1 User unknown\n\n"
         source.stop()  # the file is gone: only the cache can answer
-        assert _policy(policyd.port, "new@x.example", 10) == DUNNO
-        assert _policy(policyd.port, "other@x.example", 10) == DEFER
+        assert _policy(policyd, "new@x.example", 10) == DUNNO
+        assert _policy(policyd, "other@x.example", 10) == DEFER
         source.start()
     finally:
         policyd.stop()

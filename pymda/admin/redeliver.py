@@ -347,13 +347,10 @@ def build_envelope(cfg, name):
 
 def record_location(cfg, identity):
     """The record file: config ``redeliver_record``, $home/$user expanded."""
-    from pymda.config import expand
+    from pymda.config import user_path
 
     template = getattr(cfg, "redeliver_record", None) or "$home/.pymda-redeliver"
-    path = expand(template, {"home": identity.home, "user": identity.name})
-    if not path.startswith("/"):
-        path = os.path.join(identity.home, path)
-    return path
+    return user_path(template, identity, cfg=cfg)
 
 
 def find_identity(cfg, opts):

@@ -87,6 +87,7 @@ import errno
 import os
 import stat
 
+from pymda.message import parse_from_line
 from pymda.record import Record
 
 # How much of a file libmagic and the first-line check look at.
@@ -156,19 +157,6 @@ def is_from_line(line):
     return line.startswith(b"From ") and len(line.strip()) > 5
 
 
-def parse_from_sender(line):
-    """Sender address of a ``From sender date`` line; '' for MAILER-DAEMON."""
-    parts = line[5:].split(None, 1)
-    if not parts:
-        return None
-    sender = parts[0].decode("utf-8", "surrogateescape")
-    if sender.startswith("<") and sender.endswith(">"):
-        sender = sender[1:-1]
-    if sender.upper() == "MAILER-DAEMON" or sender == "<>":
-        return ""
-    return sender
-
-
 def _is_header_line(line):
     """RFC 5322 field: printable ASCII name (no space, no colon), then ':'."""
     colon = line.find(b":")
@@ -212,7 +200,7 @@ class _FromLine:
         self.blank = blank  # length of the empty line just before it, or 0
         self.dated = dated is not None
         self.is_from = is_from_line(head)
-        self.sender = parse_from_sender(head)
+        self.sender = parse_from_line(head)
         self.cl = None  # Content-Length of the header after it, when valid
         self.body = None  # where that header ended: None open, -1 no body
 
@@ -505,10 +493,14 @@ def _decode_errors():
 
 
 class Source:
+    """What every source has: a name, a count and ``fd``, the descriptor of
+    the file or directory read (closed by ``close``)."""
+
     kind = "?"
 
-    def __init__(self, name):
+    def __init__(self, name, fd):
         self.name = name
+        self.fd = fd
         self.count = 0
 
     def items(self):
@@ -516,15 +508,14 @@ class Source:
 
     def stat(self):
         """os.stat_result of the file or directory read (None for stdin)."""
-        fd = getattr(self, "fd", None)
-        if fd is None:
-            fd = getattr(self, "dir_fd", None)
-        if fd is None or self.name == "-":
+        if self.fd is None or self.name == "-":
             return None
-        return os.fstat(fd)
+        return os.fstat(self.fd)
 
     def close(self):
-        pass
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self):
         return self
@@ -539,30 +530,20 @@ class MessageSource(Source):
     kind = "message"
 
     def __init__(self, name, fd):
-        super().__init__(name)
-        self.fd = fd
+        super().__init__(name, fd)
         self.count = 1
 
     def items(self):
         os.lseek(self.fd, 0, os.SEEK_SET)
-        f = open(os.dup(self.fd), "rb", buffering=0)
-        try:
+        with open(os.dup(self.fd), "rb", buffering=0) as f:
             yield Item(position="#1", reader=f)
-        finally:
-            f.close()
-
-    def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class MboxSource(Source):
     """An mbox, possibly compressed; boundaries found by ``_scan``."""
 
     def __init__(self, name, fd, compression, mbox_quoting):
-        super().__init__(name)
-        self.fd = fd
+        super().__init__(name, fd)
         self.compression = compression
         self.kind = "mbox" + (f"+{compression}" if compression else "")
         self.rd = mbox_quoting != "mboxo"
@@ -618,11 +599,6 @@ class MboxSource(Source):
                 )
         finally:
             f.close()
-
-    def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class _Region:
@@ -695,14 +671,13 @@ class MaildirSource(Source):
     kind = "maildir"
 
     def __init__(self, name, dir_fd):
-        super().__init__(name)
-        self.dir_fd = dir_fd
+        super().__init__(name, dir_fd)
         self.entries = []  # (subdir, name, flags)
         for sub in ("new", "cur"):
             try:
                 sub_fd = open_readonly(sub, dir_fd=dir_fd, directory=True)
             except OSError as exc:
-                self.dir_fd = None  # open_source closes it
+                self.fd = None  # open_source closes it
                 raise SourceError(
                     f"{name}: not a Maildir: {sub}/: {exc.strerror}"
                 ) from None
@@ -723,7 +698,7 @@ class MaildirSource(Source):
         for sub, entry, flags in self.entries:
             path = f"{sub}/{entry}"
             try:
-                fd = open_readonly(path, dir_fd=self.dir_fd)
+                fd = open_readonly(path, dir_fd=self.fd)
             except OSError as exc:
                 yield Item(position=path, reader=_Failed(exc), flags=flags)
                 continue
@@ -732,16 +707,8 @@ class MaildirSource(Source):
                 exc = OSError(errno.EINVAL, "not a regular file")
                 yield Item(position=path, reader=_Failed(exc), flags=flags)
                 continue
-            f = open(fd, "rb", buffering=0)
-            try:
+            with open(fd, "rb", buffering=0) as f:
                 yield Item(position=path, reader=f, flags=flags)
-            finally:
-                f.close()
-
-    def close(self):
-        if self.dir_fd is not None:
-            os.close(self.dir_fd)
-            self.dir_fd = None
 
 
 class _Failed:

@@ -229,24 +229,13 @@ def parse_forward(text, path):
 # --- reading files ----------------------------------------------------------
 
 
-def _variables(cfg, envelope, identity):
-    return {
-        "home": identity.home,
-        "user": identity.name,
-        "extension": envelope.extension or "",
-        "recipient_delimiter": cfg.recipient_delimiter,
-        "recipient": envelope.recipient,
-        "local": envelope.local,
-        "domain": envelope.domain,
-    }
-
-
 def forward_paths(cfg, envelope, identity):
     """Candidate .forward paths, in order (templates needing an absent
     $extension are skipped, as postfix skips them)."""
-    from pymda.config import expand as expand_template
+    from pymda.config import expand as expand_template, template_variables
 
-    variables = _variables(cfg, envelope, identity)
+    variables = template_variables(envelope, identity, cfg)
+    variables["sender"] = ""  # the remote party's choice never names a file
     # The extension is the remote sender's choice: one with a '/' is not
     # used in a file name at all (postfix's rule).
     extension = envelope.extension
@@ -288,23 +277,18 @@ def read_trusted(path, owner_uids, what):
             return None, f"{what} {path} is owned by uid {st.st_uid}, not by the user or root"
         if st.st_mode & stat.S_IWOTH:
             return None, f"{what} {path} is world-writable"
-        if st.st_size > MAX_FILE_SIZE:
+        data = None
+        if st.st_size <= MAX_FILE_SIZE:
+            from pymda.durable import read_all
+
+            data = read_all(fd, MAX_FILE_SIZE)
+        if data is None:
             return None, f"{what} {path} is larger than {MAX_FILE_SIZE} bytes"
-        chunks = []
-        total = 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > MAX_FILE_SIZE:
-                return None, f"{what} {path} is larger than {MAX_FILE_SIZE} bytes"
-            chunks.append(chunk)
     except OSError as exc:
         raise TempFail(f"cannot read {what} {path}: {exc.strerror}", "4.3.0") from None
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8", "surrogateescape"), None
+    return data.decode("utf-8", "surrogateescape"), None
 
 
 def find(cfg, envelope, identity, warnings):

@@ -41,14 +41,9 @@ TEMPORARY_EXITS = frozenset((69, 70, 71, 73, 74, 75, 78))
 
 def sendmail_argv(cfg, envelope, address, identity=None):
     """The argv that re-injects a message for ``address``."""
-    from pymda.config import expand
+    from pymda.config import expand, template_variables
 
-    variables = {
-        "sender": envelope.sender or "",
-        "recipient": envelope.recipient or "",
-        "user": identity.name if identity else (envelope.user or ""),
-        "home": identity.home if identity else "",
-    }
+    variables = template_variables(envelope, identity, cfg)
     argv = [expand(arg, variables) for arg in cfg.sendmail_command]
     if not argv or not argv[0]:
         from pymda.errors import ConfigError

@@ -31,39 +31,32 @@ also stderr).
 """
 
 import os
-import sys
 
 import click
 
-from pymda.daemon import (
-    DaemonLog, daemon_options, load_config, open_listeners, parse_listen, socket_mode,
-    systemd_sockets,
-)
+from pymda.daemon import daemon_options, fail, open_listeners, parse_listen, start, systemd_sockets
 from pymda.errors import EX_TEMPFAIL, EX_USAGE
+
+PROG = "pymda-lmtpd"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @daemon_options("Address to serve (repeatable).  Also serves systemd's sockets.")
 def lmtpd(listen, config_path, socket_mode_text, verbose):
     """Deliver mail received over LMTP (RFC 2033) with pymda's engine."""
-    log = DaemonLog(verbose, ident="pymda-lmtpd")
-    cfg = load_config(config_path, "pymda-lmtpd")
-    mode = socket_mode(socket_mode_text, "pymda-lmtpd")
+    log, cfg, mode = start(PROG, verbose, config_path, socket_mode_text)
     try:
         specs = [parse_listen(spec) for spec in listen]
     except ValueError as exc:
-        click.echo(f"pymda-lmtpd: {exc}", err=True)
-        sys.exit(EX_USAGE)
+        fail(PROG, exc, EX_USAGE)
     sockets = systemd_sockets()
     if not sockets and not listen:
-        click.echo("pymda-lmtpd: nothing to serve: give --listen inet:HOST:PORT or "
-                   "unix:PATH (or start it by systemd socket activation)", err=True)
-        sys.exit(EX_USAGE)
+        fail(PROG, "nothing to serve: give --listen inet:HOST:PORT or unix:PATH (or start it"
+             " by systemd socket activation)", EX_USAGE)
     try:
         sockets += open_listeners(listen, mode)
     except OSError as exc:
-        click.echo(f"pymda-lmtpd: cannot listen: {exc}", err=True)
-        sys.exit(EX_TEMPFAIL)
+        fail(PROG, f"cannot listen: {exc}", EX_TEMPFAIL)
     created = [spec[1] for spec in specs if spec[0] == "unix"]
     import asyncio
 
@@ -130,7 +123,7 @@ def _remove_socket(path):
 
 
 def main(argv=None):
-    return lmtpd.main(args=argv, prog_name="pymda-lmtpd")
+    return lmtpd.main(args=argv, prog_name=PROG)
 
 
 if __name__ == "__main__":

@@ -425,6 +425,15 @@ class _Connection:
             self.out.append(format_reply("250-" + line))
         self.reply("250 " + lines[-1])
 
+    def _path(self, arg, keyword, bad, syntax):
+        """(address, params) of ``MAIL FROM:``/``RCPT TO:``, or None when
+        answered with the problem (``bad`` address, ``syntax`` error)."""
+        try:
+            return parse_path(arg, keyword, bad)
+        except SyntaxProblem as exc:
+            self.reply(exc.args[0] or syntax)
+            return None
+
     async def do_MAIL(self, arg):
         if self.session.lhlo is None:
             self.reply(NEED_LHLO)
@@ -432,11 +441,10 @@ class _Connection:
         if self.session.transaction is not None:
             self.reply(NESTED_MAIL)
             return
-        try:
-            sender, params = parse_path(arg, "FROM", BAD_SENDER)
-        except SyntaxProblem as exc:
-            self.reply(exc.args[0] or SYNTAX_MAIL)
+        parsed = self._path(arg, "FROM", BAD_SENDER, SYNTAX_MAIL)
+        if parsed is None:
             return
+        sender, params = parsed
         size = 0
         body = None
         for name, value in params:
@@ -464,11 +472,10 @@ class _Connection:
         if txn is None:
             self.reply(NEED_MAIL)
             return
-        try:
-            recipient, params = parse_path(arg, "TO", BAD_RECIPIENT)
-        except SyntaxProblem as exc:
-            self.reply(exc.args[0] or SYNTAX_RCPT)
+        parsed = self._path(arg, "TO", BAD_RECIPIENT, SYNTAX_RCPT)
+        if parsed is None:
             return
+        recipient, params = parsed
         if not recipient:
             self.reply(BAD_RECIPIENT)
             return

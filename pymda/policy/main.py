@@ -13,14 +13,13 @@ read (the message names the file and key); 64 for a bad --listen.
 The protocol and the decision live in policy.py.
 """
 
-import sys
 
 import click
 
-from pymda.daemon import (
-    DaemonLog, daemon_options, load_config, open_listeners, socket_mode, systemd_sockets,
-)
+from pymda.daemon import daemon_options, fail, open_listeners, start, systemd_sockets
 from pymda.errors import EX_TEMPFAIL, EX_USAGE
+
+PROG = "pymda-policyd"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,17 +28,13 @@ def policyd(listen, config_path, socket_mode_text, verbose):
     """Answer postfix policy requests with the recipient's quota state."""
     from pymda.policy import service as policy
 
-    log = DaemonLog(verbose, ident="pymda-policyd")
-    cfg = load_config(config_path, "pymda-policyd")
-    mode = socket_mode(socket_mode_text, "pymda-policyd")
+    log, cfg, mode = start(PROG, verbose, config_path, socket_mode_text)
     try:
         sockets = systemd_sockets() + open_listeners(listen, mode)
     except ValueError as exc:
-        click.echo(f"pymda-policyd: {exc}", err=True)
-        sys.exit(EX_USAGE)
+        fail(PROG, exc, EX_USAGE)
     except OSError as exc:
-        click.echo(f"pymda-policyd: cannot listen: {exc}", err=True)
-        sys.exit(EX_TEMPFAIL)
+        fail(PROG, f"cannot listen: {exc}", EX_TEMPFAIL)
     if not sockets:
         policy.serve_stream(cfg, 0, 1, log)
         return
@@ -51,7 +46,7 @@ def policyd(listen, config_path, socket_mode_text, verbose):
 
 
 def main(argv=None):
-    return policyd.main(args=argv, prog_name="pymda-policyd")
+    return policyd.main(args=argv, prog_name=PROG)
 
 
 if __name__ == "__main__":

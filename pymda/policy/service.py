@@ -188,12 +188,8 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
             data = os.read(read_fd, 65536)
         except OSError:
             return
-        if not data:
-            return
-        try:
-            requests = parser.feed(data)
-        except ProtocolError as exc:
-            _log(log, "warning", f"closing connection: {exc}")
+        requests = _requests(parser, data, log)
+        if requests is None:
             return
         for attrs in requests:
             try:
@@ -207,6 +203,18 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
                 write_all(write_fd, out)
             except OSError:  # the client went away (EPIPE): nothing to answer
                 return
+
+
+def _requests(parser, data, log):
+    """The requests ``data`` completes; None when the connection ends (EOF,
+    or a protocol error, logged)."""
+    if not data:
+        return None
+    try:
+        return parser.feed(data)
+    except ProtocolError as exc:
+        _log(log, "warning", f"closing connection: {exc}")
+        return None
 
 
 def _log(log, level, text):
@@ -231,12 +239,8 @@ async def handle_connection(cfg, reader, writer, log=None, resolver=None):
                 data = await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT)
             except (asyncio.TimeoutError, ConnectionError):
                 return
-            if not data:
-                return
-            try:
-                requests = parser.feed(data)
-            except ProtocolError as exc:
-                _log(log, "warning", f"closing connection: {exc}")
+            requests = _requests(parser, data, log)
+            if requests is None:
                 return
             for attrs in requests:
                 try:

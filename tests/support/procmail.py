@@ -73,21 +73,25 @@ def deliver(user, mbox, data, sender="procmail-test@example.org", rcfile=None, t
 
 
 @contextlib.contextmanager
-def hold_lockfile(lockpath, user=None):
-    """Hold a dotlock created by procmail's ``lockfile``."""
+def _created_then_removed(argv, lock, user):
+    """Run ``argv`` (it creates ``lock``); remove ``lock`` on the way out."""
     kw, env = _kwargs(user)
-    subprocess.run([LOCKFILE, "-r0", str(lockpath)], check=True, env=env,
-                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.PIPE,
+                   stderr=subprocess.STDOUT, **kw)
     try:
-        yield lockpath
+        yield lock
     finally:
         try:
-            os.unlink(lockpath)
+            os.unlink(lock)
         except FileNotFoundError:
             pass
 
 
-@contextlib.contextmanager
+def hold_lockfile(lockpath, user=None):
+    """Hold a dotlock created by procmail's ``lockfile``."""
+    return _created_then_removed([LOCKFILE, "-r0", str(lockpath)], lockpath, user)
+
+
 def hold_dotlockfile(mbox, user=None):
     """Hold ``<mbox>.lock`` created by liblockfile's ``dotlockfile``.
 
@@ -97,13 +101,4 @@ def hold_dotlockfile(mbox, user=None):
     for liblockfile users as long as the test runs.
     """
     lock = f"{mbox}.lock"
-    kw, env = _kwargs(user)
-    subprocess.run([DOTLOCKFILE, "-p", "-l", "-r", "0", lock], check=True, env=env,
-                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
-    try:
-        yield lock
-    finally:
-        try:
-            os.unlink(lock)
-        except FileNotFoundError:
-            pass
+    return _created_then_removed([DOTLOCKFILE, "-p", "-l", "-r", "0", lock], lock, user)

@@ -5,12 +5,21 @@ temporary directory (0755) owned by the system ``account`` the server
 runs as.  ``terminate(proc, timeout)``: SIGTERM, then SIGKILL after
 ``timeout`` seconds; no-op for None or an exited process.
 ``tail(path)``: the end of a log file ("" when unreadable).
+``run_clients(client, count, timeout)``: ``client(n)`` for n in
+range(count), each in its own thread, all started, then all joined.
+``socket_activation()`` -> (listener, port, argv prefix): a listening
+127.0.0.1 socket and the command that hands it to a daemon as systemd
+does (fd 3, ``LISTEN_FDS=1``, ``LISTEN_PID`` the daemon's own pid); pass
+``pass_fds=[listener.fileno()]`` and close the listener once started.
 """
 
 import os
 import pwd
+import socket
 import subprocess
+import sys
 import tempfile
+import threading
 
 
 def private_top(prefix, account):
@@ -38,3 +47,23 @@ def tail(path, size=3000):
             return f.read()[-size:]
     except OSError:
         return ""
+
+
+def socket_activation():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    # LISTEN_PID must be the server's own pid: the wrapper sets it, then execs.
+    wrapper = ("import os, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); os.close(fd); "
+               "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+               "os.execv(sys.argv[2], sys.argv[2:])")
+    prefix = [sys.executable, "-c", wrapper, str(listener.fileno())]
+    return listener, listener.getsockname()[1], prefix
+
+
+def run_clients(client, count, timeout):
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)

@@ -18,6 +18,7 @@ stderr are merged as postfix merges them.
 """
 
 import collections
+import contextlib
 import os
 import pwd
 import subprocess
@@ -33,6 +34,7 @@ EX_DATAERR = 65
 EX_NOUSER = 67
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
+EX_CONFIG = 78
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
@@ -115,25 +117,46 @@ def run_pymda(args, input_bytes=b"", user=None, env=None, timeout=60, **kw):
     return run([paths.pymda_bin(), *args], input_bytes, user=user, env=env, timeout=timeout, **kw)
 
 
-def start_pymda(args, input_bytes=b"", user=None, env=None, **kw):
-    """Start pymda without waiting: returns a Popen (stdout+stderr merged).
+def start_pymda(args, input_bytes=b"", user=None, env=None, stdin_path=None,
+                stdout=subprocess.PIPE, **kw):
+    """Start pymda without waiting: returns a Popen (stdout+stderr merged;
+    ``stdout=subprocess.DEVNULL`` drops both).
 
-    The message is written to stdin and stdin closed by ``finish()``.
+    The message is written to stdin and stdin closed by ``finish()``;
+    ``stdin_path``: stdin is that file instead (a large message read at
+    pymda's pace, for tests that stop or kill it mid-write).
     """
     kwargs = {}
     if user is not None and (os.geteuid() != user.uid):
         kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
-    proc = subprocess.Popen(
-        [str(paths.pymda_bin()), *[str(a) for a in args]],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=child_environment(user, env, kw.get("postfix_env", False),
-                              kw.get("recipient"), kw.get("sender", "")),
-        **kwargs,
-    )
-    proc.pymda_input = input_bytes
+    stdin = open(stdin_path, "rb") if stdin_path is not None else subprocess.PIPE
+    try:
+        proc = subprocess.Popen(
+            [str(paths.pymda_bin()), *[str(a) for a in args]],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout == subprocess.PIPE else stdout,
+            env=child_environment(user, env, kw.get("postfix_env", False),
+                                  kw.get("recipient"), kw.get("sender", "")),
+            **kwargs,
+        )
+    finally:
+        if stdin_path is not None:
+            stdin.close()
+    proc.pymda_input = input_bytes if stdin_path is None else None
     return proc
+
+
+@contextlib.contextmanager
+def reaped(proc):
+    """``with reaped(proc):`` a process the block did not see to its end is
+    killed and waited for (no stray pymda after a failed assertion)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def finish(proc, timeout=60):
