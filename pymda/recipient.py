@@ -192,9 +192,17 @@ def needs_own_process(cfg, envelope, identity, forward=False, mailbox=None):
 
 def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=None,
             forward=False, own_delivered_to=True, items=None, temporary=False):
-    """Deliver ``message`` for one recipient; a DeliveryResult (see above)."""
-    from pymda import deliver as engine
+    """Deliver ``message`` for one recipient; a DeliveryResult (see above).
 
+    ``temporary``: a root pymda-lmtpd for which needs_own_process said
+    no: the switch is users.switch_temporarily, on before any file of
+    the user's is opened and undone (and verified: users.switch_back
+    exits the process when it cannot be) before this returns.
+    """
+    from pymda import deliver as engine
+    from pymda import resolve
+
+    switched = False
     try:
         if identity is None:
             identity = find_user(cfg, envelope)
@@ -206,34 +214,22 @@ def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=Non
             raise
         prepare_as_root(cfg, envelope, identity, mailbox)
         if temporary:
-            return _deliver_switched(cfg, log, message, envelope, identity, folder, mailbox,
-                                     forward, items)
+            from pymda.users import switch_temporarily
+
+            switch_temporarily(identity)  # TempFail: nothing is left switched
+            switched = True
+        else:
+            switch(identity)
         # SIEVE HOOK: the user's Sieve script will run here - as the user,
         # on ``message`` - and its result become ``items``, a second source
         # of entries next to .forward (resolve.plan).
-        targets = plan_only(cfg, envelope, identity, folder=folder, mailbox=mailbox,
-                            forward=forward, log=log, items=items)
+        targets = resolve.plan(cfg, envelope, identity, folder=folder, mailbox=mailbox,
+                               forward=forward, log=log, items=items)
+        return engine.run(targets, message, envelope, cfg, log)
     except DeliveryError as exc:
         return engine.DeliveryResult(results=[], error=exc)
-    return engine.run(targets, message, envelope, cfg, log)
-
-
-def _deliver_switched(cfg, log, message, envelope, identity, folder, mailbox, forward, items):
-    """Plan and run under a temporary switch (needs_own_process said no):
-    the switch is on before any file of the user's is opened and is
-    undone, and verified, before this returns (users.switch_back exits
-    the process when it cannot be)."""
-    from pymda import deliver as engine
-    from pymda import resolve
-    from pymda.users import switch_back, switch_temporarily
-
-    switch_temporarily(identity)  # TempFail: nothing switched
-    try:
-        try:
-            targets = resolve.plan(cfg, envelope, identity, folder=folder, mailbox=mailbox,
-                                   forward=forward, log=log, items=items)
-        except DeliveryError as exc:
-            return engine.DeliveryResult(results=[], error=exc)
-        return engine.run(targets, message, envelope, cfg, log)
     finally:
-        switch_back()
+        if switched:
+            from pymda.users import switch_back
+
+            switch_back()

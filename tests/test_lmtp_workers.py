@@ -14,7 +14,6 @@ cannot restore root exits the process.
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,28 +31,14 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 TOO_MANY = "421 4.3.2 "
 
 
-def proc_children(pid):
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
 def wait_workers(d, count, timeout=20, exclude=()):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        workers = [p for p in proc_children(d.proc.pid) if p not in exclude]
+        workers = [p for p in d.children() if p not in exclude]
         if len(workers) == count:
             return workers
         time.sleep(0.05)
-    raise AssertionError(f"workers: {proc_children(d.proc.pid)}; {d.output()}")
+    raise AssertionError(f"workers: {d.children()}; {d.output()}")
 
 
 def ids(pid):
@@ -105,32 +90,41 @@ def owners(user):
     return found
 
 
+def in_parallel(count, session, timeout=300):
+    """Run ``session(n, errors)`` in ``count`` threads; what they found wrong."""
+    errors = []
+
+    def run(n):
+        try:
+            session(n, errors)
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return errors
+
+
 @needs_root
 def test_interleaved_users_over_connections_and_workers(tmp_path, daemons, make_user):
     alice, bob = make_user(), make_user()
     d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\nlmtp_workers = 2\n'))
-    errors = []
 
-    def client(n):
-        try:
-            with d.connect() as c:
-                for i in range(12):
-                    first, second = (alice, bob) if (n + i) % 2 else (bob, alice)
-                    rcpts = [f"{first.name}@localhost", f"{second.name}+x@localhost",
-                             f"{first.name}+y@localhost"]
-                    body = b"Message-ID: <%d.%d@test>\r\n\r\nx\r\n" % (n, i)
-                    replies = transaction(c, SENDER, rcpts, body)[1]
-                    if replies != [DELIVERED] * 3:
-                        errors.append(replies)
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(repr(exc))
+    def client(n, errors):
+        with d.connect() as c:
+            for i in range(12):
+                first, second = (alice, bob) if (n + i) % 2 else (bob, alice)
+                rcpts = [f"{first.name}@localhost", f"{second.name}+x@localhost",
+                         f"{first.name}+y@localhost"]
+                body = b"Message-ID: <%d.%d@test>\r\n\r\nx\r\n" % (n, i)
+                replies = transaction(c, SENDER, rcpts, body)[1]
+                if replies != [DELIVERED] * 3:
+                    errors.append(replies)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
+    assert in_parallel(6, client) == []
     # each transaction: the first user twice (two addresses), the second once
     assert len(maildir_messages(alice)) + len(maildir_messages(bob)) == 6 * 12 * 3
     assert owners(alice) == {(alice.uid, alice.gid)}
@@ -150,7 +144,7 @@ def test_maildir_symlink_into_roots_directory_is_refused(tmp_path, daemons, test
         _, replies = transaction(c, SENDER, [f"{test_user.name}@localhost"], BODY)
     assert len(replies) == 1 and replies[0].startswith("4") and " 4.2.0 " in replies[0], replies
     assert [p for p in private.rglob("*") if p.is_file()] == []
-    for pid in proc_children(d.proc.pid):
+    for pid in d.children():
         assert ids(pid)["Uid"] == ["0"] * 4
 
 
@@ -171,30 +165,21 @@ def test_a_thousand_mixed_deliveries_leave_every_worker_root(tmp_path, daemons, 
     assert all(v["Uid"] == ["0"] * 4 and v["Gid"] == ["0"] * 4 for v in before.values())
     rcpts = [f"{maildir.name}@localhost", f"{mbox.name}@localhost",
              f"{full.name}@localhost", f"{maildir.name}+z@localhost"]
-    errors = []
 
-    def client(n):
-        try:
-            with d.connect() as c:
-                for i in range(63):
-                    body = b"Message-ID: <%d.%d@test>\r\n\r\nx\r\n" % (n, i)
-                    c.cmd(f"MAIL FROM:<{SENDER}>")
-                    for r in rcpts:
-                        c.cmd(f"RCPT TO:<{r}>")
-                    assert c.cmd("DATA") == START_DATA
-                    c.send(body + b".\r\n")
-                    replies = [c.line() for _ in rcpts]
-                    if [r[:3] for r in replies] != ["250", "250", "552", "250"]:
-                        errors.append(replies)
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(repr(exc))
+    def client(n, errors):
+        with d.connect() as c:
+            for i in range(63):
+                body = b"Message-ID: <%d.%d@test>\r\n\r\nx\r\n" % (n, i)
+                c.cmd(f"MAIL FROM:<{SENDER}>")
+                for r in rcpts:
+                    c.cmd(f"RCPT TO:<{r}>")
+                assert c.cmd("DATA") == START_DATA
+                c.send(body + b".\r\n")
+                replies = [c.line() for _ in rcpts]
+                if [r[:3] for r in replies] != ["250", "250", "552", "250"]:
+                    errors.append(replies)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    assert errors == []  # 4 x 63 x 4 = 1008 deliveries
+    assert in_parallel(4, client) == []  # 4 x 63 x 4 = 1008 deliveries
     assert len(maildir_messages(maildir)) == 4 * 63 * 2
     assert Path(f"/var/mail/{mbox.name}").read_bytes().count(b"\nMessage-ID: <") == 4 * 63
     assert owners(maildir) == {(maildir.uid, maildir.gid)}
