@@ -225,40 +225,43 @@ class DeliveryHandler:
             if not self.fork:
                 return await self._in_thread(deliver_one, self.cfg, self.log, message,
                                              sender, recipient)
-            if await self._in_thread(self.needs_child, recipient):
-                return await self._deliver_in_child(message, sender, recipient)
-            return await self._deliver_switched(message, sender, recipient)
+            reply = await self._deliver_switched(message, sender, recipient)
+            if reply is None:
+                reply = await self._deliver_in_child(message, sender, recipient)
+            return reply
         except Exception as exc:  # noqa: BLE001 - 451, never a dropped connection
             self.log.error(f"to=<{recipient}>: {type(exc).__name__}: {exc}")
             return INTERNAL_ERROR
 
-    def needs_child(self, recipient):
-        """recipient.needs_own_process for this address (worker thread).
-        An unknown user etc. goes to the child too: it gives the reply."""
-        from pymda import recipient as pipeline
-
-        with self.guard:
-            try:
-                envelope, identity = pipeline.find_recipient(self.cfg, recipient)
-                return pipeline.needs_own_process(self.cfg, envelope, identity,
-                                                  forward=self.cfg.lmtp_forward)
-            except DeliveryError:
-                return True
-
     async def _deliver_switched(self, message, sender, recipient):
         """SWITCHED DELIVERIES: in a worker thread holding the guard alone
         (no RCPT check, no other delivery runs while the process has the
-        user's effective ids: they are the whole process's)."""
+        user's effective ids: they are the whole process's).  None when
+        the recipient needs a child (recipient.needs_own_process)."""
         await self._hold_guard()
         try:
-            job = self.executor.submit(deliver_one, self.cfg, self.log, message, sender,
-                                       recipient, True)
+            job = self.executor.submit(self.switched_delivery, message, sender, recipient)
         except BaseException:
             self.guard.release()
             raise
         # released when the thread is done, even if this task is cancelled
         job.add_done_callback(lambda _: self.guard.release())
         return await asyncio.wrap_future(job)
+
+    def switched_delivery(self, message, sender, recipient):
+        """The reply of a delivery with a temporary switch, or None."""
+        from pymda import recipient as pipeline
+
+        envelope = pipeline.envelope_for(self.cfg, recipient, sender=sender)
+        try:
+            identity = pipeline.find_user(self.cfg, envelope)
+        except DeliveryError as exc:
+            return reply_for(exc)
+        if pipeline.needs_own_process(self.cfg, envelope, identity,
+                                      forward=self.cfg.lmtp_forward):
+            return None
+        return deliver_one(self.cfg, self.log, message, sender, recipient, temporary=True,
+                           envelope=envelope, identity=identity)
 
     async def _hold_guard(self):
         """Wait until no worker thread runs and keep new ones out
@@ -420,8 +423,12 @@ def _on_signal(signum, frame):
     raise TempFail(f"interrupted by signal {signum}", "4.3.0")
 
 
-def deliver_one(cfg, log, message, sender, recipient, temporary=False):
+def deliver_one(cfg, log, message, sender, recipient, temporary=False, envelope=None,
+                identity=None):
     """Deliver to one recipient in this process; returns the reply line.
+
+    ``temporary``: a root server's temporary switch (recipient.deliver);
+    ``envelope``, ``identity``: already looked up by the caller.
 
     recipient.deliver does it all, as for ``pymda -d``; the one LMTP
     difference: postfix's lmtp client writes no Delivered-To, so any for
@@ -430,7 +437,9 @@ def deliver_one(cfg, log, message, sender, recipient, temporary=False):
     """
     from pymda import recipient as pipeline
 
-    envelope = pipeline.envelope_for(cfg, recipient, sender=sender)
-    result = pipeline.deliver(cfg, log, message, envelope, forward=cfg.lmtp_forward,
-                              own_delivered_to=False, temporary=temporary)
+    if envelope is None:
+        envelope = pipeline.envelope_for(cfg, recipient, sender=sender)
+    result = pipeline.deliver(cfg, log, message, envelope, identity=identity,
+                              forward=cfg.lmtp_forward, own_delivered_to=False,
+                              temporary=temporary)
     return result.lmtp_reply()
