@@ -80,8 +80,15 @@ completed-target ledger so that a retry never sends twice.
 USER DATABASE: it plugs in behind ``users.name_for_recipient`` and
 ``users.lookup`` (called here only).
 
-LIMITATIONS: one recipient per call; LMTP calls it once per recipient,
-in a forked child when the server is root.
+TEMPORARY SWITCH: a root pymda-lmtpd delivers a plain mailbox without a
+fork: ``needs_own_process`` (THE decision: fork or not) says no, and
+``deliver(temporary=True)`` plans and writes between
+``users.switch_temporarily`` and ``users.switch_back`` (effective ids
+only; undone and verified before it returns).  Everything that runs a
+program of the user's or writes .forward file targets still switches
+for good, in a forked child.
+
+LIMITATIONS: one recipient per call; LMTP calls it once per recipient.
 """
 
 from pymda.errors import DeliveryError, PermFail
@@ -253,13 +260,41 @@ def plan_only(cfg, envelope, identity, folder=None, mailbox=None, forward=False,
     return plan
 
 
+def needs_own_process(cfg, envelope, identity, forward=False, mailbox=None):
+    """THE decision of a root server: fork (True) or switch temporarily.
+
+    A delivery may run in the server's own process, with a temporary
+    switch of its effective ids (``deliver(temporary=True)``), only when
+    it runs nothing of the user's and writes nothing a .forward names:
+    True (a child that switches for good) when ``forward`` is on (pipes,
+    file targets, :include:), and for a spool mbox (/var/mail), whose
+    lock the setgid ``dotlockfile`` helper makes: a program started
+    under a temporary switch would keep root as its real uid.
+    And when the user may have a Sieve script (``sieve_may_run``: one
+    stat): a script may send mail through ``sendmail_command``, a program
+    that must not start with root as its real uid.
+    """
+    if forward or sieve_may_run(cfg, identity):
+        return True
+    from pymda.resolve import mailbox_location
+
+    kind, _path, spool = mailbox_location(cfg, envelope, identity, mailbox)
+    return kind == "mbox" and bool(spool)
+
+
 def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=None,
-            forward=False, own_delivered_to=True, items=None, send=True):
+            forward=False, own_delivered_to=True, items=None, send=True, temporary=False):
     """Deliver ``message`` for one recipient; a DeliveryResult (see above).
 
-    ``send``: False for redeliver --sieve (redirect/vacation skipped)."""
+    ``send``: False for redeliver --sieve (redirect/vacation skipped).
+    ``temporary``: a root pymda-lmtpd for which needs_own_process said
+    no: the switch is users.switch_temporarily, on before any file of
+    the user's is opened and undone (and verified: users.switch_back
+    exits the process when it cannot be) before this returns.
+    """
     from pymda import deliver as engine
 
+    switched = False
     try:
         if identity is None:
             identity = find_user(cfg, envelope)
@@ -270,7 +305,13 @@ def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=Non
                      f"size={message.size}, status=bounced ({exc.line()})")
             raise
         prepare_as_root(cfg, envelope, identity, mailbox)
-        switch(identity)
+        if temporary:
+            from pymda.users import switch_temporarily
+
+            switch_temporarily(identity)  # TempFail: nothing is left switched
+            switched = True
+        else:
+            switch(identity)
         # SIEVE HOOK: the user's script runs in _plan, as the user, on
         # ``message``; its result is a second source of entries (items).
         targets, step = _plan(cfg, log, envelope, identity, folder, mailbox, forward,
@@ -281,9 +322,14 @@ def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=Non
                      f"size={message.size}, status=bounced "
                      f"(sieve {step.script}: {step.reject.line()})")
             raise step.reject
+        if step is not None and step.discarded:
+            log.info(f"to=<{envelope.recipient}>, user={envelope.user}, "
+                     f"size={message.size}, status=discarded (sieve {step.script})")
+        return engine.run(targets, message, envelope, cfg, log, after=step, identity=identity)
     except DeliveryError as exc:
         return engine.DeliveryResult(results=[], error=exc)
-    if step is not None and step.discarded:
-        log.info(f"to=<{envelope.recipient}>, user={envelope.user}, "
-                 f"size={message.size}, status=discarded (sieve {step.script})")
-    return engine.run(targets, message, envelope, cfg, log, after=step, identity=identity)
+    finally:
+        if switched:
+            from pymda.users import switch_back
+
+            switch_back()
