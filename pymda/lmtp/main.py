@@ -39,6 +39,7 @@ also stderr).
 """
 
 import os
+import sys
 
 import click
 
