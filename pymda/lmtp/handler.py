@@ -16,7 +16,9 @@ calls (see lmtp.py):
   engine's spool;
 - ``data(session, transaction, spool)``: finishes that intake and
   delivers it to each recipient in turn through the same pipeline as
-  ``pymda`` (recipient.deliver, ``forward = lmtp_forward``),
+  ``pymda`` (recipient.deliver, ``forward = lmtp_forward``; the
+  recipient's ORCPT, when the client gave one, is the envelope's
+  original recipient and its X-Original-To),
   yielding each recipient's reply (DeliveryResult.lmtp_reply) only after
   its delivery returned, i.e. after the copy is fsynced.
 
@@ -200,26 +202,29 @@ class DeliveryHandler:
             return
         try:
             done = {}
-            for recipient in transaction.recipients:
+            originals = getattr(transaction, "original_recipients", ())
+            for i, recipient in enumerate(transaction.recipients):
                 key = recipient.lower()
                 if key not in done:
-                    done[key] = await self._deliver(message, transaction.sender, recipient)
+                    orcpt = originals[i] if i < len(originals) else None
+                    done[key] = await self._deliver(message, transaction.sender, recipient,
+                                                    orcpt)
                 yield done[key]
         finally:
             if message.fd is not None:
                 os.close(message.fd)
 
-    async def _deliver(self, message, sender, recipient):
+    async def _deliver(self, message, sender, recipient, orcpt=None):
         try:
             if self.fork:
-                return await self._deliver_in_child(message, sender, recipient)
+                return await self._deliver_in_child(message, sender, recipient, orcpt)
             return await self._in_thread(deliver_one, self.cfg, self.log, message,
-                                         sender, recipient)
+                                         sender, recipient, orcpt)
         except Exception as exc:  # noqa: BLE001 - 451, never a dropped connection
             self.log.error(f"to=<{recipient}>: {type(exc).__name__}: {exc}")
             return INTERNAL_ERROR
 
-    async def _deliver_in_child(self, message, sender, recipient):
+    async def _deliver_in_child(self, message, sender, recipient, orcpt=None):
         loop = asyncio.get_running_loop()
         if not self.guard.try_hold():
             held = loop.run_in_executor(None, self.guard.hold)
@@ -240,7 +245,7 @@ class DeliveryHandler:
                 try:
                     os.close(rfd)
                     _close_quietly(self.inherited_fds())
-                    _child(wfd, self.cfg, self.log, message, sender, recipient)
+                    _child(wfd, self.cfg, self.log, message, sender, recipient, orcpt)
                 finally:
                     os._exit(70)
         finally:
@@ -341,7 +346,7 @@ async def _reap(pid):
         delay = min(delay * 2, 0.05)
 
 
-def _child(wfd, cfg, log, message, sender, recipient):
+def _child(wfd, cfg, log, message, sender, recipient, orcpt=None):
     """In the forked child: deliver, write one reply line, _exit.
 
     ``log`` is the server's (syslog with the child's own pid, -v echo).
@@ -354,7 +359,7 @@ def _child(wfd, cfg, log, message, sender, recipient):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, _on_signal)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG -> 5.2.2, not death
-        reply = deliver_one(cfg, log, message, sender, recipient)
+        reply = deliver_one(cfg, log, message, sender, recipient, orcpt)
     except BaseException as exc:  # noqa: BLE001 - the child's one broad catch
         if isinstance(exc, DeliveryError):
             reply = reply_for(exc)
@@ -373,8 +378,11 @@ def _on_signal(signum, frame):
     raise TempFail(f"interrupted by signal {signum}", "4.3.0")
 
 
-def deliver_one(cfg, log, message, sender, recipient):
+def deliver_one(cfg, log, message, sender, recipient, orcpt=None):
     """Deliver to one recipient in this process; returns the reply line.
+
+    ``orcpt``: the client's ORCPT= address for it (None: not given), the
+    envelope's original recipient and its X-Original-To.
 
     recipient.deliver does it all, as for ``pymda -d``; the one LMTP
     difference: postfix's lmtp client writes no Delivered-To, so any for
@@ -383,7 +391,8 @@ def deliver_one(cfg, log, message, sender, recipient):
     """
     from pymda import recipient as pipeline
 
-    envelope = pipeline.envelope_for(cfg, recipient, sender=sender)
+    envelope = pipeline.envelope_for(cfg, recipient, sender=sender,
+                                     original_recipient=orcpt, orcpt=orcpt)
     result = pipeline.deliver(cfg, log, message, envelope, forward=cfg.lmtp_forward,
                               own_delivered_to=False)
     return result.lmtp_reply()
