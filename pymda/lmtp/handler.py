@@ -78,9 +78,9 @@ def preload():
     instead of importing it again (~2.5 ms per delivery otherwise)."""
     import importlib
 
-    for name in ("address", "deliver", "dotforward", "durable", "locking", "maildir", "mbox",
-                 "message", "pipe", "forward", "policy", "quota", "recipient", "resolve",
-                 "state", "users"):
+    for name in ("address", "deliver", "forward.dotforward", "durable", "locking", "maildir",
+                 "mbox", "message", "forward.pipe", "forward.sendmail", "policy.service",
+                 "quota", "recipient", "resolve", "state", "users"):
         importlib.import_module("pymda." + name)
 
 
