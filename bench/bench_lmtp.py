@@ -71,7 +71,9 @@ def wire_body(message):
 
 class Conn:
     def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        """``path``: a unix socket path or a (host, port) tuple."""
+        family = socket.AF_INET if isinstance(path, tuple) else socket.AF_UNIX
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(120)
         self.sock.connect(path)
         self.buf = b""

@@ -718,8 +718,8 @@ def test_postfix_passes_the_alias_as_orcpt(tmp_path, daemons, postfix, two_users
     d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
     alias = "team+sales@localhost"  # xtext: the "+" travels as "+2B"
     postfix.set(mailbox_transport=f"lmtp:inet:127.0.0.1:{d.port}",
-                virtual_alias_maps=f"inline:{{ {alias}={alice.name}@localhost,"
-                                   f"{bob.name}@localhost }}")
+                virtual_alias_maps=f"inline:{{ {{ {alias}={alice.name}@localhost,"
+                                   f"{bob.name}@localhost }} }}")
     postfix.send(SENDER, [alias, f"{bob.name}@localhost"], b"Subject: alias\n\nto the team\n")
     for user in (alice, bob):
         postfix.wait_status(f"{user.name}@localhost", "sent")
