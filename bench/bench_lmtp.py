@@ -78,9 +78,11 @@ class Conn:
         self.sock.connect(path)
         self.buf = b""
 
-    def lines(self, n):
+    def lines(self, n, every=False):
+        """The last lines of the next ``n`` replies (``every``: all lines)."""
         out = []
-        while len(out) < n:
+        done = 0
+        while done < n:
             while b"\r\n" not in self.buf:
                 chunk = self.sock.recv(65536)
                 if not chunk:
@@ -88,6 +90,8 @@ class Conn:
                 self.buf += chunk
             line, self.buf = self.buf.split(b"\r\n", 1)
             if line[3:4] != b"-":
+                done += 1
+            if every or line[3:4] != b"-":
                 out.append(line.decode())
         return out
 
@@ -97,8 +101,9 @@ def client(path, recipients, body, n, seed):
     conn = Conn(path)
     conn.lines(1)
     conn.sock.sendall(b"LHLO bench.example\r\n")
-    conn.lines(1)
-    head = (f"MAIL FROM:<{SENDER}> SIZE={len(body)}\r\n"
+    # SIZE= only when advertised, as postfix does (dovecot's lmtp has none)
+    size = any(line[4:].split(" ")[0] == "SIZE" for line in conn.lines(1, every=True))
+    head = (f"MAIL FROM:<{SENDER}>{f' SIZE={len(body)}' if size else ''}\r\n"
             + "".join(f"RCPT TO:<{r}>\r\n" for r in recipients) + "DATA\r\n").encode()
     times = []
     for i in range(n):

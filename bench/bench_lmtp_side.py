@@ -4,7 +4,7 @@
 Usage (as root; stdlib only, plus the install's psycopg for the pg rows):
 
     PYMDA_PREFIX=/opt/pymda /usr/bin/python3 bench/bench_lmtp_side.py \\
-        [--sizes 4000,100000] [--connections 1,4] [--modes root,user,pg] \\
+        [--sizes 4000,100000] [--connections 1,4] [--modes root,user,pg,pguser] \\
         [--markdown FILE] [--json FILE]
 
 One throw-away unprivileged user (``pblmtp<hex>``) owns every mailbox.
@@ -17,10 +17,13 @@ socket, each into an empty ``~/Maildir``:
 - ``user``: ``pymda-lmtpd`` running as that user serves a virtual user
   (``vbench@example.org``, a ``[users]`` table with the user's uid, gid
   and home) - the virtual-users setup.
-- ``pg``: ``pymda-lmtpd`` as root with ``userdb = ["sql:pg"]`` against
-  a private PostgreSQL (tests/support/pgsql.py, 10,000 rows, TCP with a
-  password), against dovecot's SQL userdb (``driver = pgsql``, Debian's
-  dovecot-pgsql) on the same database.
+- ``pg`` / ``pguser``: ``pymda-lmtpd`` as root / as the user with
+  ``userdb = ["sql:pg"]`` against a private PostgreSQL
+  (tests/support/pgsql.py, 10,000 rows, TCP with a password), against
+  dovecot's SQL userdb (``driver = pgsql``, Debian's dovecot-pgsql) on
+  the same database, each with its default cache (pymda: answers kept
+  ``userdb_cache_ttl`` = 60 s per process; dovecot: ``auth_cache_size``
+  = 0, no cache).
 - dovecot: a private instance of Debian's dovecot (its own base_dir,
   state_dir and log, ``protocols = lmtp``, the master as root, the lmtp
   service on a 0666 unix socket in its base_dir, default process model:
@@ -75,7 +78,7 @@ state_dir = {top}/state
 log_path = {top}/dovecot.log
 instance_name = pymda-bench-{name}
 protocols = lmtp
-listen =
+listen = 127.0.0.1
 ssl = no
 mail_location = maildir:~/Maildir
 first_valid_uid = 1
@@ -124,10 +127,20 @@ def loadavg():
 
 
 def wait_for(path, proc, what, timeout=30):
+    """Until the server at unix socket ``path`` answers with its greeting."""
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise common.BenchError(f"{what} did not start (exit {proc.poll()})")
+        try:
+            conn = bench_lmtp.Conn(path)
+            try:
+                if conn.lines(1)[0].startswith("220 "):
+                    return
+            finally:
+                conn.sock.close()
+        except (OSError, common.BenchError):
+            pass
         time.sleep(0.05)
 
 
@@ -178,6 +191,7 @@ class Dovecot:
 
     def __init__(self, top, name, userdb):
         self.dir = os.path.join(top, "dovecot-" + name)
+        shutil.rmtree(self.dir, ignore_errors=True)  # a stopped dovecot leaves its sockets
         for sub in ("", "run", "state"):
             os.makedirs(os.path.join(self.dir, sub), 0o755, exist_ok=True)
         conf = os.path.join(self.dir, "dovecot.conf")
@@ -294,6 +308,7 @@ MODES = {
     "root": "LMTP as root delivering to a system user",
     "user": "LMTP as the mail user (virtual users)",
     "pg": "LMTP as root, PostgreSQL userdb",
+    "pguser": "LMTP as the mail user, PostgreSQL userdb",
 }
 
 
@@ -301,7 +316,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="4000,100000")
     ap.add_argument("--connections", default="1,4")
-    ap.add_argument("--modes", default="root,user,pg")
+    ap.add_argument("--modes", default="root,user,pg,pguser")
     ap.add_argument("--pg-rows", type=int, default=10000)
     ap.add_argument("--message", help="message file (default: a corpus message)")
     ap.add_argument("--markdown", help="also write the table to this file")
@@ -343,7 +358,7 @@ def main():
         if "user" in modes:
             setups["user"] = (lambda: Pymda(top, 'mailbox = "Maildir/"\n' + virtual, user),
                               lambda: Dovecot(top, "static", static), VIRTUAL)
-        if "pg" in modes:
+        if "pg" in modes or "pguser" in modes:
             pg = setup_pg(top, user, opts.pg_rows)
             connect = f"host=127.0.0.1 port={pg.port} dbname=mail user=pymda password=pw"
             sqlconf = os.path.join(top, "dovecot-sql.conf.ext")
@@ -354,9 +369,11 @@ def main():
             pymda_sql = ('mailbox = "Maildir/"\nuserdb = ["sql:pg"]\n[sql.pg]\n'
                          f'driver = "postgresql"\nconnect = "{connect}"\n'
                          'user_query = "SELECT uid, gid, home FROM users WHERE username = $user"\n')
+            dovecot_sql = f"  driver = sql\n  args = {sqlconf}"
             setups["pg"] = (lambda: Pymda(top, pymda_sql),
-                            lambda: Dovecot(top, "pgsql", f"  driver = sql\n  args = {sqlconf}"),
-                            VIRTUAL)
+                            lambda: Dovecot(top, "pgsql", dovecot_sql), VIRTUAL)
+            setups["pguser"] = (lambda: Pymda(top, pymda_sql, user),
+                                lambda: Dovecot(top, "pgsql", dovecot_sql), VIRTUAL)
         seed = 1000
         for mode in modes:
             start_pymda, start_dovecot, recipient = setups[mode]
