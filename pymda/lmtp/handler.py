@@ -18,7 +18,7 @@ calls (see lmtp.py):
   delivers it to each recipient in turn through the same pipeline as
   ``pymda`` (recipient.deliver, ``forward = lmtp_forward``; the
   recipient's ORCPT, when the client gave one, is the envelope's
-  original recipient and its X-Original-To),
+  original recipient and its X-Original-To: see Recipient),
   yielding each recipient's reply (DeliveryResult.lmtp_reply) only after
   its delivery returned, i.e. after the copy is fsynced.
 
@@ -124,6 +124,17 @@ class ForkGuard:
             self.cond.notify_all()
 
 
+class Recipient(str):
+    """A recipient address that carries its ORCPT (``orcpt``, or None) to
+    deliver_one through every delivery path (thread, switch, child)
+    unchanged: it is the address everywhere else (logs, keys)."""
+
+    def __new__(cls, address, orcpt=None):
+        self = super().__new__(cls, address)
+        self.orcpt = orcpt
+        return self
+
+
 class DeliveryHandler:
     def __init__(self, cfg, log, fork=None, max_threads=100):
         self.cfg = cfg
@@ -202,29 +213,28 @@ class DeliveryHandler:
             return
         try:
             done = {}
-            originals = getattr(transaction, "original_recipients", ())
+            originals = getattr(transaction, "original_recipients", [])
             for i, recipient in enumerate(transaction.recipients):
+                recipient = Recipient(recipient, originals[i] if i < len(originals) else None)
                 key = recipient.lower()
                 if key not in done:
-                    orcpt = originals[i] if i < len(originals) else None
-                    done[key] = await self._deliver(message, transaction.sender, recipient,
-                                                    orcpt)
+                    done[key] = await self._deliver(message, transaction.sender, recipient)
                 yield done[key]
         finally:
             if message.fd is not None:
                 os.close(message.fd)
 
-    async def _deliver(self, message, sender, recipient, orcpt=None):
+    async def _deliver(self, message, sender, recipient):
         try:
             if self.fork:
-                return await self._deliver_in_child(message, sender, recipient, orcpt)
+                return await self._deliver_in_child(message, sender, recipient)
             return await self._in_thread(deliver_one, self.cfg, self.log, message,
-                                         sender, recipient, orcpt)
+                                         sender, recipient)
         except Exception as exc:  # noqa: BLE001 - 451, never a dropped connection
             self.log.error(f"to=<{recipient}>: {type(exc).__name__}: {exc}")
             return INTERNAL_ERROR
 
-    async def _deliver_in_child(self, message, sender, recipient, orcpt=None):
+    async def _deliver_in_child(self, message, sender, recipient):
         loop = asyncio.get_running_loop()
         if not self.guard.try_hold():
             held = loop.run_in_executor(None, self.guard.hold)
@@ -245,7 +255,7 @@ class DeliveryHandler:
                 try:
                     os.close(rfd)
                     _close_quietly(self.inherited_fds())
-                    _child(wfd, self.cfg, self.log, message, sender, recipient, orcpt)
+                    _child(wfd, self.cfg, self.log, message, sender, recipient)
                 finally:
                     os._exit(70)
         finally:
@@ -346,7 +356,7 @@ async def _reap(pid):
         delay = min(delay * 2, 0.05)
 
 
-def _child(wfd, cfg, log, message, sender, recipient, orcpt=None):
+def _child(wfd, cfg, log, message, sender, recipient):
     """In the forked child: deliver, write one reply line, _exit.
 
     ``log`` is the server's (syslog with the child's own pid, -v echo).
@@ -359,7 +369,7 @@ def _child(wfd, cfg, log, message, sender, recipient, orcpt=None):
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, _on_signal)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG -> 5.2.2, not death
-        reply = deliver_one(cfg, log, message, sender, recipient, orcpt)
+        reply = deliver_one(cfg, log, message, sender, recipient)
     except BaseException as exc:  # noqa: BLE001 - the child's one broad catch
         if isinstance(exc, DeliveryError):
             reply = reply_for(exc)
@@ -378,20 +388,19 @@ def _on_signal(signum, frame):
     raise TempFail(f"interrupted by signal {signum}", "4.3.0")
 
 
-def deliver_one(cfg, log, message, sender, recipient, orcpt=None):
+def deliver_one(cfg, log, message, sender, recipient):
     """Deliver to one recipient in this process; returns the reply line.
-
-    ``orcpt``: the client's ORCPT= address for it (None: not given), the
-    envelope's original recipient and its X-Original-To.
 
     recipient.deliver does it all, as for ``pymda -d``; the one LMTP
     difference: postfix's lmtp client writes no Delivered-To, so any for
     this recipient is an earlier delivery (``own_delivered_to=False``).
+    A Recipient's ORCPT is the original recipient (X-Original-To).
     Anything unexpected is raised (the caller's 451 4.3.0).
     """
     from pymda import recipient as pipeline
 
-    envelope = pipeline.envelope_for(cfg, recipient, sender=sender,
+    orcpt = getattr(recipient, "orcpt", None)
+    envelope = pipeline.envelope_for(cfg, str(recipient), sender=sender,
                                      original_recipient=orcpt, orcpt=orcpt)
     result = pipeline.deliver(cfg, log, message, envelope, forward=cfg.lmtp_forward,
                               own_delivered_to=False)
