@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -229,13 +228,7 @@ def main():
                   f"messages/s, {result['deliveries_per_second']} deliveries/s")
             print(f"  per transaction: median {stats['median_ms']} ms, p90 {stats['p90_ms']} ms")
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        common.terminate(daemon, 30)
         for user in users:
             common.delete_user(user)
         shutil.rmtree(workdir, ignore_errors=True)

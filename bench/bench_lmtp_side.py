@@ -52,7 +52,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -144,17 +143,6 @@ def wait_for(path, proc, what, timeout=30):
         time.sleep(0.05)
 
 
-def stop(proc):
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 class Pymda:
     """The installed pymda-lmtpd on a unix socket, as root or as ``user``."""
 
@@ -182,7 +170,7 @@ class Pymda:
         wait_for(self.socket, self.proc, "pymda-lmtpd")
 
     def close(self):
-        stop(self.proc)
+        common.terminate(self.proc)
         self.log.close()
 
 
@@ -215,7 +203,7 @@ class Dovecot:
             return ""
 
     def close(self):
-        stop(self.proc)
+        common.terminate(self.proc)
 
 
 def run_clients(socket_path, recipient, body, total, connections, seed):
