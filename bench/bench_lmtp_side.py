@@ -391,7 +391,7 @@ def main():
             pg.destroy()
         common.delete_user(user)
         shutil.rmtree(top, ignore_errors=True)
-    table = render(results, opts, source, len(message), started)
+    table = render(results, source, len(message), started)
     print(table)
     if opts.markdown:
         with open(opts.markdown, "w") as f:
@@ -402,10 +402,11 @@ def main():
     sys.exit(1 if failed else 0)
 
 
-def render(results, opts, source, size, started):
+def render(results, source, size, started):
     machine = common.machine()
+    command = " ".join(["bench/bench_lmtp_side.py"] + sys.argv[1:])
     lines = [
-        f"Run {started:%Y-%m-%d %H:%M} UTC, `{' '.join(['bench/bench_lmtp_side.py'] + sys.argv[1:])}`"
+        f"Run {started:%Y-%m-%d %H:%M} UTC, `{command}`"
         f" ({PREFIX}), {machine.get('nproc')} CPUs ({machine.get('cpu')}), "
         f"{size}-byte message ({os.path.basename(str(source))}); messages/s, every message "
         "verified in the Maildir; load average before → after each cell.",
