@@ -247,6 +247,9 @@ KEYS = {
     "lmtp_command_timeout": (300, _seconds),
     "lmtp_min_data_rate": (500, parse_size),
     "lmtp_max_per_address": (50, _count),
+    # issue 12 (lmtp/main.py, docs/lmtp.md "Workers"): worker processes
+    # sharing the listening sockets; 0 = the number of CPUs
+    "lmtp_workers": (0, _count),
     "policy_nouser": ("DUNNO", _str),
     # issue 15: pymda-policyd resolves recipients through postfix's alias maps
     # (aliases.py, docs/quotas.md "Aliases at SMTP time"), with postfix's tools

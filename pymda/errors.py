@@ -95,6 +95,10 @@ class ConfigError(TempFail):
 _ERRNO_STATUS = {
     errno.EAGAIN: "4.2.0",
     errno.ESTALE: "4.2.0",
+    # the mailbox is there but not the user's to write (SPEC 1.4's "mailbox
+    # refused"): e.g. a Maildir symlinked into root's directory
+    errno.EACCES: "4.2.0",
+    errno.EPERM: "4.2.0",
     errno.ENOSPC: "4.3.0",
     errno.EDQUOT: "5.2.2",
     errno.EFBIG: "5.2.2",

@@ -67,8 +67,15 @@ SIEVE / USER DATABASE: the user database plugs in behind
 a Sieve result becomes a second source of entries through the ``items``
 parameter (see resolve.plan), between the switch and the run.
 
-LIMITATIONS: one recipient per call; LMTP calls it once per recipient,
-in a forked child when the server is root.
+TEMPORARY SWITCH: a root pymda-lmtpd delivers a plain mailbox without a
+fork: ``needs_own_process`` (THE decision: fork or not) says no, and
+``deliver(temporary=True)`` plans and writes between
+``users.switch_temporarily`` and ``users.switch_back`` (effective ids
+only; undone and verified before it returns).  Everything that runs a
+program of the user's or writes .forward file targets still switches
+for good, in a forked child.
+
+LIMITATIONS: one recipient per call; LMTP calls it once per recipient.
 """
 
 from pymda.errors import DeliveryError, PermFail
@@ -164,11 +171,39 @@ def plan_only(cfg, envelope, identity, folder=None, mailbox=None, forward=False,
                         forward=forward, log=log, items=items)
 
 
-def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=None,
-            forward=False, own_delivered_to=True, items=None):
-    """Deliver ``message`` for one recipient; a DeliveryResult (see above)."""
-    from pymda import deliver as engine
+def needs_own_process(cfg, envelope, identity, forward=False, mailbox=None):
+    """THE decision of a root server: fork (True) or switch temporarily.
 
+    A delivery may run in the server's own process, with a temporary
+    switch of its effective ids (``deliver(temporary=True)``), only when
+    it runs nothing of the user's and writes nothing a .forward names:
+    True (a child that switches for good) when ``forward`` is on (pipes,
+    file targets, :include:), and for a spool mbox (/var/mail), whose
+    lock the setgid ``dotlockfile`` helper makes: a program started
+    under a temporary switch would keep root as its real uid.
+    (Sieve: a plan with sends or pipes will be a True here too.)
+    """
+    if forward:
+        return True
+    from pymda.resolve import mailbox_location
+
+    kind, _path, spool = mailbox_location(cfg, envelope, identity, mailbox)
+    return kind == "mbox" and bool(spool)
+
+
+def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=None,
+            forward=False, own_delivered_to=True, items=None, temporary=False):
+    """Deliver ``message`` for one recipient; a DeliveryResult (see above).
+
+    ``temporary``: a root pymda-lmtpd for which needs_own_process said
+    no: the switch is users.switch_temporarily, on before any file of
+    the user's is opened and undone (and verified: users.switch_back
+    exits the process when it cannot be) before this returns.
+    """
+    from pymda import deliver as engine
+    from pymda import resolve
+
+    switched = False
     try:
         if identity is None:
             identity = find_user(cfg, envelope)
@@ -179,11 +214,23 @@ def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=Non
                      f"size={message.size}, status=bounced ({exc.line()})")
             raise
         prepare_as_root(cfg, envelope, identity, mailbox)
+        if temporary:
+            from pymda.users import switch_temporarily
+
+            switch_temporarily(identity)  # TempFail: nothing is left switched
+            switched = True
+        else:
+            switch(identity)
         # SIEVE HOOK: the user's Sieve script will run here - as the user,
         # on ``message`` - and its result become ``items``, a second source
         # of entries next to .forward (resolve.plan).
-        targets = plan_only(cfg, envelope, identity, folder=folder, mailbox=mailbox,
-                            forward=forward, log=log, items=items)
+        targets = resolve.plan(cfg, envelope, identity, folder=folder, mailbox=mailbox,
+                               forward=forward, log=log, items=items)
+        return engine.run(targets, message, envelope, cfg, log)
     except DeliveryError as exc:
         return engine.DeliveryResult(results=[], error=exc)
-    return engine.run(targets, message, envelope, cfg, log)
+    finally:
+        if switched:
+            from pymda.users import switch_back
+
+            switch_back()

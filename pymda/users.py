@@ -17,6 +17,16 @@ Contract:
 - ``switch_to(identity)`` drops root for good: supplementary groups, then
   gid, then uid.  Any failure raises TempFail (the MTA retries) and is
   fatal: nothing is delivered with the wrong ids.
+- ``switch_temporarily(identity)`` / ``switch_back()``: the same switch of
+  the *effective* ids only (setgroups, setegid, seteuid; real and saved
+  ids stay root), for a root pymda-lmtpd delivering a plain mailbox
+  without a fork (recipient.deliver decides when).  A failed switch is
+  undone and raises TempFail 4.3.0.  ``switch_back`` restores root's
+  ids and groups and verifies them (getresuid, getresgid, getgroups);
+  when that fails the process exits at once (EX_SOFTWARE): it never
+  goes on with the wrong ids.  The ids of a process are shared by its
+  threads (glibc applies set*id to every thread): the caller makes sure
+  nothing else in the process opens files while the switch is on.
 
 PERFORMANCE: with the default ``userdb = ["config", "passwd"]`` both
 sources are answered here and ``pymda.userdb`` is not imported.
@@ -237,3 +247,72 @@ def ensure_home(identity):
         raise TempFail(
             f"home {home} of {identity.name} is missing and cannot be created: "
             f"{exc.strerror}", "4.2.0") from None
+
+
+# -- the temporary switch (root pymda-lmtpd, plain mailbox deliveries) ------------
+
+EX_SOFTWARE = 70
+_saved = []  # [(resuid, resgid, groups)] while a temporary switch is on
+
+
+def switch_temporarily(identity):
+    """Take ``identity``'s effective ids until ``switch_back()``.
+
+    Not root (the mail user's own server): only the uid is verified, as
+    ``switch_to`` does.  Root's own mail: nothing changes.
+    """
+    if _saved:
+        _fatal("a temporary switch is already on")
+    _saved.append((os.getresuid(), os.getresgid(), os.getgroups()))
+    if os.geteuid() != 0 or identity.uid == 0:
+        _switch(identity)  # verifies only; nothing to undo
+    else:
+        try:
+            os.setgroups([])
+            os.setegid(identity.gid)
+            os.seteuid(identity.uid)
+        except OSError as exc:
+            switch_back()
+            raise TempFail(f"cannot switch to {identity.name}: {exc.strerror}",
+                           "4.3.0") from None
+        if os.getresuid()[1] != identity.uid or os.getresgid()[1] != identity.gid \
+                or os.getgroups():
+            switch_back()
+            raise TempFail(f"cannot switch to {identity.name}", "4.3.0")
+    if identity.virtual:
+        try:
+            ensure_home(identity)
+        except TempFail:
+            switch_back()
+            raise
+
+
+def switch_back():
+    """Undo ``switch_temporarily`` and verify it; exit the process if not."""
+    if not _saved:
+        _fatal("switch_back without a temporary switch")
+    resuid, resgid, groups = _saved[0]
+    try:
+        if os.geteuid() != resuid[1]:
+            os.seteuid(resuid[1])
+        if os.getresgid() != resgid:
+            os.setegid(resgid[1])
+        if sorted(os.getgroups()) != sorted(groups):
+            os.setgroups(groups)
+    except OSError as exc:
+        _fatal(f"cannot switch back to uid {resuid[1]}: {exc.strerror}")
+    if os.getresuid() != resuid or os.getresgid() != resgid \
+            or sorted(os.getgroups()) != sorted(groups):
+        _fatal(f"switching back left ids {os.getresuid()} {os.getresgid()}")
+    _saved.clear()
+
+
+def _fatal(text):
+    """SECURITY: never deliver another message with the wrong ids: exit now."""
+    try:
+        os.write(2, f"pymda: fatal: {text}\n".encode("utf-8", "replace"))
+        import syslog
+
+        syslog.syslog(syslog.LOG_MAIL | syslog.LOG_CRIT, f"fatal: {text}")
+    finally:
+        os._exit(EX_SOFTWARE)

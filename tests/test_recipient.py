@@ -209,6 +209,9 @@ def test_one_place_switches_to_the_user_for_a_delivery():
     # deliver.write_as switches in a forked child to write root's file
     # targets as default_privs: not a delivery's switch.
     assert _calls("switch_to") == {"pymda/recipient.py": 1, "pymda/deliver.py": 1}
+    # the temporary switch of a root pymda-lmtpd: the same one place
+    assert _calls("switch_temporarily") == {"pymda/recipient.py": 1}
+    assert _calls("needs_own_process") == {"pymda/lmtp/handler.py": 1}
 
 
 def test_dotforward_and_resolve_do_not_import_each_other_in_a_cycle():

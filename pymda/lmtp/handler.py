@@ -22,12 +22,18 @@ calls (see lmtp.py):
   yielding each recipient's reply (DeliveryResult.lmtp_reply) only after
   its delivery returned, i.e. after the copy is fsynced.
 
-DELIVERY RIGHTS: a root server forks one child per recipient; the child
-runs recipient.deliver, which does what ``pymda -d`` does as root (loop
-check, create a missing spool mbox as local(8) does, then the switch to
-the user - groups, gid, uid, for good - before it reads .forward or
-touches anything of the user's), writes its one reply line into a pipe
-and _exit()s.
+DELIVERY RIGHTS: a root server asks recipient.needs_own_process how to
+deliver each recipient.  A plain mailbox (no ``lmtp_forward``, not a
+spool mbox) is delivered in this process with a temporary switch of the
+effective ids (recipient.deliver(temporary=True)), in a worker thread
+that holds the guard alone (SWITCHED DELIVERIES: ids are per process,
+so nothing else may run meanwhile: one switched delivery at a time per
+process; lmtp_workers processes give the parallelism).  Anything else
+forks one child per recipient; the child runs recipient.deliver, which
+does what ``pymda -d`` does as root (loop check, create a missing spool
+mbox as local(8) does, then the switch to the user - groups, gid, uid,
+for good - before it reads .forward or touches anything of the user's),
+writes its one reply line into a pipe and _exit()s.
 A server running as one unprivileged mail user (virtual users whose
 ``uid`` is its own) delivers in a worker thread, without forking; a
 recipient of another uid is refused with 550 5.7.1 at RCPT.
@@ -85,16 +91,18 @@ def preload():
 
 
 class ForkGuard:
-    """Many workers at a time, or forks, never both (see FORK SAFETY)."""
+    """Many workers at a time, or one holder (a fork, a switched
+    delivery), never both (see FORK SAFETY and SWITCHED DELIVERIES)."""
 
     def __init__(self):
         self.cond = threading.Condition()
         self.active = 0
-        self.forking = 0
+        self.held = False
+        self.waiting = 0  # holders waiting: new workers wait behind them
 
     def __enter__(self):
         with self.cond:
-            while self.forking:
+            while self.held or self.waiting:
                 self.cond.wait()
             self.active += 1
 
@@ -104,23 +112,26 @@ class ForkGuard:
             self.cond.notify_all()
 
     def try_hold(self):
-        """hold() without waiting: True when no worker runs right now."""
+        """hold() without waiting: True when nothing runs right now."""
         with self.cond:
-            if self.active:
+            if self.active or self.held:
                 return False
-            self.forking += 1
+            self.held = True
             return True
 
     def hold(self):
-        """Block until no worker runs; keep new ones out until release()."""
+        """Block until no worker and no other holder runs; keep them out
+        until release()."""
         with self.cond:
-            self.forking += 1
-            while self.active:
+            self.waiting += 1
+            while self.active or self.held:
                 self.cond.wait()
+            self.waiting -= 1
+            self.held = True
 
     def release(self):
         with self.cond:
-            self.forking -= 1
+            self.held = False
             self.cond.notify_all()
 
 
@@ -226,15 +237,50 @@ class DeliveryHandler:
 
     async def _deliver(self, message, sender, recipient):
         try:
-            if self.fork:
-                return await self._deliver_in_child(message, sender, recipient)
-            return await self._in_thread(deliver_one, self.cfg, self.log, message,
-                                         sender, recipient)
+            if not self.fork:
+                return await self._in_thread(deliver_one, self.cfg, self.log, message,
+                                             sender, recipient)
+            reply = await self._deliver_switched(message, sender, recipient)
+            if reply is None:
+                reply = await self._deliver_in_child(message, sender, recipient)
+            return reply
         except Exception as exc:  # noqa: BLE001 - 451, never a dropped connection
             self.log.error(f"to=<{recipient}>: {type(exc).__name__}: {exc}")
             return INTERNAL_ERROR
 
-    async def _deliver_in_child(self, message, sender, recipient):
+    async def _deliver_switched(self, message, sender, recipient):
+        """SWITCHED DELIVERIES: in a worker thread holding the guard alone
+        (no RCPT check, no other delivery runs while the process has the
+        user's effective ids: they are the whole process's).  None when
+        the recipient needs a child (recipient.needs_own_process)."""
+        await self._hold_guard()
+        try:
+            job = self.executor.submit(self.switched_delivery, message, sender, recipient)
+        except BaseException:
+            self.guard.release()
+            raise
+        # released when the thread is done, even if this task is cancelled
+        job.add_done_callback(lambda _: self.guard.release())
+        return await asyncio.wrap_future(job)
+
+    def switched_delivery(self, message, sender, recipient):
+        """The reply of a delivery with a temporary switch, or None."""
+        from pymda import recipient as pipeline
+
+        envelope = envelope_of(self.cfg, recipient, sender)
+        try:
+            identity = pipeline.find_user(self.cfg, envelope)
+        except DeliveryError as exc:
+            return reply_for(exc)
+        if pipeline.needs_own_process(self.cfg, envelope, identity,
+                                      forward=self.cfg.lmtp_forward):
+            return None
+        return deliver_one(self.cfg, self.log, message, sender, recipient, temporary=True,
+                           envelope=envelope, identity=identity)
+
+    async def _hold_guard(self):
+        """Wait until no worker thread runs and keep new ones out
+        (release() after)."""
         loop = asyncio.get_running_loop()
         if not self.guard.try_hold():
             held = loop.run_in_executor(None, self.guard.hold)
@@ -243,6 +289,10 @@ class DeliveryHandler:
             except asyncio.CancelledError:
                 held.add_done_callback(lambda _: self.guard.release())
                 raise
+
+    async def _deliver_in_child(self, message, sender, recipient):
+        loop = asyncio.get_running_loop()
+        await self._hold_guard()
         try:
             rfd, wfd = os.pipe()
             try:
@@ -388,8 +438,22 @@ def _on_signal(signum, frame):
     raise TempFail(f"interrupted by signal {signum}", "4.3.0")
 
 
-def deliver_one(cfg, log, message, sender, recipient):
+def envelope_of(cfg, recipient, sender):
+    """recipient.envelope_for an LMTP recipient: a Recipient's ORCPT is
+    the original recipient (and X-Original-To)."""
+    from pymda import recipient as pipeline
+
+    orcpt = getattr(recipient, "orcpt", None)
+    return pipeline.envelope_for(cfg, str(recipient), sender=sender,
+                                 original_recipient=orcpt, orcpt=orcpt)
+
+
+def deliver_one(cfg, log, message, sender, recipient, temporary=False, envelope=None,
+                identity=None):
     """Deliver to one recipient in this process; returns the reply line.
+
+    ``temporary``: a root server's temporary switch (recipient.deliver);
+    ``envelope``, ``identity``: already looked up by the caller.
 
     recipient.deliver does it all, as for ``pymda -d``; the one LMTP
     difference: postfix's lmtp client writes no Delivered-To, so any for
@@ -399,9 +463,9 @@ def deliver_one(cfg, log, message, sender, recipient):
     """
     from pymda import recipient as pipeline
 
-    orcpt = getattr(recipient, "orcpt", None)
-    envelope = pipeline.envelope_for(cfg, str(recipient), sender=sender,
-                                     original_recipient=orcpt, orcpt=orcpt)
-    result = pipeline.deliver(cfg, log, message, envelope, forward=cfg.lmtp_forward,
-                              own_delivered_to=False)
+    if envelope is None:
+        envelope = envelope_of(cfg, recipient, sender)
+    result = pipeline.deliver(cfg, log, message, envelope, identity=identity,
+                              forward=cfg.lmtp_forward, own_delivered_to=False,
+                              temporary=temporary)
     return result.lmtp_reply()

@@ -10,9 +10,17 @@ error.  A unix socket it creates gets ``--socket-mode`` (0666: put it
 in a directory only the MTA can enter, such as postfix's private/) and
 is removed at exit; a stale socket left by a crash is replaced.
 
-Run as root, it delivers for every user (a forked child per delivery
-switches to the user); run as one mail user, it delivers for the
-virtual users whose uid is its own (lmtp_deliver.py).
+Run as root, it delivers for every user: a plain mailbox with a
+temporary switch of the effective ids, anything that runs a program of
+the user's (or writes a .forward file target) in a forked child that
+switches for good (handler.py, recipient.needs_own_process); run as one
+mail user, it delivers for the virtual users whose uid is its own.
+
+WORKERS: with ``lmtp_workers`` (0, the default: one per CPU) above 1, a
+supervisor binds the sockets and forks that many worker processes that
+share them (workers.py: restarts, SIGTERM drains each one;
+lmtp_max_connections counts for all of them).  With 1, this one process
+serves.
 
 Signals: SIGTERM / SIGINT stop it: no new connections, connections
 between transactions get 421, transactions in flight finish (deliveries
@@ -25,7 +33,7 @@ file and key) or a socket cannot be bound.
 
 Config keys used: message_size_limit (SIZE, 552 5.3.4),
 lmtp_idle_timeout, lmtp_command_timeout, lmtp_min_data_rate,
-lmtp_max_connections, lmtp_max_per_address, lmtp_forward,
+lmtp_max_connections, lmtp_max_per_address, lmtp_forward, lmtp_workers,
 and everything delivery uses (docs/lmtp.md).  Logging: syslog, facility mail, ident pymda-lmtpd (-v:
 also stderr).
 """
@@ -68,15 +76,38 @@ def lmtpd(listen, config_path, socket_mode_text, verbose):
     import asyncio
 
     where = ", ".join(listen) or "systemd sockets"
+    count = worker_count(cfg)
     try:
-        asyncio.run(serve(cfg, sockets, log, where))
+        if count == 1:
+            asyncio.run(serve(cfg, sockets, log, where))
+        else:
+            from pymda.lmtp import workers
+            from pymda.lmtp.handler import preload
+
+            preload()  # once, here: every worker shares the pages
+
+            def run_worker(slot, shared):
+                asyncio.run(serve(cfg, sockets, log, where, shared=shared))
+
+            sys.exit(workers.supervise(count, run_worker, log, sockets))
     finally:
         for path in created:
             _remove_socket(path)
 
 
-async def serve(cfg, sockets, log, where="", ready=None):
-    """Serve until SIGTERM/SIGINT, then finish what is in flight."""
+def worker_count(cfg):
+    """lmtp_workers, 0 meaning the CPUs this process may run on."""
+    if cfg.lmtp_workers:
+        return cfg.lmtp_workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+async def serve(cfg, sockets, log, where="", ready=None, shared=None):
+    """Serve until SIGTERM/SIGINT, then finish what is in flight.
+    ``shared``: the workers' connection count (workers.SharedCount)."""
     import asyncio
     import signal
 
@@ -104,9 +135,10 @@ async def serve(cfg, sockets, log, where="", ready=None):
         max_per_address=cfg.lmtp_max_per_address,
         log=log,
     )
+    server.shared_count = shared
     handler.inherited_fds = server.socket_fds
     await server.start(sockets)
-    mode = "forking a child per delivery" if handler.fork else f"as uid {os.geteuid()}"
+    mode = ("switching to each user" if handler.fork else f"as uid {os.geteuid()}")
     log.info(f"listening on {where} ({mode})")
     if ready is not None:
         ready()

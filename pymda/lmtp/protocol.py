@@ -85,6 +85,8 @@ LIMITS (hostile input never crashes the server):
   once (postfix retries); on inet listeners, ``max_per_address``
   concurrent connections from one client address (a few slow clients on
   one host cannot take every slot): the next from it gets 421 4.7.0.
+  With ``shared_count`` set (pymda-lmtpd's workers), ``max_connections``
+  counts the connections of every process that shares the count.
 
 SHUTDOWN: ``stop()`` closes the listeners; a connection waiting for a
 command outside a transaction gets ``421 4.3.2`` and is closed; one in a
@@ -867,6 +869,9 @@ class LMTPServer:
         self.tasks = set()
         self.connections = set()
         self.stopping = None
+        # lmtp_workers: a main.SharedCount (set(n), total()) that counts the
+        # connections of every worker against max_connections
+        self.shared_count = None
 
     def socket_fds(self):
         """Descriptors of the listening sockets and of every connection.
@@ -909,6 +914,11 @@ class LMTPServer:
         while self.tasks:
             await asyncio.wait(set(self.tasks))
 
+    def _open_connections(self):
+        if self.shared_count is not None:
+            return self.shared_count.total()
+        return len(self.tasks)
+
     async def _client(self, reader, writer):
         task = asyncio.current_task()
         self.tasks.add(task)
@@ -919,7 +929,9 @@ class LMTPServer:
             address = conn.address
             if address is not None:
                 self.per_address[address] = self.per_address.get(address, 0) + 1
-            if self.max_connections and len(self.tasks) > self.max_connections:
+            if self.shared_count is not None:
+                self.shared_count.set(len(self.tasks))
+            if self.max_connections and self._open_connections() > self.max_connections:
                 await conn.say_and_close(TOO_MANY_CONNECTIONS)
             if address is not None and self.max_per_address and \
                     self.per_address[address] > self.max_per_address:
@@ -934,6 +946,8 @@ class LMTPServer:
             self.log_error(f"connection: {exc!r}")
         finally:
             self.tasks.discard(task)
+            if self.shared_count is not None:
+                self.shared_count.set(len(self.tasks))
             self.connections = {c for c in self.connections if c.writer is not writer}
             if address is not None:
                 left = self.per_address.pop(address) - 1
