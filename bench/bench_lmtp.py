@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -71,14 +70,18 @@ def wire_body(message):
 
 class Conn:
     def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        """``path``: a unix socket path or a (host, port) tuple."""
+        family = socket.AF_INET if isinstance(path, tuple) else socket.AF_UNIX
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(120)
         self.sock.connect(path)
         self.buf = b""
 
-    def lines(self, n):
+    def lines(self, n, every=False):
+        """The last lines of the next ``n`` replies (``every``: all lines)."""
         out = []
-        while len(out) < n:
+        done = 0
+        while done < n:
             while b"\r\n" not in self.buf:
                 chunk = self.sock.recv(65536)
                 if not chunk:
@@ -86,6 +89,8 @@ class Conn:
                 self.buf += chunk
             line, self.buf = self.buf.split(b"\r\n", 1)
             if line[3:4] != b"-":
+                done += 1
+            if every or line[3:4] != b"-":
                 out.append(line.decode())
         return out
 
@@ -95,8 +100,9 @@ def client(path, recipients, body, n, seed):
     conn = Conn(path)
     conn.lines(1)
     conn.sock.sendall(b"LHLO bench.example\r\n")
-    conn.lines(1)
-    head = (f"MAIL FROM:<{SENDER}> SIZE={len(body)}\r\n"
+    # SIZE= only when advertised, as postfix does (dovecot's lmtp has none)
+    size = any(line[4:].split(" ")[0] == "SIZE" for line in conn.lines(1, every=True))
+    head = (f"MAIL FROM:<{SENDER}>{f' SIZE={len(body)}' if size else ''}\r\n"
             + "".join(f"RCPT TO:<{r}>\r\n" for r in recipients) + "DATA\r\n").encode()
     times = []
     for i in range(n):
@@ -222,13 +228,7 @@ def main():
                   f"messages/s, {result['deliveries_per_second']} deliveries/s")
             print(f"  per transaction: median {stats['median_ms']} ms, p90 {stats['p90_ms']} ms")
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        common.terminate(daemon, 30)
         for user in users:
             common.delete_user(user)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -30,6 +30,7 @@ Contract:
   mark across exec), so a big parent would inflate it: the child is forked
   from a fresh ``python3 -I -S`` (about 5 MB of its own, reported by
   ``spawner_bias``), never from the benchmark process.
+- ``terminate(proc, timeout)``: SIGTERM a server, SIGKILL after timeout.
 - ``percentile(values, p)``, ``summarize(seconds)`` -> dict of ms figures.
 - ``machine()``: nproc, CPU model, kernel, Python, file system of a path.
 
@@ -79,6 +80,18 @@ class BenchUser:
 
     def __repr__(self):
         return f"BenchUser({self.name!r}, uid={self.uid})"
+
+
+def terminate(proc, timeout=60):
+    """SIGTERM a server (Popen), SIGKILL after ``timeout`` s; no-op when gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def create_user(prefix="pbench"):

@@ -122,21 +122,29 @@ def _bare(address):
 
 
 def trace_headers(message, envelope):
-    """The Return-Path / Delivered-To lines pymda puts on top (SPEC 1.1).
+    """The Return-Path / X-Original-To / Delivered-To lines pymda puts on
+    top (SPEC 1.1), in postfix local(8)'s order.
 
     Return-Path is added unless the leading block has one for this same
-    sender; Delivered-To unless it has one for this recipient.  The values
+    sender; Delivered-To unless it has one for this recipient;
+    X-Original-To only when the envelope carries an ``orcpt`` (LMTP's
+    ORCPT=, SPEC 2) and the leading block has none for it.  The values
     are envelope data: CR and LF are removed so nobody can inject headers.
     """
-    has_rp = has_dt = False
+    has_rp = has_dt = has_orcpt = False
+    orcpt = getattr(envelope, "orcpt", "")
     for name, value in message.leading:
         if name == "return-path" and same_address(value, envelope.sender):
             has_rp = True
         elif name == "delivered-to" and same_address(value, envelope.recipient):
             has_dt = True
+        elif name == "x-original-to" and orcpt and same_address(value, orcpt):
+            has_orcpt = True
     out = []
     if not has_rp:
         out.append(f"Return-Path: <{_clean(envelope.sender)}>\n")
+    if orcpt and not has_orcpt:
+        out.append(f"X-Original-To: {_clean(orcpt)}\n")
     if not has_dt:
         out.append(f"Delivered-To: {_clean(envelope.recipient)}\n")
     return "".join(out).encode("utf-8", "surrogateescape")

@@ -95,7 +95,7 @@ from pymda.errors import DeliveryError, PermFail
 
 
 def envelope_for(cfg, recipient, sender="", user=None, original_recipient=None,
-                 extension=None):
+                 extension=None, orcpt=None):
     """The Envelope of one delivery to ``recipient`` (see the module docstring)."""
     from pymda.address import split_address
     from pymda.resolve import Envelope
@@ -112,6 +112,7 @@ def envelope_for(cfg, recipient, sender="", user=None, original_recipient=None,
         local=local,
         domain=domain,
         extension=ext if extension is None else extension,
+        orcpt=orcpt or "",
     )
 
 

@@ -45,8 +45,12 @@ class Envelope(Record):
         "local",
         "domain",
         "extension",
+        # the original recipient the MTA gave with the envelope (LMTP's
+        # ORCPT=), "" if none: trace_headers writes it as X-Original-To
+        "orcpt",
     )
-    _defaults = {"original_recipient": "", "extension": "", "domain": "", "local": ""}
+    _defaults = {"original_recipient": "", "extension": "", "domain": "", "local": "",
+                 "orcpt": ""}
 
 
 class Target(Record):

@@ -106,7 +106,7 @@ class Daemon:
     def connect(self, address=None):
         c = Client(address or ("127.0.0.1", self.port))
         assert c.line().startswith(GREETING_START)
-        assert c.cmd("LHLO client.test")[-1].startswith("250 SIZE")
+        assert c.cmd("LHLO client.test")[-1] == "250 DSN"
         return c
 
     def output(self):
@@ -678,12 +678,80 @@ def test_postfix_delivers_through_lmtp_inet(tmp_path, daemons, postfix, two_user
     for user, rcpt in zip((alice, bob), recipients):
         (m,) = maildir_messages(user)
         data = m.read_bytes()
-        assert data.startswith(f"Return-Path: <{SENDER}>\nDelivered-To: {rcpt}\n".encode())
+        # DSN is advertised: postfix sends ORCPT, here the address as given
+        assert data.startswith(f"Return-Path: <{SENDER}>\nX-Original-To: {rcpt}\n"
+                               f"Delivered-To: {rcpt}\n".encode())
         assert data.endswith(b"\n\nhello\n.lonely dot line\n")
         assert b"\r" not in data
         assert m.stat().st_uid == user.uid
     entries = postfix.deliveries(recipients[0])
     assert entries[-1][1:3] == ("2.0.0", "sent") and DELIVERED in entries[-1][3]
+
+
+@needs_root
+def test_postfix_passes_the_alias_as_orcpt(tmp_path, daemons, postfix, two_users):
+    """SPEC 2 DSN: behind a virtual_alias_maps alias postfix's LMTP client
+    sends ORCPT=rfc822;<alias>; the stored message names the alias in
+    X-Original-To (postfix local(8)'s place: between Return-Path and
+    Delivered-To), Delivered-To the final recipient."""
+    alice, bob = two_users
+    d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
+    alias = "team+sales@localhost"  # xtext: the "+" travels as "+2B"
+    postfix.set(mailbox_transport=f"lmtp:inet:127.0.0.1:{d.port}",
+                virtual_alias_maps=f"inline:{{ {{ {alias}={alice.name}@localhost,"
+                                   f"{bob.name}@localhost }} }}")
+    postfix.send(SENDER, [alias, f"{bob.name}@localhost"], b"Subject: alias\n\nto the team\n")
+    for user in (alice, bob):
+        postfix.wait_status(f"{user.name}@localhost", "sent")
+    (m,) = maildir_messages(alice)
+    assert m.read_bytes().startswith(
+        f"Return-Path: <{SENDER}>\nX-Original-To: {alias}\n"
+        f"Delivered-To: {alice.name}@localhost\n".encode())
+    assert m.stat().st_uid == alice.uid
+    # bob was given twice, through the alias and by name: with
+    # enable_original_recipient (the default) postfix keeps both, each
+    # with its own ORCPT, and delivers a copy for each
+    copies = [m.read_bytes() for m in maildir_messages(bob)]
+    assert sorted(c.split(b"\n")[1] for c in copies) == sorted(
+        [f"X-Original-To: {alias}".encode(), f"X-Original-To: {bob.name}@localhost".encode()])
+    for copy in copies:
+        assert copy.split(b"\n")[2] == f"Delivered-To: {bob.name}@localhost".encode()
+        assert copy.endswith(b"\n\nto the team\n")
+
+
+@needs_root
+def test_orcpt_is_the_original_recipient_and_x_original_to(tmp_path, daemons, test_user):
+    """The engine sees ORCPT as the original recipient (here through a
+    .forward-free Sieve-less delivery: X-Original-To on disk); without
+    ORCPT nothing is added; a leading X-Original-To naming the same
+    address is not doubled."""
+    d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\n'))
+    rcpt = f"{test_user.name}@localhost"
+    with d.connect() as c:
+        assert c.cmd(f"MAIL FROM:<{SENDER}> RET=HDRS ENVID=e+2B1") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{rcpt}> NOTIFY=FAILURE ORCPT=rfc822;Old+2BName@example.org") \
+            == RCPT_OK
+        assert c.cmd("DATA") == START_DATA
+        c.send(BODY + b".\r\n")
+        assert c.reply()[0].startswith(DELIVERED)
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{rcpt}>") == RCPT_OK
+        assert c.cmd("DATA") == START_DATA
+        c.send(BODY + b".\r\n")
+        assert c.reply()[0].startswith(DELIVERED)
+        assert c.cmd(f"MAIL FROM:<{SENDER}>") == "250 2.1.0 Ok"
+        assert c.cmd(f"RCPT TO:<{rcpt}> ORCPT=rfc822;a@example.org") == RCPT_OK
+        assert c.cmd("DATA") == START_DATA
+        c.send(b"X-Original-To: A@example.org\r\n" + BODY + b".\r\n")
+        assert c.reply()[0].startswith(DELIVERED)
+    got = [m.read_bytes() for m in maildir_messages(test_user)]
+    assert sorted(got) == sorted([
+        f"Return-Path: <{SENDER}>\nX-Original-To: Old+Name@example.org\n"
+        f"Delivered-To: {rcpt}\n".encode() + STORED,
+        expected(rcpt),
+        f"Return-Path: <{SENDER}>\nDelivered-To: {rcpt}\nX-Original-To: A@example.org\n".encode()
+        + STORED,
+    ])
 
 
 @needs_root

@@ -24,7 +24,7 @@ MAX_SIZE = 100_000
 # Replies (named so a change of wording is a change of the tests)
 GREETING = f"220 {HOST} LMTP pymda ready"
 LHLO_REPLY = [f"250-{HOST}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-8BITMIME",
-              f"250 SIZE {MAX_SIZE}"]
+              f"250-SIZE {MAX_SIZE}", "250 DSN"]
 OK = "250 2.0.0 Ok"
 MAIL_OK = "250 2.1.0 Ok"
 RCPT_OK = "250 2.1.5 Ok"
@@ -73,6 +73,7 @@ class FakeHandler:
 
     def __init__(self):
         self.messages = []  # (sender, recipients, body, data_size)
+        self.transactions = []  # every Transaction given to data()
         self.rcpts = []  # (recipient, size)
         self.release = threading.Event()
         self.delivering = threading.Event()
@@ -93,6 +94,7 @@ class FakeHandler:
 
     async def data(self, session, txn, spool):
         body = spool.read()
+        self.transactions.append(txn)
         self.messages.append((txn.sender, list(txn.recipients), body, txn.data_size))
         for rcpt in txn.recipients:
             if rcpt.startswith("slow"):
@@ -200,7 +202,7 @@ def test_size_without_a_limit_is_bare(tmp_path):
     h = Harness(tmp_path, max_size=0)
     try:
         with h.connect() as c:
-            assert c.cmd("LHLO x")[-1] == "250 SIZE"
+            assert c.cmd("LHLO x")[-2:] == ["250-SIZE", "250 DSN"]
     finally:
         h.close()
 
@@ -290,7 +292,15 @@ def test_command_order(server):
     ("MAIL FROM:<s@x> SIZE=abc", "501 5.5.4 Bad SIZE= value"),
     ("MAIL FROM:<s@x> SIZE=", "501 5.5.4 Bad SIZE= value"),
     ("MAIL FROM:<s@x> BODY=BINARYMIME", "501 5.5.4 Bad BODY= value"),
-    ("MAIL FROM:<s@x> RET=FULL", "555 5.5.4 Unsupported option: RET"),
+    ("MAIL FROM:<s@x> RET=EVERYTHING", "501 5.5.4 Bad RET= value"),
+    ("MAIL FROM:<s@x> RET=", "501 5.5.4 Bad RET= value"),
+    ("MAIL FROM:<s@x> RET", "501 5.5.4 Bad RET= value"),
+    ("MAIL FROM:<s@x> RET=FULL RET=HDRS", "501 5.5.4 Duplicate RET= parameter"),
+    ("MAIL FROM:<s@x> ENVID=a+2", "501 5.5.4 Bad ENVID= value"),
+    ("MAIL FROM:<s@x> ENVID=a=b", "501 5.5.4 Bad ENVID= value"),
+    ("MAIL FROM:<s@x> ENVID=" + "x" * 101, "501 5.5.4 Bad ENVID= value"),
+    ("MAIL FROM:<s@x> NOTIFY=NEVER", "555 5.5.4 Unsupported option: NOTIFY"),
+    ("MAIL FROM:<s@x> ORCPT=rfc822;a@x", "555 5.5.4 Unsupported option: ORCPT"),
     ("MAIL FROM:<s@x> SMTPUTF8", "555 5.5.4 Unsupported option: SMTPUTF8"),
     (f"MAIL FROM:<s@x> SIZE={MAX_SIZE + 1}", TOO_BIG),
     ("MAIL FROM:<s@x> SIZE=99999999999999999999999", "501 5.5.4 Bad SIZE= value"),
@@ -308,7 +318,25 @@ def test_command_errors(server, client, line, reply):
 
 @pytest.mark.parametrize("line,reply", [
     ("RCPT TO:<>", "501 5.1.3 Bad recipient address syntax"),
-    ("RCPT TO:<a@x> NOTIFY=NEVER", "555 5.5.4 Unsupported option: NOTIFY"),
+    ("RCPT TO:<a@x> NOTIFY=NEVER,SUCCESS", "501 5.5.4 Bad NOTIFY= value"),
+    ("RCPT TO:<a@x> NOTIFY=SOMETIMES", "501 5.5.4 Bad NOTIFY= value"),
+    ("RCPT TO:<a@x> NOTIFY=SUCCESS,SUCCESS", "501 5.5.4 Bad NOTIFY= value"),
+    ("RCPT TO:<a@x> NOTIFY=SUCCESS,", "501 5.5.4 Bad NOTIFY= value"),
+    ("RCPT TO:<a@x> NOTIFY=", "501 5.5.4 Bad NOTIFY= value"),
+    ("RCPT TO:<a@x> NOTIFY=NEVER NOTIFY=NEVER", "501 5.5.4 Duplicate NOTIFY= parameter"),
+    ("RCPT TO:<a@x> ORCPT=a@x", "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=rfc822;", "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=;a@x", "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=rfc822;a+4@x", "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=rfc822;a+zz@x", "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=rfc822;a+0A@x", "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=rfc822;a=b@x", "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=rf/c;a@x", "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=rfc822;" + "a" * 500, "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=rfc822;a@x ORCPT=rfc822;b@x", "501 5.5.4 Duplicate ORCPT= parameter"),
+    ("RCPT TO:<a@x> RET=FULL", "555 5.5.4 Unsupported option: RET"),
+    ("RCPT TO:<a@x> ENVID=x", "555 5.5.4 Unsupported option: ENVID"),
+    ("RCPT TO:<a@x> FOO=bar", "555 5.5.4 Unsupported option: FOO"),
     ("RCPT FROM:<a@x>", "501 5.5.4 Syntax: RCPT TO:<address>"),
     ("RCPT TO:<\"unterminated@x>", "501 5.1.3 Bad recipient address syntax"),
     ("RCPT TO:<crash@x>", INTERNAL_ERROR),
@@ -319,6 +347,43 @@ def test_rcpt_errors(server, client, line, reply):
     assert client.cmd("MAIL FROM:<s@x>") == MAIL_OK
     assert client.cmd(line) == reply
     assert client.cmd("DATA") == NO_RECIPIENTS
+
+
+def test_dsn_parameters_are_accepted_and_kept(server, client):
+    """RFC 3461: RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT are accepted; an
+    rfc822 or utf-8 ORCPT reaches the handler decoded, in step with the
+    recipients (another addr-type is accepted and carries nothing)."""
+    assert client.cmd("MAIL FROM:<s@x> RET=hdrs ENVID=QQ+2B314159 SIZE=10") == MAIL_OK
+    assert client.cmd("RCPT TO:<a@x> NOTIFY=SUCCESS,FAILURE,DELAY "
+                      "ORCPT=rfc822;alias+2Bext@x") == RCPT_OK
+    assert client.cmd("RCPT TO:<unknown@x> ORCPT=rfc822;other@x") == USER_UNKNOWN
+    assert client.cmd("RCPT TO:<b@x>") == RCPT_OK
+    assert client.cmd("RCPT TO:<c@x> notify=never orcpt=x400;c+3Dfr+3Ba+3Dx") == RCPT_OK
+    assert client.cmd("RCPT TO:<d@x> ORCPT=utf-8;J\\x{F6}rg@x") == RCPT_OK
+    assert client.cmd("RCPT TO:<e@x> ORCPT=RFC822;E@X") == RCPT_OK
+    assert client.cmd("DATA") == START_DATA
+    client.send(b"Subject: dsn\r\n\r\nhi\r\n.\r\n")
+    for r in "abcde":
+        assert client.reply() == [DELIVERED.format(r + "@x")]
+    (txn,) = server.handler.transactions
+    assert txn.recipients == ["a@x", "b@x", "c@x", "d@x", "e@x"]
+    assert txn.original_recipients == ["alias+ext@x", None, None, "J\u00f6rg@x", "E@X"]
+    assert (txn.ret, txn.envid, txn.size) == ("HDRS", "QQ+314159", 10)
+
+
+@pytest.mark.parametrize("value,decoded", [
+    ("abc", "abc"),
+    ("a+2Bb+3D", "a+b="),
+    ("+41+42", "AB"),
+    ("", ""),
+    ("a+2b", None),
+    ("a+", None),
+    ("a b", None),
+    ("a=b", None),
+    ("\u00e9", None),
+])
+def test_xtext_decode(value, decoded):
+    assert lmtp.xtext_decode(value) == decoded
 
 
 @pytest.mark.parametrize("text,address,params", [

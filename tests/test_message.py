@@ -306,6 +306,28 @@ def test_trace_headers_not_repeated_from_the_leading_block():
     assert message.trace_headers(msg, elsewhere) == b"Delivered-To: bob@localhost\n"
 
 
+def test_x_original_to_from_the_envelopes_orcpt():
+    """LMTP's ORCPT (envelope.orcpt) becomes X-Original-To between
+    Return-Path and Delivered-To, as postfix local(8) writes them; not
+    when the leading block already names it; never without an orcpt
+    (the original_recipient alone, pymda's one-shot default, adds none)."""
+    from pymda.resolve import Envelope
+
+    msg = intake([b"S: x\n\nb\n"])
+    env = Envelope(sender="a@x", recipient="bob@x", user="bob", orcpt="team+x@x")
+    assert message.trace_headers(msg, env) == (
+        b"Return-Path: <a@x>\nX-Original-To: team+x@x\nDelivered-To: bob@x\n")
+    plain = Envelope(sender="a@x", recipient="bob@x", user="bob", original_recipient="t@x")
+    assert b"X-Original-To" not in message.trace_headers(msg, plain)
+    top = intake([POSTFIX_TOP])
+    same = Envelope(sender="o'brien@example.org", recipient="alice+work@localhost",
+                    user="alice", orcpt="ALICE+work@localhost")
+    assert message.trace_headers(top, same) == b""
+    other = Envelope(sender="o'brien@example.org", recipient="alice+work@localhost",
+                     user="alice", orcpt="x@y\r\nBcc: z")
+    assert message.trace_headers(top, other) == b"X-Original-To: x@yBcc: z\n"
+
+
 def test_trace_headers_strip_line_breaks():
     from pymda.resolve import Envelope
 

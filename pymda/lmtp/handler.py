@@ -16,7 +16,9 @@ calls (see lmtp.py):
   engine's spool;
 - ``data(session, transaction, spool)``: finishes that intake and
   delivers it to each recipient in turn through the same pipeline as
-  ``pymda`` (recipient.deliver, ``forward = lmtp_forward``),
+  ``pymda`` (recipient.deliver, ``forward = lmtp_forward``; the
+  recipient's ORCPT, when the client gave one, is the envelope's
+  original recipient and its X-Original-To: see Recipient),
   yielding each recipient's reply (DeliveryResult.lmtp_reply) only after
   its delivery returned, i.e. after the copy is fsynced.
 
@@ -133,6 +135,17 @@ class ForkGuard:
             self.cond.notify_all()
 
 
+class Recipient(str):
+    """A recipient address that carries its ORCPT (``orcpt``, or None) to
+    deliver_one through every delivery path (thread, switch, child)
+    unchanged: it is the address everywhere else (logs, keys)."""
+
+    def __new__(cls, address, orcpt=None):
+        self = super().__new__(cls, address)
+        self.orcpt = orcpt
+        return self
+
+
 class DeliveryHandler:
     def __init__(self, cfg, log, fork=None, max_threads=100):
         self.cfg = cfg
@@ -215,7 +228,9 @@ class DeliveryHandler:
             return
         try:
             done = {}
-            for recipient in transaction.recipients:
+            originals = getattr(transaction, "original_recipients", [])
+            for i, recipient in enumerate(transaction.recipients):
+                recipient = Recipient(recipient, originals[i] if i < len(originals) else None)
                 key = recipient.lower()
                 if key not in done:
                     done[key] = await self._deliver(message, transaction.sender, recipient)
@@ -256,7 +271,7 @@ class DeliveryHandler:
         """The reply of a delivery with a temporary switch, or None."""
         from pymda import recipient as pipeline
 
-        envelope = pipeline.envelope_for(self.cfg, recipient, sender=sender)
+        envelope = envelope_of(self.cfg, recipient, sender)
         try:
             identity = pipeline.find_user(self.cfg, envelope)
         except DeliveryError as exc:
@@ -427,6 +442,16 @@ def _on_signal(signum, frame):
     raise TempFail(f"interrupted by signal {signum}", "4.3.0")
 
 
+def envelope_of(cfg, recipient, sender):
+    """recipient.envelope_for an LMTP recipient: a Recipient's ORCPT is
+    the original recipient (and X-Original-To)."""
+    from pymda import recipient as pipeline
+
+    orcpt = getattr(recipient, "orcpt", None)
+    return pipeline.envelope_for(cfg, str(recipient), sender=sender,
+                                 original_recipient=orcpt, orcpt=orcpt)
+
+
 def deliver_one(cfg, log, message, sender, recipient, temporary=False, envelope=None,
                 identity=None):
     """Deliver to one recipient in this process; returns the reply line.
@@ -437,12 +462,13 @@ def deliver_one(cfg, log, message, sender, recipient, temporary=False, envelope=
     recipient.deliver does it all, as for ``pymda -d``; the one LMTP
     difference: postfix's lmtp client writes no Delivered-To, so any for
     this recipient is an earlier delivery (``own_delivered_to=False``).
+    A Recipient's ORCPT is the original recipient (X-Original-To).
     Anything unexpected is raised (the caller's 451 4.3.0).
     """
     from pymda import recipient as pipeline
 
     if envelope is None:
-        envelope = pipeline.envelope_for(cfg, recipient, sender=sender)
+        envelope = envelope_of(cfg, recipient, sender)
     result = pipeline.deliver(cfg, log, message, envelope, identity=identity,
                               forward=cfg.lmtp_forward, own_delivered_to=False,
                               temporary=temporary)

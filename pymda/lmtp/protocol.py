@@ -8,7 +8,9 @@ parses commands, spools DATA and calls the handler, an object with:
   ``async rcpt(session, recipient, size) -> str``
       The reply line for ``RCPT TO:<recipient>`` (``size``: the MAIL
       ``SIZE=`` value, 0 when not given).  A reply starting with "2"
-      accepts the recipient.
+      accepts the recipient; its ORCPT (or None) is then appended to
+      ``transaction.original_recipients``, in step with
+      ``transaction.recipients``.
   ``data(session, transaction, spool)`` -> async iterator of str
       After the final ".": one reply line per accepted recipient
       (``transaction.recipients``, in order), each yielded as soon as that
@@ -28,13 +30,23 @@ or yields a malformed or missing reply costs that recipient a
 traceback on the wire.
 
 PROTOCOL (RFC 2033, RFC 5321, RFC 1870 SIZE, RFC 2920 PIPELINING,
-RFC 2034/3463 ENHANCEDSTATUSCODES, RFC 6152 8BITMIME):
+RFC 2034/3463 ENHANCEDSTATUSCODES, RFC 6152 8BITMIME, RFC 3461 DSN):
 - greeting ``220 <host> LMTP pymda ready``; ``LHLO`` answers with
-  ``PIPELINING ENHANCEDSTATUSCODES 8BITMIME SIZE[ n]``; HELO/EHLO are
+  ``PIPELINING ENHANCEDSTATUSCODES 8BITMIME SIZE[ n] DSN``; HELO/EHLO are
   refused (RFC 2033 4.1: LMTP uses LHLO).
-- ``MAIL FROM:<addr> [SIZE=n] [BODY=7BIT|8BITMIME]``: a SIZE over
-  ``max_size`` is refused at once (552 5.3.4).  Other parameters: 555.
-- ``RCPT TO:<addr>``: at most MAX_RECIPIENTS per transaction (452 4.5.3).
+- ``MAIL FROM:<addr> [SIZE=n] [BODY=7BIT|8BITMIME] [RET=FULL|HDRS]
+  [ENVID=xtext]``: a SIZE over ``max_size`` is refused at once (552
+  5.3.4).  Other parameters: 555.
+- ``RCPT TO:<addr> [NOTIFY=NEVER|SUCCESS,FAILURE,DELAY]
+  [ORCPT=addr-type;xtext]``: at most MAX_RECIPIENTS per transaction
+  (452 4.5.3).  An ``rfc822`` (or RFC 6533 ``utf-8``) ORCPT, decoded, is
+  the recipient's original recipient; another addr-type is accepted
+  and ignored.  Other parameters: 555.
+- DSN (RFC 3461): a malformed or repeated NOTIFY/RET/ENVID/ORCPT (bad
+  xtext, ENVID over 100 or ORCPT over 500 characters, NEVER combined
+  with another keyword) is ``501 5.5.4``.  RET, ENVID and NOTIFY are
+  kept on the Transaction but otherwise ignored: the MTA, not the
+  delivery agent, sends notifications.
 - ``DATA``: 503 when no recipient was accepted (RFC 2033 4.2); else 354,
   then one reply per accepted recipient.  The same address given twice
   is the handler's business (pymda delivers it once, answers twice).
@@ -81,7 +93,7 @@ command outside a transaction gets ``421 4.3.2`` and is closed; one in a
 transaction finishes it (DATA, deliveries, replies) and is closed at its
 next command.  ``wait_closed()`` returns when every connection is gone.
 
-LIMITATIONS: no BDAT/CHUNKING, no DSN, no SMTPUTF8, no STARTTLS/AUTH
+LIMITATIONS: no BDAT/CHUNKING, no SMTPUTF8, no STARTTLS/AUTH
 (LMTP is for a local MTA: unix socket or loopback).
 """
 
@@ -121,6 +133,8 @@ BAD_SENDER = "501 5.1.7 Bad sender address syntax"
 BAD_RECIPIENT = "501 5.1.3 Bad recipient address syntax"
 BAD_SIZE = "501 5.5.4 Bad SIZE= value"
 BAD_BODY = "501 5.5.4 Bad BODY= value"
+BAD_DSN_PARAMETER = "501 5.5.4 Bad {name}= value"
+DUPLICATE_PARAMETER = "501 5.5.4 Duplicate {name}= parameter"
 UNSUPPORTED_PARAMETER = "555 5.5.4 Unsupported option: {name}"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
@@ -249,6 +263,100 @@ def _internal_address(path):
     return "".join(out) + rest
 
 
+def xtext_decode(text):
+    """RFC 3461 4: xtext -> str, or None when malformed.  Printable
+    US-ASCII except "+" and "=", and "+XX" (two upper-case hex digits)."""
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "+":
+            code = text[i + 1:i + 3]
+            if len(code) != 2 or any(h not in "0123456789ABCDEF" for h in code):
+                return None
+            out.append(chr(int(code, 16)))
+            i += 3
+            continue
+        if not "!" <= c <= "~" or c == "=":
+            return None
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _unitext_decode(text):
+    """RFC 6533 utf-8-addr-xtext: ``\\x{HEX}`` escapes -> characters."""
+    out = []
+    i = 0
+    while i < len(text):
+        if text.startswith("\\x{", i):
+            end = text.find("}", i)
+            digits = text[i + 3:end] if end > 0 else ""
+            if not 1 <= len(digits) <= 6 or any(h not in "0123456789ABCDEF" for h in digits):
+                return None
+            out.append(chr(min(int(digits, 16), 0x10FFFF)))
+            i = end + 1
+            continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+_NOTIFY = ("SUCCESS", "FAILURE", "DELAY")
+
+
+def parse_dsn_value(name, value):
+    """A DSN parameter's value (RFC 3461 4.1-4.4) -> (ok, kept value).
+
+    RET: "FULL"/"HDRS"; ENVID: the decoded xtext; NOTIFY: a tuple of
+    keywords (("NEVER",) alone, or some of SUCCESS/FAILURE/DELAY);
+    ORCPT: the original recipient address for ``rfc822`` and ``utf-8``
+    addr-types, None for other (valid) types.  ok is False when the
+    value is malformed (the client's 501)."""
+    if value is None or not value:
+        return False, None
+    if name == "RET":
+        value = value.upper()
+        return value in ("FULL", "HDRS"), value
+    if name == "ENVID":
+        decoded = xtext_decode(value)
+        return decoded is not None and len(value) <= 100, decoded
+    if name == "NOTIFY":
+        words = tuple(w.upper() for w in value.split(","))
+        if words == ("NEVER",):
+            return True, words
+        ok = all(w in _NOTIFY for w in words) and len(set(words)) == len(words)
+        return ok, words
+    # ORCPT = addr-type ";" xtext
+    kind, semi, text = value.partition(";")
+    decoded = xtext_decode(text)
+    if not semi or not kind or not text or decoded is None or len(value) > 500:
+        return False, None
+    if not all(c.isalnum() or c == "-" for c in kind) or not kind.isascii():
+        return False, None
+    kind = kind.lower()
+    if kind == "utf-8":
+        decoded = _unitext_decode(decoded)
+        if decoded is None:
+            return False, None
+    elif kind != "rfc822":
+        return True, None
+    if any(c < " " or c == "\x7f" for c in decoded):
+        return False, None
+    return True, decoded
+
+
+def _dsn_parameter(seen, name, value):
+    """Check one DSN parameter into ``seen``; the 501 reply or None."""
+    if name in seen:
+        return DUPLICATE_PARAMETER.format(name=name)
+    ok, kept = parse_dsn_value(name, value)
+    if not ok:
+        return BAD_DSN_PARAMETER.format(name=name)
+    seen[name] = kept
+    return None
+
+
 def parse_size(value):
     """A SIZE= value -> int, or None when it is not a number."""
     if value is None or not value.isdigit() or len(value) > 20:
@@ -267,6 +375,9 @@ class Transaction:
         self.size = size  # the SIZE= the client declared, 0 if none
         self.body = body  # "7BIT", "8BITMIME" or None
         self.recipients = []  # accepted, in RCPT order
+        self.original_recipients = []  # their ORCPT= addresses (or None), in step
+        self.ret = None  # DSN RET= ("FULL"/"HDRS") or None: accepted, ignored
+        self.envid = None  # DSN ENVID= (decoded) or None: accepted, ignored
         self.data_size = 0  # bytes received (CRLF counted as one)
 
 
@@ -422,7 +533,8 @@ class _Connection:
         self.session.lhlo = arg
         self.session.transaction = None  # LHLO resets, as EHLO does
         size = f"SIZE {self.server.max_size}" if self.server.max_size else "SIZE"
-        lines = [self.server.hostname, "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", size]
+        lines = [self.server.hostname, "PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", size,
+                 "DSN"]
         for line in lines[:-1]:
             self.out.append(format_reply("250-" + line))
         self.reply("250 " + lines[-1])
@@ -449,6 +561,7 @@ class _Connection:
         sender, params = parsed
         size = 0
         body = None
+        dsn = {}
         for name, value in params:
             if name == "SIZE":
                 size = parse_size(value)
@@ -460,13 +573,20 @@ class _Connection:
                 if body not in ("7BIT", "8BITMIME"):
                     self.reply(BAD_BODY)
                     return
+            elif name in ("RET", "ENVID"):
+                problem = _dsn_parameter(dsn, name, value)
+                if problem:
+                    self.reply(problem)
+                    return
             else:
                 self.reply(UNSUPPORTED_PARAMETER.format(name=name[:64]))
                 return
         if self.server.max_size and size > self.server.max_size:
             self.reply(TOO_BIG)
             return
-        self.session.transaction = Transaction(sender, size, body)
+        txn = self.session.transaction = Transaction(sender, size, body)
+        txn.ret = dsn.get("RET")
+        txn.envid = dsn.get("ENVID")
         self.reply(MAIL_OK)
 
     async def do_RCPT(self, arg):
@@ -481,9 +601,15 @@ class _Connection:
         if not recipient:
             self.reply(BAD_RECIPIENT)
             return
-        if params:
-            self.reply(UNSUPPORTED_PARAMETER.format(name=params[0][0][:64]))
-            return
+        dsn = {}
+        for name, value in params:
+            if name not in ("NOTIFY", "ORCPT"):
+                self.reply(UNSUPPORTED_PARAMETER.format(name=name[:64]))
+                return
+            problem = _dsn_parameter(dsn, name, value)
+            if problem:
+                self.reply(problem)
+                return
         if len(txn.recipients) >= MAX_RECIPIENTS:
             self.reply(TOO_MANY_RECIPIENTS)
             return
@@ -497,6 +623,7 @@ class _Connection:
             answer = INTERNAL_ERROR
         if answer.startswith("2"):
             txn.recipients.append(recipient)
+            txn.original_recipients.append(dsn.get("ORCPT"))
         self.reply(answer)
 
     async def do_DATA(self, arg):
