@@ -636,9 +636,10 @@ def test_bad_config_key_names_file_and_key(tmp_path, text, key):
 
 def test_slow_clients_config_keys(tmp_path, daemons):
     """lmtp_command_timeout cuts a dribbling client with 421;
-    lmtp_max_per_address refuses the next one from its address."""
+    lmtp_max_per_address refuses the next one from its address (counted
+    per worker process: one here)."""
     d = daemons(write_config(tmp_path, "lmtp_command_timeout = 2\n"
-                                       "lmtp_max_per_address = 2\n"))
+                                       "lmtp_max_per_address = 2\nlmtp_workers = 1\n"))
     with d.connect() as slow, d.connect():
         with Client(("127.0.0.1", d.port)) as third:
             assert third.line().startswith("421 4.7.0 ")

@@ -162,9 +162,13 @@ class DeliveryHandler:
 
         self.executor = ThreadPoolExecutor(max_workers=max_threads,
                                            thread_name_prefix="pymda-lmtpd")
+        # switched deliveries have a thread of their own: every thread of
+        # the pool may be waiting for the guard they hold
+        self.switched = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pymda-switched")
 
     def close(self):
         self.executor.shutdown(wait=False)
+        self.switched.shutdown(wait=False)
 
     async def _in_thread(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
@@ -255,7 +259,7 @@ class DeliveryHandler:
         the recipient needs a child (recipient.needs_own_process)."""
         await self._hold_guard()
         try:
-            job = self.executor.submit(self.switched_delivery, message, sender, recipient)
+            job = self.switched.submit(self.switched_delivery, message, sender, recipient)
         except BaseException:
             self.guard.release()
             raise

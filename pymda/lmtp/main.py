@@ -11,9 +11,9 @@ in a directory only the MTA can enter, such as postfix's private/) and
 is removed at exit; a stale socket left by a crash is replaced.
 
 Run as root, it delivers for every user: a plain mailbox with a
-temporary switch of the effective ids, anything that runs a program of
-the user's (or writes a .forward file target) in a forked child that
-switches for good (handler.py, recipient.needs_own_process); run as one
+temporary switch of the effective ids; anything that runs a program of
+the user's, writes a .forward file target or a spool mbox (whose lock
+needs the setgid dotlockfile), in a forked child that switches for good (handler.py, recipient.needs_own_process); run as one
 mail user, it delivers for the virtual users whose uid is its own.
 
 WORKERS: with ``lmtp_workers`` (0, the default: one per CPU) above 1, a
