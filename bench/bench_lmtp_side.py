@@ -306,6 +306,8 @@ def main():
     ap.add_argument("--connections", default="1,4")
     ap.add_argument("--modes", default="root,user,pg,pguser")
     ap.add_argument("--pg-rows", type=int, default=10000)
+    ap.add_argument("--pymda-extra", default="",
+                    help="top-level TOML lines added to pymda's config, e.g. 'lmtp_workers = 4'")
     ap.add_argument("--message", help="message file (default: a corpus message)")
     ap.add_argument("--markdown", help="also write the table to this file")
     ap.add_argument("--json", help="write every result to this file")
@@ -335,16 +337,18 @@ def main():
     failed = False
     started = datetime.datetime.now(datetime.timezone.utc)
     try:
+        head = 'mailbox = "Maildir/"\n' + (opts.pymda_extra.replace("\\n", "\n") + "\n"
+                                           if opts.pymda_extra else "")
         virtual = (f'[users."{VIRTUAL}"]\nuid = {user.uid}\ngid = {user.gid}\n'
                    f'home = "{user.home}"\nmailbox = "Maildir/"\n')
         static = (f"  driver = static\n  args = uid={user.uid} gid={user.gid} "
                   f"home={user.home} allow_all_users=yes")
         setups = {}
         if "root" in modes:
-            setups["root"] = (lambda: Pymda(top, 'mailbox = "Maildir/"\n'),
+            setups["root"] = (lambda: Pymda(top, head),
                               lambda: Dovecot(top, "static", static), f"{user.name}@localhost")
         if "user" in modes:
-            setups["user"] = (lambda: Pymda(top, 'mailbox = "Maildir/"\n' + virtual, user),
+            setups["user"] = (lambda: Pymda(top, head + virtual, user),
                               lambda: Dovecot(top, "static", static), VIRTUAL)
         if "pg" in modes or "pguser" in modes:
             pg = setup_pg(top, user, opts.pg_rows)
@@ -354,7 +358,7 @@ def main():
                 f.write(f"driver = pgsql\nconnect = {connect}\nuser_query = SELECT home, uid, "
                         "gid FROM users WHERE username = '%u'\n")
             os.chmod(sqlconf, 0o600)
-            pymda_sql = ('mailbox = "Maildir/"\nuserdb = ["sql:pg"]\n[sql.pg]\n'
+            pymda_sql = (head + 'userdb = ["sql:pg"]\n[sql.pg]\n'
                          f'driver = "postgresql"\nconnect = "{connect}"\n'
                          'user_query = "SELECT uid, gid, home FROM users WHERE username = $user"\n')
             dovecot_sql = f"  driver = sql\n  args = {sqlconf}"
