@@ -605,9 +605,17 @@ def template_variables(envelope=None, identity=None, cfg=None):
 def user_path(template, identity, envelope=None, cfg=None):
     """``template`` expanded for ``identity`` (``template_variables``); a
     relative result is under the user's home.  SECURITY: ``$sender`` is ''
-    here - the remote party's choice never names a file."""
+    here - the remote party's choice never names a file - and a recipient
+    part with '/', NUL, or that is '.' or '..' is '' too."""
     variables = template_variables(envelope, identity, cfg)
     variables["sender"] = ""
+    # The recipient's parts are the remote sender's choice too: one that
+    # would add or climb a level ('/', '.', '..') or hold a NUL is ''
+    # (postfix's local(8) skips such an extension for file names).
+    for name in _ENVELOPE_VARIABLES:
+        value = variables[name]
+        if "/" in value or "\0" in value or value in (".", ".."):
+            variables[name] = ""
     path = expand(template, variables)
     if not path.startswith("/"):
         path = os.path.join(identity.home, path)

@@ -403,6 +403,23 @@ def test_user_path_is_under_the_home_and_never_names_the_sender():
     assert config.user_path("$home/.s-$sender-$domain", me, env) == "/home/bob/.s--h"
 
 
+@pytest.mark.parametrize("extension", ["../../../etc", "a/b", "..", ".", "x\0y"])
+def test_user_path_never_lets_a_recipient_part_climb_out(extension):
+    """A +extension (or local part) is the remote sender's choice: one
+    that would add or climb a path level never reaches a file name."""
+    me = _Who(name="bob", home="/home/bob")
+    env = _Who(sender="", recipient=f"bob+{extension}@h", user="bob", local=f"bob+{extension}",
+               domain="h", extension=extension)
+    path = config.user_path("Maildir-$extension/", me, env)
+    assert path == "/home/bob/Maildir-/"
+    if "/" in extension:
+        assert config.user_path("$home/mail/$local", me, env) == "/home/bob/mail/"
+    # an ordinary extension is used
+    ok = _Who(sender="", recipient="bob+lists@h", user="bob", local="bob+lists", domain="h",
+              extension="lists")
+    assert config.user_path("Maildir-$extension/", me, ok) == "/home/bob/Maildir-lists/"
+
+
 # --- hostile values and files (issue 8 items 7 and 8) ------------------------------
 
 NUMBER_KEYS = sorted(
