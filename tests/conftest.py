@@ -42,7 +42,7 @@ def pymda_installed():
     prefix = paths.prefix()
     if os.environ.get("PYMDA_NO_REINSTALL") != "1":
         proc = subprocess.run(
-            [str(paths.REPO / "scripts" / "install"), "--quick", str(prefix)],
+            [str(paths.REPO / "scripts" / "install"), "--quick", "--for-tests", str(prefix)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
         )
         if proc.returncode != 0:
