@@ -153,3 +153,24 @@ def test_pipx_install(tmp_path):
     assert proc.returncode == 0, proc
     _delivered(maildir)
     assert not marker.exists(), "a .pth file ran on a delivery"
+
+
+def test_a_broken_install_defers_and_never_bounces(tmp_path):
+    """The launcher itself follows the exit contract: no pymda package
+    beside the interpreter, or no interpreter at all, is 4.3.0 / exit 75
+    (postfix bounces any other status) - never a traceback."""
+    launcher = paths.REPO / "bin" / "pymda"
+    broken = tmp_path / "broken" / "bin"
+    broken.mkdir(parents=True)
+    (broken / "python3").symlink_to("/usr/bin/python3")  # no pymda next to it
+    shutil.copy2(launcher, broken / "pymda")
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy2(launcher, lonely / "pymda")  # no python3 at all
+    for command, text in ((broken / "pymda", b"4.3.0 pymda cannot start: ModuleNotFoundError"),
+                          (lonely / "pymda", b"4.3.0 pymda: no python3 beside")):
+        proc = subprocess.run([str(command), *ME], input=MESSAGE, capture_output=True,
+                              check=False, timeout=60, env={"PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 75, proc
+        assert proc.stdout == b"" and proc.stderr.startswith(text), proc.stderr
+        assert proc.stderr.count(b"\n") == 1, proc.stderr
