@@ -1,7 +1,7 @@
 """pymda-lmtpd's handler: LMTP recipients -> the delivery engine.
 
 Contract: ``DeliveryHandler(cfg, log)`` is the handler lmtp.LMTPServer
-calls (see lmtp.py):
+calls (see protocol.py):
 
 - ``rcpt(session, recipient, size)``: ``550 5.1.1`` for an unknown user
   (the recipient -> user rule is the one of every program:
@@ -50,8 +50,10 @@ FORK SAFETY: fork() copies one thread; a lock another thread held at
 that moment stays locked in the child for ever.  The RCPT checks run in
 worker threads and call into libc (passwd lookups, NSS): a fork waits
 until none is running and keeps new ones out while it forks (ForkGuard).
-The intake thread only reads and writes files.  Worker threads never
-log (syslog has a libc lock).  The child closes the server's sockets,
+RCPT threads never log (syslog has a libc lock); a switched delivery
+logs, but it holds the guard, so no fork happens meanwhile.  The event
+loop thread feeds DATA into the Intake and forks itself: it cannot be
+inside syslog at the fork.  The child closes the server's sockets,
 resets the signal handlers and the event loop's wakeup fd, and leaves
 with _exit(), never running the parent's cleanup.
 
@@ -213,14 +215,10 @@ class DeliveryHandler:
         return message_mod.Intake(self.cfg.message_size_limit, envelope_line=False)
 
     async def data(self, session, transaction, spool):
-        from pymda import message as message_mod
-
+        """``spool`` is always our open_spool's Intake (the server calls
+        data() only when open_spool succeeded)."""
         try:
-            if hasattr(spool, "finish"):  # our open_spool's Intake
-                message = spool.finish()
-            else:
-                message = await self._in_thread(message_mod.read, spool,
-                                                self.cfg.message_size_limit, False)
+            message = spool.finish()
         except DeliveryError as exc:
             self.log.info(f"from=<{transaction.sender}>: message refused: {exc.line()}")
             for _ in transaction.recipients:
@@ -228,9 +226,8 @@ class DeliveryHandler:
             return
         try:
             done = {}
-            originals = getattr(transaction, "original_recipients", [])
-            for i, recipient in enumerate(transaction.recipients):
-                recipient = Recipient(recipient, originals[i] if i < len(originals) else None)
+            for address, orcpt in zip(transaction.recipients, transaction.original_recipients):
+                recipient = Recipient(address, orcpt)
                 key = recipient.lower()
                 if key not in done:
                     done[key] = await self._deliver(message, transaction.sender, recipient)
