@@ -3,13 +3,16 @@
 Contract:
 - ``daemon_options(listen_help)``: the click options both take: repeatable
   ``--listen``, ``-c/--config``, ``--socket-mode`` and ``-v``.
-- ``load_config(path, prog)``: the Config, or exit 75 with the one
+- ``load_config(path)``: the Config, or exit 75 with the one
   ``D.S.N`` line naming the file and key (a daemon that cannot read its
   config must not serve with defaults).
 - ``socket_mode(text, prog)``: the octal mode, or exit 64.
 - ``start(prog, verbose, config_path, socket_mode_text)``: (log, config,
   socket mode), what every daemon begins with; ``fail(prog, text, code)``
   says ``prog: text`` on stderr and exits ``code``.
+- ``listen_sockets(prog, listen, mode)``: systemd's sockets plus the
+  ``--listen`` ones, bound; exit 64 for a bad ``--listen``, 75 when one
+  cannot be bound.
 - ``DaemonLog(echo, ident)``: pymda.log.Log (syslog, facility mail) that
   also writes each line to stderr at once with ``echo`` (-v).
 - sockets: ``parse_listen(spec)`` (``inet:HOST:PORT`` / ``unix:PATH``),
@@ -47,7 +50,7 @@ def daemon_options(listen_help):
     return decorate
 
 
-def load_config(path, prog):
+def load_config(path):
     from pymda import config
 
     try:
@@ -61,14 +64,13 @@ def socket_mode(text, prog):
     try:
         return int(text, 8)
     except ValueError:
-        click.echo(f"{prog}: --socket-mode must be octal, got {text!r}", err=True)
-        sys.exit(EX_USAGE)
+        fail(prog, f"--socket-mode must be octal, got {text!r}", EX_USAGE)
 
 
 def start(prog, verbose, config_path, socket_mode_text):
     """(DaemonLog, Config, socket mode) of a daemon's command line."""
     log = DaemonLog(verbose, ident=prog)
-    return log, load_config(config_path, prog), socket_mode(socket_mode_text, prog)
+    return log, load_config(config_path), socket_mode(socket_mode_text, prog)
 
 
 def fail(prog, text, code):
@@ -106,6 +108,20 @@ def parse_listen(spec):
         if sep and port.isdigit() and 0 < int(port) < 65536:
             return ("inet", host or "127.0.0.1", int(port))
     raise ValueError(f"--listen {spec!r}: use inet:HOST:PORT or unix:PATH")
+
+
+def listen_sockets(prog, listen, mode):
+    """systemd's sockets plus those of the ``--listen`` specs, bound and
+    listening; a bad spec exits 64, a socket that cannot be bound 75."""
+    try:
+        for spec in listen:
+            parse_listen(spec)
+    except ValueError as exc:
+        fail(prog, exc, EX_USAGE)
+    try:
+        return systemd_sockets() + open_listeners(listen, mode)
+    except OSError as exc:
+        fail(prog, f"cannot listen: {exc}", EX_TEMPFAIL)
 
 
 def systemd_sockets(environ=None):

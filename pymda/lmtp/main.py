@@ -43,8 +43,8 @@ import sys
 
 import click
 
-from pymda.daemon import daemon_options, fail, open_listeners, parse_listen, start, systemd_sockets
-from pymda.errors import EX_TEMPFAIL, EX_USAGE
+from pymda.daemon import daemon_options, fail, listen_sockets, parse_listen, start
+from pymda.errors import EX_USAGE
 
 PROG = "pymda-lmtpd"
 
@@ -54,19 +54,11 @@ PROG = "pymda-lmtpd"
 def lmtpd(listen, config_path, socket_mode_text, verbose):
     """Deliver mail received over LMTP (RFC 2033) with pymda's engine."""
     log, cfg, mode = start(PROG, verbose, config_path, socket_mode_text)
-    try:
-        specs = [parse_listen(spec) for spec in listen]
-    except ValueError as exc:
-        fail(PROG, exc, EX_USAGE)
-    sockets = systemd_sockets()
-    if not sockets and not listen:
+    sockets = listen_sockets(PROG, listen, mode)
+    if not sockets:
         fail(PROG, "nothing to serve: give --listen inet:HOST:PORT or unix:PATH (or start it"
              " by systemd socket activation)", EX_USAGE)
-    try:
-        sockets += open_listeners(listen, mode)
-    except OSError as exc:
-        fail(PROG, f"cannot listen: {exc}", EX_TEMPFAIL)
-    created = [spec[1] for spec in specs if spec[0] == "unix"]
+    created = [spec[1] for spec in map(parse_listen, listen) if spec[0] == "unix"]
     import asyncio
 
     where = ", ".join(listen) or "systemd sockets"

@@ -9,15 +9,14 @@ sockets it serves the one client on stdin/stdout, as postfix's spawn(8)
 runs it from master.cf.  SIGTERM/SIGINT stop it.
 
 Exit status: 0 after a clean stop; 75 when the configuration cannot be
-read (the message names the file and key); 64 for a bad --listen.
-The protocol and the decision live in policy.py.
+read (the message names the file and key) or a socket cannot be bound;
+64 for a bad --listen.  The protocol and the decision live in service.py.
 """
 
 
 import click
 
-from pymda.daemon import daemon_options, fail, open_listeners, start, systemd_sockets
-from pymda.errors import EX_TEMPFAIL, EX_USAGE
+from pymda.daemon import daemon_options, listen_sockets, start
 
 PROG = "pymda-policyd"
 
@@ -29,12 +28,7 @@ def policyd(listen, config_path, socket_mode_text, verbose):
     from pymda.policy import service as policy
 
     log, cfg, mode = start(PROG, verbose, config_path, socket_mode_text)
-    try:
-        sockets = systemd_sockets() + open_listeners(listen, mode)
-    except ValueError as exc:
-        fail(PROG, exc, EX_USAGE)
-    except OSError as exc:
-        fail(PROG, f"cannot listen: {exc}", EX_TEMPFAIL)
+    sockets = listen_sockets(PROG, listen, mode)
     if not sockets:
         policy.serve_stream(cfg, 0, 1, log)
         return
