@@ -12,7 +12,10 @@ Contract:
   says ``prog: text`` on stderr and exits ``code``.
 - ``listen_sockets(prog, listen, mode)``: systemd's sockets plus the
   ``--listen`` ones, bound; exit 64 for a bad ``--listen``, 75 when one
-  cannot be bound.
+  cannot be bound or systemd passed one that is not a stream socket.
+- ``internal_error(prog, log, exc)``: a daemon's one broad catch: one
+  log line, ``prog: 4.3.0 internal error: ...`` on stderr, exit 75 -
+  never a traceback.
 - ``DaemonLog(echo, ident)``: pymda.log.Log (syslog, facility mail) that
   also writes each line to stderr at once with ``echo`` (-v).
 - sockets: ``parse_listen(spec)`` (``inet:HOST:PORT`` / ``unix:PATH``),
@@ -118,10 +121,24 @@ def listen_sockets(prog, listen, mode):
             parse_listen(spec)
     except ValueError as exc:
         fail(prog, exc, EX_USAGE)
+    import socket
+
     try:
-        return systemd_sockets() + open_listeners(listen, mode)
+        sockets = systemd_sockets()
+        for sock in sockets:  # e.g. a socket unit's ListenDatagram=
+            if sock.type != socket.SOCK_STREAM:
+                fail(prog, f"cannot listen: systemd passed fd {sock.fileno()}, which is not"
+                     " a stream socket", EX_TEMPFAIL)
+        return sockets + open_listeners(listen, mode)
     except OSError as exc:
         fail(prog, f"cannot listen: {exc}", EX_TEMPFAIL)
+
+
+def internal_error(prog, log, exc):
+    """The one broad catch of a daemon: log, say it, exit 75."""
+    text = f"internal error: {type(exc).__name__}: {exc}"
+    log.error(text)
+    fail(prog, f"4.3.0 {text}", EX_TEMPFAIL)
 
 
 def systemd_sockets(environ=None):

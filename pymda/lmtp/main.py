@@ -29,7 +29,8 @@ configuration is read once, at start).
 
 Exit status: 0 after a clean stop; 64 for a bad --listen or none at
 all; 75 when the configuration cannot be read (the message names the
-file and key) or a socket cannot be bound.
+file and key), a socket cannot be bound, or on an internal error (one
+line ``pymda-lmtpd: 4.3.0 internal error: ...``, never a traceback).
 
 Config keys used: message_size_limit (SIZE, 552 5.3.4),
 lmtp_idle_timeout, lmtp_command_timeout, lmtp_min_data_rate,
@@ -43,7 +44,7 @@ import sys
 
 import click
 
-from pymda.daemon import daemon_options, fail, listen_sockets, parse_listen, start
+from pymda.daemon import daemon_options, fail, internal_error, listen_sockets, parse_listen, start
 from pymda.errors import EX_USAGE
 
 PROG = "pymda-lmtpd"
@@ -76,6 +77,8 @@ def lmtpd(listen, config_path, socket_mode_text, verbose):
                 asyncio.run(serve(cfg, sockets, log, where, shared=shared))
 
             sys.exit(workers.supervise(count, run_worker, log, sockets))
+    except Exception as exc:  # noqa: BLE001 - the one broad catch: 75, never a traceback
+        internal_error(PROG, log, exc)
     finally:
         for path in created:
             _remove_socket(path)

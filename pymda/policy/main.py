@@ -9,14 +9,15 @@ sockets it serves the one client on stdin/stdout, as postfix's spawn(8)
 runs it from master.cf.  SIGTERM/SIGINT stop it.
 
 Exit status: 0 after a clean stop; 75 when the configuration cannot be
-read (the message names the file and key) or a socket cannot be bound;
-64 for a bad --listen.  The protocol and the decision live in service.py.
+read (the message names the file and key), a socket cannot be bound, or
+on an internal error (one line, never a traceback); 64 for a bad
+--listen.  The protocol and the decision live in service.py.
 """
 
 
 import click
 
-from pymda.daemon import daemon_options, listen_sockets, start
+from pymda.daemon import daemon_options, internal_error, listen_sockets, start
 
 PROG = "pymda-policyd"
 
@@ -29,14 +30,17 @@ def policyd(listen, config_path, socket_mode_text, verbose):
 
     log, cfg, mode = start(PROG, verbose, config_path, socket_mode_text)
     sockets = listen_sockets(PROG, listen, mode)
-    if not sockets:
-        policy.serve_stream(cfg, 0, 1, log)
-        return
-    import asyncio
+    try:
+        if not sockets:
+            policy.serve_stream(cfg, 0, 1, log)
+            return
+        import asyncio
 
-    where = ", ".join(listen) or "systemd sockets"
-    asyncio.run(policy.serve(cfg, sockets, log,
-                             ready=lambda: log.info(f"listening on {where}")))
+        where = ", ".join(listen) or "systemd sockets"
+        asyncio.run(policy.serve(cfg, sockets, log,
+                                 ready=lambda: log.info(f"listening on {where}")))
+    except Exception as exc:  # noqa: BLE001 - the one broad catch: 75, never a traceback
+        internal_error(PROG, log, exc)
 
 
 def main(argv=None):
