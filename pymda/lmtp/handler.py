@@ -149,12 +149,13 @@ class Recipient(str):
 
 
 class DeliveryHandler:
-    def __init__(self, cfg, log, fork=None, max_threads=100):
+    def __init__(self, cfg, log, max_threads=100):
         self.cfg = cfg
         self.log = log
-        # SECURITY: root always forks (the child switches user); only a
-        # server running as the mail user itself may deliver in-process.
-        self.fork = bool(fork) or os.geteuid() == 0
+        # SECURITY: root switches to each user (temporarily, or for good in
+        # a child); a server running as one mail user delivers for its own
+        # uid in a worker thread (users.authorise refused the others at RCPT).
+        self.as_root = os.geteuid() == 0
         # set by the server: () -> descriptors a delivery child must close
         self.inherited_fds = list
         self.guard = ForkGuard()
@@ -238,7 +239,7 @@ class DeliveryHandler:
 
     async def _deliver(self, message, sender, recipient):
         try:
-            if not self.fork:
+            if not self.as_root:
                 return await self._in_thread(deliver_one, self.cfg, self.log, message,
                                              sender, recipient)
             reply = await self._deliver_switched(message, sender, recipient)
