@@ -8,8 +8,9 @@ calls (see protocol.py):
   recipient.find_recipient); ``550 5.7.1`` when this server may not deliver
   for that user (not root, another uid); ``552 5.2.2`` (``452 4.2.2``
   with ``quota_full_tempfail``) when ``size`` more bytes would pass the
-  user's quota (policy.decide, read-only, the same rule as delivery);
-  else ``250 2.1.5``.
+  user's quota on its main mailbox (policy.quota_action, read-only, the
+  same rule as delivery and pymda-policyd); else ``250 2.1.5``.  One
+  user lookup.
 - ``open_spool(session, transaction)``: a message.Intake the server
   feeds DATA into as it arrives (the intake of SPEC 1.1, CRLF -> LF,
   size limit), so the message is spooled once, straight into the
@@ -190,20 +191,21 @@ class DeliveryHandler:
             return self._check_recipient(recipient, size)
 
     def _check_recipient(self, recipient, size):
+        from pymda.address import INBOX
         from pymda.policy import service as policy
         from pymda.recipient import find_recipient
+        from pymda.resolve import mailbox_target
 
         try:
-            find_recipient(self.cfg, recipient)
-            action = policy.decide(self.cfg, {"recipient": recipient, "size": str(size)})
+            envelope, identity = find_recipient(self.cfg, recipient)
+            target = mailbox_target(self.cfg, envelope, identity, INBOX)
+            action = policy.quota_action(self.cfg, identity, target, size)
         except DeliveryError as exc:
             return reply_for(exc), None
         except Exception as exc:  # noqa: BLE001 - unreadable quota state etc.
             return INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
         if action in (policy.FULL_PERM, policy.FULL_TEMP):
             return action, None
-        if action == policy.DEFER_USERDB:  # the userdb failed on the second look
-            return "451 4.3.0 User database temporarily unavailable", None
         return RCPT_OK, None
 
     # -- DATA ------------------------------------------------------------------

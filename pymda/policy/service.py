@@ -136,7 +136,6 @@ def decide(cfg, attrs, resolver=None):
 
 def decide_address(cfg, recipient, size, nouser=None):
     """The action for one final address; ``nouser`` overrides policy_nouser."""
-    from pymda import quota
     from pymda.recipient import mailbox_for
 
     try:
@@ -147,6 +146,15 @@ def decide_address(cfg, recipient, size, nouser=None):
         if exc.status.startswith("4."):  # the userdb cannot answer now (SPEC 7)
             return DEFER_USERDB
         raise
+    return quota_action(cfg, identity, target, size)
+
+
+def quota_action(cfg, identity, target, size):
+    """FULL_PERM (FULL_TEMP with ``quota_full_tempfail``) when ``size``
+    more bytes would pass ``identity``'s limits on its main mailbox
+    ``target``, else DUNNO.  Only reads (pymda-lmtpd's RCPT check too)."""
+    from pymda import quota
+
     storage, messages = quota.limits(cfg, identity)
     if not storage and not messages:
         return DUNNO
