@@ -745,15 +745,14 @@ def _spool_stdin(stdin):
     return fd
 
 
-def _read_head(fd, size=_HEAD):
-    data = os.pread(fd, size, 0)
-    return data
-
-
 def open_source(name, mbox_quoting="mboxrd", stdin=None):
     """Recognise and check ``name``; a Source or SourceError naming it."""
     if name == "-":
-        fd = _spool_stdin(stdin if stdin is not None else __import__("sys").stdin)
+        if stdin is None:
+            import sys
+
+            stdin = sys.stdin
+        fd = _spool_stdin(stdin)
         label = "-"
     else:
         label = name
@@ -777,7 +776,7 @@ def open_source(name, mbox_quoting="mboxrd", stdin=None):
         if not stat.S_ISREG(st.st_mode):
             raise SourceError(f"{label}: not a regular file, a Maildir or '-'")
         try:
-            head = _read_head(fd)
+            head = os.pread(fd, _HEAD, 0)
         except OSError as exc:
             raise SourceError(f"{label}: cannot read: {exc.strerror}") from None
         if not head:
