@@ -1,15 +1,16 @@
 """What pymda's daemons (pymda-policyd, pymda-lmtpd) share: options, config, log.
 
 Contract:
-- ``daemon_options(listen_help)``: the click options both take: repeatable
-  ``--listen``, ``-c/--config``, ``--socket-mode`` and ``-v``.
+- ``daemon_command(listen_help)``: the click command with the options
+  both take: repeatable ``--listen``, ``-c/--config``, ``--socket-mode``
+  and ``-v`` (and ``-h``).
 - ``load_config(path)``: the Config, or exit 75 with the one
   ``D.S.N`` line naming the file and key (a daemon that cannot read its
   config must not serve with defaults).
 - ``socket_mode(text, prog)``: the octal mode, or exit 64.
-- ``start(prog, verbose, config_path, socket_mode_text)``: (log, config,
-  socket mode), what every daemon begins with; ``fail(prog, text, code)``
-  says ``prog: text`` on stderr and exits ``code``.
+- ``start(prog, verbose, config_path, socket_mode_text, listen)``: (log,
+  config, sockets), what every daemon begins with; ``fail(prog, text,
+  code)`` says ``prog: text`` on stderr and exits ``code``.
 - ``listen_sockets(prog, listen, mode)``: systemd's sockets plus the
   ``--listen`` ones, bound; exit 64 for a bad ``--listen``, 75 when one
   cannot be bound or systemd passed one that is not a stream socket.
@@ -34,7 +35,7 @@ from pymda.errors import EX_TEMPFAIL, EX_USAGE, ConfigError
 from pymda.log import Log
 
 
-def daemon_options(listen_help):
+def daemon_command(listen_help):
     def decorate(command):
         for option in reversed((
             click.option("--listen", "listen", multiple=True,
@@ -48,7 +49,7 @@ def daemon_options(listen_help):
             click.option("-v", "--verbose", is_flag=True, help="Also log to stderr."),
         )):
             command = option(command)
-        return command
+        return click.command(context_settings={"help_option_names": ["-h", "--help"]})(command)
 
     return decorate
 
@@ -70,10 +71,11 @@ def socket_mode(text, prog):
         fail(prog, f"--socket-mode must be octal, got {text!r}", EX_USAGE)
 
 
-def start(prog, verbose, config_path, socket_mode_text):
-    """(DaemonLog, Config, socket mode) of a daemon's command line."""
+def start(prog, verbose, config_path, socket_mode_text, listen):
+    """(DaemonLog, Config, sockets) of a daemon's command line."""
     log = DaemonLog(verbose, ident=prog)
-    return log, load_config(config_path), socket_mode(socket_mode_text, prog)
+    cfg = load_config(config_path)
+    return log, cfg, listen_sockets(prog, listen, socket_mode(socket_mode_text, prog))
 
 
 def fail(prog, text, code):

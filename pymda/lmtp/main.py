@@ -42,20 +42,16 @@ also stderr).
 import os
 import sys
 
-import click
-
-from pymda.daemon import daemon_options, fail, internal_error, listen_sockets, parse_listen, start
+from pymda.daemon import daemon_command, fail, internal_error, parse_listen, start
 from pymda.errors import EX_USAGE
 
 PROG = "pymda-lmtpd"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@daemon_options("Address to serve (repeatable).  Also serves systemd's sockets.")
+@daemon_command("Address to serve (repeatable).  Also serves systemd's sockets.")
 def lmtpd(listen, config_path, socket_mode_text, verbose):
     """Deliver mail received over LMTP (RFC 2033) with pymda's engine."""
-    log, cfg, mode = start(PROG, verbose, config_path, socket_mode_text)
-    sockets = listen_sockets(PROG, listen, mode)
+    log, cfg, sockets = start(PROG, verbose, config_path, socket_mode_text, listen)
     if not sockets:
         fail(PROG, "nothing to serve: give --listen inet:HOST:PORT or unix:PATH (or start it"
              " by systemd socket activation)", EX_USAGE)

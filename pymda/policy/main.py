@@ -14,22 +14,17 @@ on an internal error (one line, never a traceback); 64 for a bad
 --listen.  The protocol and the decision live in service.py.
 """
 
-
-import click
-
-from pymda.daemon import daemon_options, internal_error, listen_sockets, start
+from pymda.daemon import daemon_command, internal_error, start
 
 PROG = "pymda-policyd"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@daemon_options("Address to serve (repeatable).  None: stdin/stdout (spawn(8)).")
+@daemon_command("Address to serve (repeatable).  None: stdin/stdout (spawn(8)).")
 def policyd(listen, config_path, socket_mode_text, verbose):
     """Answer postfix policy requests with the recipient's quota state."""
     from pymda.policy import service as policy
 
-    log, cfg, mode = start(PROG, verbose, config_path, socket_mode_text)
-    sockets = listen_sockets(PROG, listen, mode)
+    log, cfg, sockets = start(PROG, verbose, config_path, socket_mode_text, listen)
     try:
         if not sockets:
             policy.serve_stream(cfg, 0, 1, log)
