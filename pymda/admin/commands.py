@@ -17,10 +17,10 @@ Commands:
   effective value (TOML syntax) and where it came from (default, file,
   override), then the ``[sql.NAME]`` (passwords hidden) and ``[users."..."]``
   tables, then one line per ``userdb`` source asked once
-  (admin_user.probe_sources).
+  (admin/user.py probe_sources).
 - ``user ADDRESS`` (pymda/admin/user.py): uid, gid, home, mailbox,
   limits and the source that answered.
-- ``quota`` (pymda/admin/quota.py) when that module is installed.
+- ``quota USER [--recalc]`` (pymda/admin/quota.py).
 
 Every command takes ``-c FILE`` (else $PYMDA_CONFIG, else
 /etc/pymda/pymda.toml) and ``-o KEY=VALUE``.
@@ -327,20 +327,12 @@ def check_config(config_path, overrides):
     return status
 
 
-def _add_quota_command():
-    try:
-        from pymda.admin.quota import quota_command
-    except ModuleNotFoundError as exc:
-        if exc.name != "pymda.admin.quota":
-            raise
-        return
-    cli.add_command(quota_command, "quota")
-
-
-_add_quota_command()
-from pymda.sieve.tool import sieve_group  # noqa: E402 - pymda-admin sieve ...
-cli.add_command(sieve_group)
+from pymda.admin.quota import quota_command  # noqa: E402
 from pymda.admin.user import user_command  # noqa: E402
+from pymda.sieve.tool import sieve_group  # noqa: E402 - pymda-admin sieve ...
+
+cli.add_command(quota_command, "quota")
+cli.add_command(sieve_group)
 cli.add_command(user_command, "user")
 
 
