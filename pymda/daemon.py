@@ -1,15 +1,22 @@
 """What pymda's daemons (pymda-policyd, pymda-lmtpd) share: options, config, log.
 
 Contract:
-- ``daemon_options(listen_help)``: the click options both take: repeatable
-  ``--listen``, ``-c/--config``, ``--socket-mode`` and ``-v``.
-- ``load_config(path, prog)``: the Config, or exit 75 with the one
+- ``daemon_command(listen_help)``: the click command with the options
+  both take: repeatable ``--listen``, ``-c/--config``, ``--socket-mode``
+  and ``-v`` (and ``-h``).
+- ``load_config(path)``: the Config, or exit 75 with the one
   ``D.S.N`` line naming the file and key (a daemon that cannot read its
   config must not serve with defaults).
 - ``socket_mode(text, prog)``: the octal mode, or exit 64.
-- ``start(prog, verbose, config_path, socket_mode_text)``: (log, config,
-  socket mode), what every daemon begins with; ``fail(prog, text, code)``
-  says ``prog: text`` on stderr and exits ``code``.
+- ``start(prog, verbose, config_path, socket_mode_text, listen)``: (log,
+  config, sockets), what every daemon begins with; ``fail(prog, text,
+  code)`` says ``prog: text`` on stderr and exits ``code``.
+- ``listen_sockets(prog, listen, mode)``: systemd's sockets plus the
+  ``--listen`` ones, bound; exit 64 for a bad ``--listen``, 75 when one
+  cannot be bound or systemd passed one that is not a stream socket.
+- ``internal_error(prog, log, exc)``: a daemon's one broad catch: one
+  log line, ``prog: 4.3.0 internal error: ...`` on stderr, exit 75 -
+  never a traceback.
 - ``DaemonLog(echo, ident)``: pymda.log.Log (syslog, facility mail) that
   also writes each line to stderr at once with ``echo`` (-v).
 - sockets: ``parse_listen(spec)`` (``inet:HOST:PORT`` / ``unix:PATH``),
@@ -28,7 +35,7 @@ from pymda.errors import EX_TEMPFAIL, EX_USAGE, ConfigError
 from pymda.log import Log
 
 
-def daemon_options(listen_help):
+def daemon_command(listen_help):
     def decorate(command):
         for option in reversed((
             click.option("--listen", "listen", multiple=True,
@@ -42,12 +49,12 @@ def daemon_options(listen_help):
             click.option("-v", "--verbose", is_flag=True, help="Also log to stderr."),
         )):
             command = option(command)
-        return command
+        return click.command(context_settings={"help_option_names": ["-h", "--help"]})(command)
 
     return decorate
 
 
-def load_config(path, prog):
+def load_config(path):
     from pymda import config
 
     try:
@@ -61,14 +68,14 @@ def socket_mode(text, prog):
     try:
         return int(text, 8)
     except ValueError:
-        click.echo(f"{prog}: --socket-mode must be octal, got {text!r}", err=True)
-        sys.exit(EX_USAGE)
+        fail(prog, f"--socket-mode must be octal, got {text!r}", EX_USAGE)
 
 
-def start(prog, verbose, config_path, socket_mode_text):
-    """(DaemonLog, Config, socket mode) of a daemon's command line."""
+def start(prog, verbose, config_path, socket_mode_text, listen):
+    """(DaemonLog, Config, sockets) of a daemon's command line."""
     log = DaemonLog(verbose, ident=prog)
-    return log, load_config(config_path, prog), socket_mode(socket_mode_text, prog)
+    cfg = load_config(config_path)
+    return log, cfg, listen_sockets(prog, listen, socket_mode(socket_mode_text, prog))
 
 
 def fail(prog, text, code):
@@ -106,6 +113,34 @@ def parse_listen(spec):
         if sep and port.isdigit() and 0 < int(port) < 65536:
             return ("inet", host or "127.0.0.1", int(port))
     raise ValueError(f"--listen {spec!r}: use inet:HOST:PORT or unix:PATH")
+
+
+def listen_sockets(prog, listen, mode):
+    """systemd's sockets plus those of the ``--listen`` specs, bound and
+    listening; a bad spec exits 64, a socket that cannot be bound 75."""
+    try:
+        for spec in listen:
+            parse_listen(spec)
+    except ValueError as exc:
+        fail(prog, exc, EX_USAGE)
+    import socket
+
+    try:
+        sockets = systemd_sockets()
+        for sock in sockets:  # e.g. a socket unit's ListenDatagram=
+            if sock.type != socket.SOCK_STREAM:
+                fail(prog, f"cannot listen: systemd passed fd {sock.fileno()}, which is not"
+                     " a stream socket", EX_TEMPFAIL)
+        return sockets + open_listeners(listen, mode)
+    except OSError as exc:
+        fail(prog, f"cannot listen: {exc}", EX_TEMPFAIL)
+
+
+def internal_error(prog, log, exc):
+    """The one broad catch of a daemon: log, say it, exit 75."""
+    text = f"internal error: {type(exc).__name__}: {exc}"
+    log.error(text)
+    fail(prog, f"4.3.0 {text}", EX_TEMPFAIL)
 
 
 def systemd_sockets(environ=None):

@@ -153,3 +153,23 @@ def test_python_dash_m_works():
                            "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           check=False)
     assert proc.returncode == EX_OK and proc.stdout.startswith(b"pymda-admin ")
+
+
+EX_IOERR = 74
+
+
+def test_a_closed_stdout_is_one_line_and_74_not_1(tmp_path):
+    """``pymda-admin ... | head -1``: click turns EPIPE into exit 1, which
+    is not a sysexits code; the exit is EX_IOERR, with one line."""
+    cfg = tmp_path / "pymda.toml"
+    cfg.write_text('mailbox = "Maildir/"\n')
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the first write is EPIPE
+    try:
+        proc = subprocess.run([admin_bin(), "check-config", "-c", str(cfg)], stdout=write_end,
+                              stderr=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"},
+                              timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == EX_IOERR, proc.stderr
+    assert proc.stderr.decode().splitlines() == ["pymda-admin: 4.3.0 standard output closed"]

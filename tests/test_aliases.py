@@ -190,6 +190,20 @@ def test_decide_refuses_only_when_every_final_is_full(maps):
     assert decide("alice@example.org", set()) == "NOUSER?"
 
 
+def test_decide_never_refuses_when_one_final_cannot_be_looked_up(maps):
+    """An alias to a full mailbox and to one whose user database is down
+    (DEFER_IF_PERMIT): not 552 - the second may have room; defer."""
+    defer = "DEFER_IF_PERMIT Service temporarily unavailable"
+
+    def decide_address(address, nouser):
+        return FULL if address == "alice@example.org" else defer
+
+    for full_first in (True, False):
+        members = "alice, bob" if full_first else "bob, alice"
+        maps.write(aliases_text=f"staff: {members}\n")
+        assert aliases.decide(resolver(), "staff@example.org", decide_address) == defer
+
+
 def test_decide_with_an_unreadable_map_is_dunno(maps, tmp_path):
     maps.write(extra=f"virtual_alias_maps = hash:{tmp_path}/missing\n")
     assert decide("info@example.org", {"alice@example.org", "info@example.org"}) == DUNNO

@@ -597,6 +597,42 @@ def test_command_errors(tmp_path, args, code, text):
     assert proc.returncode == code and text in proc.stdout.decode(), proc.stdout
 
 
+def run_activated(tmp_path, sock, config_text):
+    """pymda-lmtpd given ``sock`` as systemd's socket (fd 3): (exit, output)."""
+    listener, _, prefix = socket_activation()
+    listener.close()  # only its wrapper command is wanted, with our fd
+    prefix = prefix[:-1] + [str(sock.fileno())]
+    proc = subprocess.run([*prefix, str(lmtpd_bin()), "-c",
+                           str(write_config(tmp_path, config_text))],
+                          pass_fds=[sock.fileno()], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=30,
+                          env={"PATH": "/usr/bin:/bin",
+                               "PYMDA_CACHE_DIR": str(tmp_path / "config-cache")})
+    return proc.returncode, proc.stdout.decode()
+
+
+def test_a_datagram_socket_from_systemd_is_refused_at_start(tmp_path):
+    """A socket unit with ListenDatagram=: one line and 75, checked before
+    any worker starts (a worker would die and be restarted for ever)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        code, out = run_activated(tmp_path, sock, "")
+    assert code == EX_TEMPFAIL, out
+    assert "pymda-lmtpd: cannot listen: systemd passed fd 3, which is not a stream socket" \
+        in out
+    assert "Traceback" not in out
+
+
+def test_an_unexpected_failure_is_one_line_and_75(tmp_path):
+    """The one broad catch: a connected stream socket cannot listen()."""
+    here, there = socket.socketpair()
+    with here, there:
+        code, out = run_activated(tmp_path, here, "lmtp_workers = 1\n")
+    assert code == EX_TEMPFAIL, out
+    assert "pymda-lmtpd: 4.3.0 internal error: OSError:" in out
+    assert "Traceback" not in out
+
+
 @pytest.mark.parametrize("text, key", [
     ("lmtp_idle_timeout = -1\n", "lmtp_idle_timeout"),
     ("lmtp_command_timeout = inf\n", "lmtp_command_timeout"),

@@ -141,3 +141,17 @@ def test_stdin_streams_a_spooled_message(fake):
     _, got = send(fake, data=big)
     assert got == b"Delivered-To: alice@example.org\n" + big
     assert Path(fake / "argv.json").exists()
+
+
+def test_submit_bytes_expands_the_users_names_and_adds_no_header(fake):
+    """Sieve's redirect/vacation path: $sender is the given envelope
+    sender, $recipient the user's own address, $user/$home the user's;
+    the envelope parts it has no envelope for are ''."""
+    c = config.load(None, [f'sendmail_command=["{fake}/sendmail", "-f", "$sender", "-F",'
+                           ' "$user:$home:$recipient:$local:$domain:$extension"]'],
+                    environ={})
+    forward.submit_bytes(c, "", "carol@example.net", MESSAGE, user="alice", home="/h",
+                         user_address="alice@example.org")
+    assert json.loads((fake / "argv.json").read_text()) == [
+        "-f", "", "-F", "alice:/h:alice@example.org:::", "--", "carol@example.net"]
+    assert (fake / "stdin").read_bytes() == MESSAGE

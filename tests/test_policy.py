@@ -482,6 +482,38 @@ def test_internal_error_closes_without_an_answer(tmp_path):
         delete_user(user)
 
 
+@pytest.mark.parametrize("kind, text", [
+    ("datagram", "pymda-policyd: cannot listen: systemd passed fd 3, which is not a stream"),
+    ("connected", "pymda-policyd: 4.3.0 internal error: OSError:"),
+])
+def test_a_bad_systemd_socket_is_one_line_and_75(tmp_path, kind, text):
+    """Never a traceback: a datagram socket is refused at start; a
+    connected one fails in listen() and meets the one broad catch."""
+    if kind == "datagram":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        other = None
+    else:
+        sock, other = socket.socketpair()
+    listener, _, prefix = socket_activation()
+    listener.close()  # only its wrapper command is wanted, with our fd
+    prefix = prefix[:-1] + [str(sock.fileno())]
+    cfg = tmp_path / "pymda.toml"
+    cfg.write_text("")
+    try:
+        proc = subprocess.run([*prefix, str(policyd_bin()), "-c", str(cfg)],
+                              pass_fds=[sock.fileno()], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=30,
+                              env={"PATH": "/usr/bin:/bin"})
+    finally:
+        sock.close()
+        if other is not None:
+            other.close()
+    out = proc.stdout.decode()
+    assert proc.returncode == 75, out
+    assert text in out and "Traceback" not in out
+
+
 def test_bad_listen_is_a_usage_error(tmp_path):
     proc = subprocess.run([str(policyd_bin()), "--listen", "bogus"], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=30, env={"PATH": "/usr/bin:/bin"})

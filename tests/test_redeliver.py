@@ -519,3 +519,41 @@ def test_root_without_d_reads_root_only_sources(admin, tmp_path, root_only):
     code, out = _redeliver_into(admin, tmp_path, [src], f"{tmp_path}/M/")
     assert code == EX_OK and summary(out) == (1, 0, 0), out
     assert len(packs.maildir_files(tmp_path / "M")) == 1
+
+
+def test_a_gzip_source_cut_short_during_the_batch_is_a_failure_and_a_summary(tmp_path):
+    """In-process: the source shrinks after it was checked (the progress
+    bar's start() is the moment between).  What was read is delivered, the
+    message at the cut fails temporarily ('source changed'), the batch
+    ends with its summary and exit 75 - not a decompressor's EOFError."""
+    import gzip
+
+    from pymda import config
+    from pymda.admin import redeliver as batch
+    from pymda.log import Log
+
+    src = tmp_path / "cut.mbox.gz"
+    src.write_bytes(gzip.compress(b"".join(
+        b"From a@b Tue Nov 24 22:08:05 2026\nSubject: %d\n\n%s\n\n"
+        % (i, os.urandom(3000).hex().encode()) for i in range(40))))
+
+    class CutAtStart:
+        def start(self, total):
+            with open(src, "r+b") as f:
+                f.truncate(src.stat().st_size // 2)
+
+        def update(self, n):
+            pass
+
+        def finish(self):
+            pass
+
+    cfg = config.load(None, [f"redeliver_record={tmp_path / 'record'}"], environ={})
+    opts = batch.Options(mailbox=f"{tmp_path / 'M'}/")
+    summary = batch.redeliver([str(src)], opts, cfg, Log(False), progress=CutAtStart())
+    assert summary.exit == EX_TEMPFAIL
+    assert summary.failed == 1 and 0 < summary.delivered < 40
+    (failure,) = summary.failures
+    assert failure.temporary and "source changed while reading" in failure.line()
+    assert failure.position == f"#{summary.delivered + 1}"
+    assert len(os.listdir(tmp_path / "M" / "new")) == summary.delivered

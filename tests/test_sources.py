@@ -3,6 +3,7 @@
 import gzip
 import io
 import os
+from pathlib import Path
 
 import pytest
 
@@ -261,3 +262,35 @@ def test_a_huge_line_in_a_compressed_mbox_costs_no_memory(tmp_path):
     *sizes, peak_mib = map(int, out)
     assert sizes == [len(b"Subject: long\n\n") + (line_mib << 20) + 1, len(b"Subject: b\n\nbody\n")]
     assert peak_mib < 100, f"peak RSS {peak_mib} MiB for a {line_mib} MiB line"
+
+
+@pytest.mark.parametrize("kind", [None, "gz", "bz2", "xz"])
+def test_a_source_cut_short_after_the_check_fails_one_message_then_ends(tmp_path, kind):
+    """The source shrinks between open_source's check and the reading (an
+    admin's logrotate...): the message that meets the cut gets a reader
+    raising OSError 'source changed', and no item follows - never a
+    decompressor's EOFError out of the iteration."""
+    body = b"".join(b"From a@b Tue Nov 24 22:08:05 2026\nSubject: %d\n\n%s\n\n"
+                    % (i, os.urandom(3000).hex().encode()) for i in range(40))
+    path = tmp_path / "cut.mbox"
+    path.write_bytes(body)
+    if kind is not None:
+        path = Path(packs.compressed(path, kind))
+    with open_(path) as src:
+        assert src.count == 40
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+        items = []
+        for item in src.items():
+            try:
+                while item.reader.read(65536):
+                    pass
+                items.append((item.position, None))
+            except OSError as exc:
+                items.append((item.position, str(exc)))
+    *good, (position, error) = items
+    # (bzip2 packs all of it in one block: nothing before the cut decodes)
+    assert all(e is None for _, e in good) and len(good) < 40, items
+    assert position == f"#{len(good) + 1}"
+    assert error and "source changed while reading" in error

@@ -17,19 +17,20 @@ Commands:
   effective value (TOML syntax) and where it came from (default, file,
   override), then the ``[sql.NAME]`` (passwords hidden) and ``[users."..."]``
   tables, then one line per ``userdb`` source asked once
-  (admin_user.probe_sources).
+  (admin/user.py probe_sources).
 - ``user ADDRESS`` (pymda/admin/user.py): uid, gid, home, mailbox,
   limits and the source that answered.
-- ``quota`` (pymda/admin/quota.py) when that module is installed.
+- ``quota USER [--recalc]`` (pymda/admin/quota.py).
 
 Every command takes ``-c FILE`` (else $PYMDA_CONFIG, else
 /etc/pymda/pymda.toml) and ``-o KEY=VALUE``.
 
 EXIT STATUS: 0 success; 64 usage; 66 a SOURCE that cannot be read (and
-nothing else failed); 67 unknown user; 75 temporary failures (some
-message deferred: run again), interrupted, or an internal error; 77
-permanent failures; 78 (EX_CONFIG) check-config found an error.  Never a
-traceback: the one broad catch is ``main``.
+nothing else failed); 67 unknown user; 74 standard output closed (``|
+head``); 75 temporary failures (some message deferred: run again),
+interrupted, or an internal error; 77 permanent failures; 78 (EX_CONFIG)
+check-config found an error.  Never a traceback: the one broad catch is
+``main``.
 
 Shell completion (click): ``eval "$(_PYMDA_ADMIN_COMPLETE=bash_source
 pymda-admin)"`` (zsh_source, fish_source); ``-d`` completes user names.
@@ -46,6 +47,7 @@ from pymda import __version__
 from pymda.errors import EX_TEMPFAIL, EX_USAGE, DeliveryError
 
 EX_CONFIG = 78
+EX_IOERR = 74
 COMPLETE_VAR = "_PYMDA_ADMIN_COMPLETE"
 
 
@@ -325,31 +327,38 @@ def check_config(config_path, overrides):
     return status
 
 
-def _add_quota_command():
-    try:
-        from pymda.admin.quota import quota_command
-    except ModuleNotFoundError as exc:
-        if exc.name != "pymda.admin.quota":
-            raise
-        return
-    cli.add_command(quota_command, "quota")
-
-
-_add_quota_command()
-from pymda.sieve.tool import sieve_group  # noqa: E402 - pymda-admin sieve ...
-cli.add_command(sieve_group)
+from pymda.admin.quota import quota_command  # noqa: E402
 from pymda.admin.user import user_command  # noqa: E402
+from pymda.sieve.tool import sieve_group  # noqa: E402 - pymda-admin sieve ...
+
+cli.add_command(quota_command, "quota")
+cli.add_command(sieve_group)
 cli.add_command(user_command, "user")
 
 
 # --- entry point --------------------------------------------------------------------------
 
 
+def _say(line):
+    try:
+        click.echo(line, err=True)
+    except OSError:
+        pass
+
+
 def main(argv=None):
     """Run pymda-admin; returns the exit status (never a traceback)."""
+    stdout = sys.stdout
     try:
         rv = cli.main(args=argv, prog_name="pymda-admin", complete_var=COMPLETE_VAR,
                       standalone_mode=False)
+    except SystemExit as exc:
+        # click answers EPIPE on stdout (``| head``) with sys.exit(1) after
+        # replacing sys.stdout; 1 is no sysexits code: EX_IOERR instead.
+        if exc.code == 1 and sys.stdout is not stdout:
+            _say("pymda-admin: 4.3.0 standard output closed")
+            return EX_IOERR
+        raise
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:

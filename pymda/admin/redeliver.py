@@ -10,7 +10,7 @@ exactly the engine ``pymda`` uses, in this process: ``message.read`` ->
 delivered to this user before is not a loop).  It returns a ``Summary``
 (delivered / skipped / failed counts, the failures with position,
 Message-ID and reason, messages per second, exit code).  It never imports
-click: the command line (admin.py) passes a ``progress`` object
+click: the command line (commands.py) passes a ``progress`` object
 (``start(total)``, ``update(n)``, ``finish()``).
 
 PRIVILEGE (docs/redeliver.md): a SOURCE is opened and read with the

@@ -22,6 +22,9 @@ Contract:
   ``From `` line, ``""`` for MAILER-DAEMON, None when there is none).
   Memory does not grow with the size of the source: only message
   boundaries (two integers and the From_ sender per message) are kept.
+  A source that changes after the check (cut short, rewritten): the
+  message that meets the change gets a reader raising OSError ("source
+  changed while reading") and no item follows it.
 - ``MboxSplitter`` is the mbox splitting alone, without I/O:
   ``feed(bytes)`` -> the ``Span``s (start, end, sender) complete so far,
   ``finish()`` -> the rest, ``SplitError`` for what is not an mbox.  It
@@ -587,28 +590,44 @@ class MboxSource(Source):
             self._fail(f"cannot read {what}: {exc.strerror or exc}")
 
     def items(self):
+        """The messages in order (see the module docstring for a source
+        that changed after _scan)."""
         f = _stream(self.fd, self.compression)
+        errors = _decode_errors() + (OSError,)
         try:
             for i in range(self.count):
                 start, end = self.starts[i], self.ends[i]
-                f.seek(start)  # forward only: cheap even when decompressing
-                yield Item(
-                    position=f"#{i + 1}",
-                    reader=_Region(f, end - start, self.rd),
-                    from_sender=self.senders[i],
-                )
+                try:
+                    f.seek(start)  # forward only: cheap even when decompressing
+                    reader = _Region(f, end - start, self.rd, errors)
+                except errors as exc:
+                    reader = _Failed(_changed(exc))
+                yield Item(position=f"#{i + 1}", reader=reader, from_sender=self.senders[i])
+                if isinstance(reader, _Failed) or reader.failed:
+                    return
         finally:
             f.close()
 
 
-class _Region:
-    """``.read(n)`` over ``length`` bytes of ``f``, un-quoting From_ lines."""
+def _changed(exc):
+    """An OSError for what reading a checked source raised: a
+    decompressor's error means the source changed since the check."""
+    if isinstance(exc, OSError):
+        return exc
+    return OSError(f"source changed while reading ({exc})")
 
-    def __init__(self, f, length, rd):
+
+class _Region:
+    """``.read(n)`` over ``length`` bytes of ``f``, un-quoting From_ lines.
+    A short or corrupt read (``errors``) is OSError "source changed" and
+    sets ``failed``."""
+
+    def __init__(self, f, length, rd, errors=(OSError,)):
         self.f = f
         self.left = length
         self.rd = rd
-        self.pending = b""
+        self.errors = errors
+        self.failed = False
         self.at_line_start = True  # the next readline() piece starts a line
 
     def _unquote_whole(self, data):
@@ -633,9 +652,13 @@ class _Region:
         return line
 
     def read(self, n=-1):
-        if self.pending:
-            out, self.pending = self.pending, b""
-            return out
+        try:
+            return self._read(n)
+        except self.errors as exc:
+            self.failed = True
+            raise _changed(exc) from None
+
+    def _read(self, n):
         if self.left <= 0:
             return b""
         if self.left <= _WHOLE:
@@ -745,15 +768,14 @@ def _spool_stdin(stdin):
     return fd
 
 
-def _read_head(fd, size=_HEAD):
-    data = os.pread(fd, size, 0)
-    return data
-
-
 def open_source(name, mbox_quoting="mboxrd", stdin=None):
     """Recognise and check ``name``; a Source or SourceError naming it."""
     if name == "-":
-        fd = _spool_stdin(stdin if stdin is not None else __import__("sys").stdin)
+        if stdin is None:
+            import sys
+
+            stdin = sys.stdin
+        fd = _spool_stdin(stdin)
         label = "-"
     else:
         label = name
@@ -777,7 +799,7 @@ def open_source(name, mbox_quoting="mboxrd", stdin=None):
         if not stat.S_ISREG(st.st_mode):
             raise SourceError(f"{label}: not a regular file, a Maildir or '-'")
         try:
-            head = _read_head(fd)
+            head = os.pread(fd, _HEAD, 0)
         except OSError as exc:
             raise SourceError(f"{label}: cannot read: {exc.strerror}") from None
         if not head:

@@ -41,9 +41,14 @@ TEMPORARY_EXITS = frozenset((69, 70, 71, 73, 74, 75, 78))
 
 def sendmail_argv(cfg, envelope, address, identity=None):
     """The argv that re-injects a message for ``address``."""
-    from pymda.config import expand, template_variables
+    from pymda.config import template_variables
 
-    variables = template_variables(envelope, identity, cfg)
+    return _argv(cfg, template_variables(envelope, identity, cfg), address)
+
+
+def _argv(cfg, variables, address):
+    from pymda.config import expand
+
     argv = [expand(arg, variables) for arg in cfg.sendmail_command]
     if not argv or not argv[0]:
         from pymda.errors import ConfigError
@@ -86,20 +91,6 @@ def send(target, message, envelope, cfg):
     _submit(argv, _chunks(message, envelope), target.address, cfg, "forwarding")
 
 
-class _Sender:
-    __slots__ = ("sender", "recipient", "user")
-
-    def __init__(self, sender, recipient, user):
-        self.sender, self.recipient, self.user = sender, recipient, user
-
-
-class _Home:
-    __slots__ = ("name", "home")
-
-    def __init__(self, name, home):
-        self.name, self.home = name, home
-
-
 def submit_bytes(cfg, envelope_from, recipient, data, user="", home="",
                  user_address=""):
     """Send ``data`` (a whole message, bytes) to ``recipient`` with the
@@ -107,9 +98,12 @@ def submit_bytes(cfg, envelope_from, recipient, data, user="", home="",
     ``sendmail_command`` (Sieve's redirect and vacation: no Delivered-To
     is added; ``$recipient`` in the command is ``user_address``, the
     user's own address, as for a forward).  Raises as ``send``."""
-    argv = sendmail_argv(cfg, _Sender(envelope_from, user_address, user),
-                         recipient, _Home(user, home))
-    _submit(argv, (data,), recipient, cfg, "sending")
+    from pymda.config import template_variables
+
+    variables = template_variables(cfg=cfg)  # no envelope: $local etc. are ''
+    variables.update(sender=envelope_from or "", recipient=user_address or "",
+                     user=user or "", home=home or "")
+    _submit(_argv(cfg, variables, recipient), (data,), recipient, cfg, "sending")
 
 
 def _submit(argv, chunks, address, cfg, what):

@@ -1,15 +1,16 @@
 """pymda-lmtpd's handler: LMTP recipients -> the delivery engine.
 
 Contract: ``DeliveryHandler(cfg, log)`` is the handler lmtp.LMTPServer
-calls (see lmtp.py):
+calls (see protocol.py):
 
 - ``rcpt(session, recipient, size)``: ``550 5.1.1`` for an unknown user
   (the recipient -> user rule is the one of every program:
   recipient.find_recipient); ``550 5.7.1`` when this server may not deliver
   for that user (not root, another uid); ``552 5.2.2`` (``452 4.2.2``
   with ``quota_full_tempfail``) when ``size`` more bytes would pass the
-  user's quota (policy.decide, read-only, the same rule as delivery);
-  else ``250 2.1.5``.
+  user's quota on its main mailbox (policy.quota_action, read-only, the
+  same rule as delivery and pymda-policyd); else ``250 2.1.5``.  One
+  user lookup.
 - ``open_spool(session, transaction)``: a message.Intake the server
   feeds DATA into as it arrives (the intake of SPEC 1.1, CRLF -> LF,
   size limit), so the message is spooled once, straight into the
@@ -50,8 +51,10 @@ FORK SAFETY: fork() copies one thread; a lock another thread held at
 that moment stays locked in the child for ever.  The RCPT checks run in
 worker threads and call into libc (passwd lookups, NSS): a fork waits
 until none is running and keeps new ones out while it forks (ForkGuard).
-The intake thread only reads and writes files.  Worker threads never
-log (syslog has a libc lock).  The child closes the server's sockets,
+RCPT threads never log (syslog has a libc lock); a switched delivery
+logs, but it holds the guard, so no fork happens meanwhile.  The event
+loop thread feeds DATA into the Intake and forks itself: it cannot be
+inside syslog at the fork.  The child closes the server's sockets,
 resets the signal handlers and the event loop's wakeup fd, and leaves
 with _exit(), never running the parent's cleanup.
 
@@ -147,12 +150,13 @@ class Recipient(str):
 
 
 class DeliveryHandler:
-    def __init__(self, cfg, log, fork=None, max_threads=100):
+    def __init__(self, cfg, log, max_threads=100):
         self.cfg = cfg
         self.log = log
-        # SECURITY: root always forks (the child switches user); only a
-        # server running as the mail user itself may deliver in-process.
-        self.fork = bool(fork) or os.geteuid() == 0
+        # SECURITY: root switches to each user (temporarily, or for good in
+        # a child); a server running as one mail user delivers for its own
+        # uid in a worker thread (users.authorise refused the others at RCPT).
+        self.as_root = os.geteuid() == 0
         # set by the server: () -> descriptors a delivery child must close
         self.inherited_fds = list
         self.guard = ForkGuard()
@@ -187,20 +191,21 @@ class DeliveryHandler:
             return self._check_recipient(recipient, size)
 
     def _check_recipient(self, recipient, size):
+        from pymda.address import INBOX
         from pymda.policy import service as policy
         from pymda.recipient import find_recipient
+        from pymda.resolve import mailbox_target
 
         try:
-            find_recipient(self.cfg, recipient)
-            action = policy.decide(self.cfg, {"recipient": recipient, "size": str(size)})
+            envelope, identity = find_recipient(self.cfg, recipient)
+            target = mailbox_target(self.cfg, envelope, identity, INBOX)
+            action = policy.quota_action(self.cfg, identity, target, size)
         except DeliveryError as exc:
             return reply_for(exc), None
         except Exception as exc:  # noqa: BLE001 - unreadable quota state etc.
             return INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
         if action in (policy.FULL_PERM, policy.FULL_TEMP):
             return action, None
-        if action == policy.DEFER_USERDB:  # the userdb failed on the second look
-            return "451 4.3.0 User database temporarily unavailable", None
         return RCPT_OK, None
 
     # -- DATA ------------------------------------------------------------------
@@ -213,14 +218,10 @@ class DeliveryHandler:
         return message_mod.Intake(self.cfg.message_size_limit, envelope_line=False)
 
     async def data(self, session, transaction, spool):
-        from pymda import message as message_mod
-
+        """``spool`` is always our open_spool's Intake (the server calls
+        data() only when open_spool succeeded)."""
         try:
-            if hasattr(spool, "finish"):  # our open_spool's Intake
-                message = spool.finish()
-            else:
-                message = await self._in_thread(message_mod.read, spool,
-                                                self.cfg.message_size_limit, False)
+            message = spool.finish()
         except DeliveryError as exc:
             self.log.info(f"from=<{transaction.sender}>: message refused: {exc.line()}")
             for _ in transaction.recipients:
@@ -228,9 +229,8 @@ class DeliveryHandler:
             return
         try:
             done = {}
-            originals = getattr(transaction, "original_recipients", [])
-            for i, recipient in enumerate(transaction.recipients):
-                recipient = Recipient(recipient, originals[i] if i < len(originals) else None)
+            for address, orcpt in zip(transaction.recipients, transaction.original_recipients):
+                recipient = Recipient(address, orcpt)
                 key = recipient.lower()
                 if key not in done:
                     done[key] = await self._deliver(message, transaction.sender, recipient)
@@ -241,7 +241,7 @@ class DeliveryHandler:
 
     async def _deliver(self, message, sender, recipient):
         try:
-            if not self.fork:
+            if not self.as_root:
                 return await self._in_thread(deliver_one, self.cfg, self.log, message,
                                              sender, recipient)
             reply = await self._deliver_switched(message, sender, recipient)

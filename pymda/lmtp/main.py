@@ -29,7 +29,8 @@ configuration is read once, at start).
 
 Exit status: 0 after a clean stop; 64 for a bad --listen or none at
 all; 75 when the configuration cannot be read (the message names the
-file and key) or a socket cannot be bound.
+file and key), a socket cannot be bound, or on an internal error (one
+line ``pymda-lmtpd: 4.3.0 internal error: ...``, never a traceback).
 
 Config keys used: message_size_limit (SIZE, 552 5.3.4),
 lmtp_idle_timeout, lmtp_command_timeout, lmtp_min_data_rate,
@@ -41,32 +42,20 @@ also stderr).
 import os
 import sys
 
-import click
-
-from pymda.daemon import daemon_options, fail, open_listeners, parse_listen, start, systemd_sockets
-from pymda.errors import EX_TEMPFAIL, EX_USAGE
+from pymda.daemon import daemon_command, fail, internal_error, parse_listen, start
+from pymda.errors import EX_USAGE
 
 PROG = "pymda-lmtpd"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@daemon_options("Address to serve (repeatable).  Also serves systemd's sockets.")
+@daemon_command("Address to serve (repeatable).  Also serves systemd's sockets.")
 def lmtpd(listen, config_path, socket_mode_text, verbose):
     """Deliver mail received over LMTP (RFC 2033) with pymda's engine."""
-    log, cfg, mode = start(PROG, verbose, config_path, socket_mode_text)
-    try:
-        specs = [parse_listen(spec) for spec in listen]
-    except ValueError as exc:
-        fail(PROG, exc, EX_USAGE)
-    sockets = systemd_sockets()
-    if not sockets and not listen:
+    log, cfg, sockets = start(PROG, verbose, config_path, socket_mode_text, listen)
+    if not sockets:
         fail(PROG, "nothing to serve: give --listen inet:HOST:PORT or unix:PATH (or start it"
              " by systemd socket activation)", EX_USAGE)
-    try:
-        sockets += open_listeners(listen, mode)
-    except OSError as exc:
-        fail(PROG, f"cannot listen: {exc}", EX_TEMPFAIL)
-    created = [spec[1] for spec in specs if spec[0] == "unix"]
+    created = [spec[1] for spec in map(parse_listen, listen) if spec[0] == "unix"]
     import asyncio
 
     where = ", ".join(listen) or "systemd sockets"
@@ -84,6 +73,8 @@ def lmtpd(listen, config_path, socket_mode_text, verbose):
                 asyncio.run(serve(cfg, sockets, log, where, shared=shared))
 
             sys.exit(workers.supervise(count, run_worker, log, sockets))
+    except Exception as exc:  # noqa: BLE001 - the one broad catch: 75, never a traceback
+        internal_error(PROG, log, exc)
     finally:
         for path in created:
             _remove_socket(path)
@@ -132,7 +123,7 @@ async def serve(cfg, sockets, log, where="", ready=None, shared=None):
     server.shared_count = shared
     handler.inherited_fds = server.socket_fds
     await server.start(sockets)
-    mode = ("switching to each user" if handler.fork else f"as uid {os.geteuid()}")
+    mode = "switching to each user" if handler.as_root else f"as uid {os.geteuid()}"
     log.info(f"listening on {where} ({mode})")
     if ready is not None:
         ready()

@@ -589,10 +589,16 @@ class _Connection:
         txn.envid = dsn.get("ENVID")
         self.reply(MAIL_OK)
 
-    async def do_RCPT(self, arg):
+    def _transaction(self):
+        """The open transaction, or None once ``503 need MAIL`` is said."""
         txn = self.session.transaction
         if txn is None:
             self.reply(NEED_MAIL)
+        return txn
+
+    async def do_RCPT(self, arg):
+        txn = self._transaction()
+        if txn is None:
             return
         parsed = self._path(arg, "TO", BAD_RECIPIENT, SYNTAX_RCPT)
         if parsed is None:
@@ -627,9 +633,8 @@ class _Connection:
         self.reply(answer)
 
     async def do_DATA(self, arg):
-        txn = self.session.transaction
+        txn = self._transaction()
         if txn is None:
-            self.reply(NEED_MAIL)
             return
         if not txn.recipients:
             self.reply(NO_RECIPIENTS)

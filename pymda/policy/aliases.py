@@ -485,4 +485,7 @@ def decide(resolver, recipient, decide_address, log=None):
     actions = [decide_address(f.address, dunno) for f in resolution.finals]
     if any(a == dunno for a in actions):
         return dunno
-    return actions[0]
+    # Refused only when every final is (SPEC 3): a final whose user
+    # database cannot answer now (DEFER_IF_PERMIT) may have room.
+    deferred = [a for a in actions if not a[:1].isdigit()]
+    return deferred[0] if deferred else actions[0]

@@ -9,40 +9,33 @@ sockets it serves the one client on stdin/stdout, as postfix's spawn(8)
 runs it from master.cf.  SIGTERM/SIGINT stop it.
 
 Exit status: 0 after a clean stop; 75 when the configuration cannot be
-read (the message names the file and key); 64 for a bad --listen.
-The protocol and the decision live in policy.py.
+read (the message names the file and key), a socket cannot be bound, or
+on an internal error (one line, never a traceback); 64 for a bad
+--listen.  The protocol and the decision live in service.py.
 """
 
-
-import click
-
-from pymda.daemon import daemon_options, fail, open_listeners, start, systemd_sockets
-from pymda.errors import EX_TEMPFAIL, EX_USAGE
+from pymda.daemon import daemon_command, internal_error, start
 
 PROG = "pymda-policyd"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@daemon_options("Address to serve (repeatable).  None: stdin/stdout (spawn(8)).")
+@daemon_command("Address to serve (repeatable).  None: stdin/stdout (spawn(8)).")
 def policyd(listen, config_path, socket_mode_text, verbose):
     """Answer postfix policy requests with the recipient's quota state."""
     from pymda.policy import service as policy
 
-    log, cfg, mode = start(PROG, verbose, config_path, socket_mode_text)
+    log, cfg, sockets = start(PROG, verbose, config_path, socket_mode_text, listen)
     try:
-        sockets = systemd_sockets() + open_listeners(listen, mode)
-    except ValueError as exc:
-        fail(PROG, exc, EX_USAGE)
-    except OSError as exc:
-        fail(PROG, f"cannot listen: {exc}", EX_TEMPFAIL)
-    if not sockets:
-        policy.serve_stream(cfg, 0, 1, log)
-        return
-    import asyncio
+        if not sockets:
+            policy.serve_stream(cfg, 0, 1, log)
+            return
+        import asyncio
 
-    where = ", ".join(listen) or "systemd sockets"
-    asyncio.run(policy.serve(cfg, sockets, log,
-                             ready=lambda: log.info(f"listening on {where}")))
+        where = ", ".join(listen) or "systemd sockets"
+        asyncio.run(policy.serve(cfg, sockets, log,
+                                 ready=lambda: log.info(f"listening on {where}")))
+    except Exception as exc:  # noqa: BLE001 - the one broad catch: 75, never a traceback
+        internal_error(PROG, log, exc)
 
 
 def main(argv=None):

@@ -136,7 +136,6 @@ def decide(cfg, attrs, resolver=None):
 
 def decide_address(cfg, recipient, size, nouser=None):
     """The action for one final address; ``nouser`` overrides policy_nouser."""
-    from pymda import quota
     from pymda.recipient import mailbox_for
 
     try:
@@ -147,6 +146,15 @@ def decide_address(cfg, recipient, size, nouser=None):
         if exc.status.startswith("4."):  # the userdb cannot answer now (SPEC 7)
             return DEFER_USERDB
         raise
+    return quota_action(cfg, identity, target, size)
+
+
+def quota_action(cfg, identity, target, size):
+    """FULL_PERM (FULL_TEMP with ``quota_full_tempfail``) when ``size``
+    more bytes would pass ``identity``'s limits on its main mailbox
+    ``target``, else DUNNO.  Only reads (pymda-lmtpd's RCPT check too)."""
+    from pymda import quota
+
     storage, messages = quota.limits(cfg, identity)
     if not storage and not messages:
         return DUNNO
@@ -192,17 +200,26 @@ def serve_stream(cfg, read_fd=0, write_fd=1, log=None):
         if requests is None:
             return
         for attrs in requests:
-            try:
-                action = decide(cfg, attrs, resolver)
-            except Exception as exc:  # internal error: no answer, close
-                _log(log, "error", f"{describe(attrs)}: {exc!r}")
+            out = answer(cfg, attrs, resolver, log)
+            if out is None:
                 return
-            _log_action(log, attrs, action)
-            out = format_response(action)
             try:
                 write_all(write_fd, out)
             except OSError:  # the client went away (EPIPE): nothing to answer
                 return
+
+
+def answer(cfg, attrs, resolver=None, log=None):
+    """The response bytes for one request (decided and logged), or None
+    on an internal error (logged): no answer, close the connection."""
+    try:
+        action = decide(cfg, attrs, resolver)
+    except Exception as exc:  # noqa: BLE001 - postfix applies its default action
+        _log(log, "error", f"{describe(attrs)}: {exc!r}")
+        return None
+    if log is not None and action != DUNNO:
+        log.info(f"{describe(attrs)}: action={action}")
+    return format_response(action)
 
 
 def _requests(parser, data, log):
@@ -222,11 +239,6 @@ def _log(log, level, text):
         getattr(log, level)(text)
 
 
-def _log_action(log, attrs, action):
-    if log is not None and action != DUNNO:
-        log.info(f"{describe(attrs)}: action={action}")
-
-
 async def handle_connection(cfg, reader, writer, log=None, resolver=None):
     """Serve one connection of the asyncio server."""
     import asyncio
@@ -243,15 +255,12 @@ async def handle_connection(cfg, reader, writer, log=None, resolver=None):
             if requests is None:
                 return
             for attrs in requests:
-                try:
-                    # Quota state is read with blocking file I/O: a thread
-                    # keeps one slow mailbox from stalling other clients.
-                    action = await loop.run_in_executor(None, decide, cfg, attrs, resolver)
-                except Exception as exc:  # internal error: no answer, close
-                    _log(log, "error", f"{describe(attrs)}: {exc!r}")
+                # Quota state is read with blocking file I/O: a thread
+                # keeps one slow mailbox from stalling other clients.
+                out = await loop.run_in_executor(None, answer, cfg, attrs, resolver, log)
+                if out is None:
                     return
-                _log_action(log, attrs, action)
-                writer.write(format_response(action))
+                writer.write(out)
             await writer.drain()
     except ConnectionError:
         pass
