@@ -319,11 +319,8 @@ def _validate_users(table, where):
                 clean[key] = check(value)
             except ValueError as exc:
                 raise ConfigError(f'{where}: users."{name}".{key} must be {exc}') from None
-        if ("uid" in clean) != ("gid" in clean) or ("uid" in clean) != ("home" in clean):
-            if "uid" in clean or "gid" in clean:
-                raise ConfigError(
-                    f'{where}: users."{name}": a virtual user needs uid, gid and home'
-                )
+        if ("uid" in clean or "gid" in clean) and not {"uid", "gid", "home"} <= clean.keys():
+            raise ConfigError(f'{where}: users."{name}": a virtual user needs uid, gid and home')
         if "@" in name and "uid" not in clean:
             # A recipient matching an address table IS that (virtual) user
             # (users.name_for_recipient): without uid/gid/home it would be
