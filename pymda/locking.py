@@ -40,7 +40,6 @@ and postfix use, and what ``fcntl.lockf`` calls), on the open mbox fd.
 
 import errno
 import fcntl
-import stat
 import time
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
@@ -193,6 +192,8 @@ def _helper_cannot_lock(lockpath):
     """After dotlockfile exit 2 (L_TMPLOCK: no temporary lock file): is it
     for good, the directory being writable neither by the helper's setgid
     group nor by everyone?  (A full disk is not for good.)"""
+    import stat  # a rare path: not imported on every mbox delivery
+
     try:
         helper = os.stat(DOTLOCKFILE)
         directory = os.stat(os.path.dirname(lockpath) or ".")

@@ -637,6 +637,16 @@ def test_plain_mbox_delivery_imports_nothing_heavy(test_user):
 
 
 @needs_root
+@pytest.mark.parametrize("mailbox", ["Maildir/", "mbox"])
+def test_plain_delivery_imports_no_stat(test_user, mailbox):
+    """``stat`` (+ ``_stat``: ~0.1 ms) is for rare paths; the delivery
+    path tests file types with st_mode masks."""
+    names = imported_modules(test_user, ["-f", SENDER, "--mailbox", mailbox], MESSAGE)
+    assert "pymda.cli" in names
+    assert "stat" not in names
+
+
+@needs_root
 def test_cached_config_file_imports_no_tomllib(test_user):
     cache = test_user.path("cache")  # written by root, readable by the user
     cfg = test_user.write("pymda.toml", b'mailbox = "Maildir/"\n', 0o644)
