@@ -38,8 +38,6 @@ Mail readers see new mail when mtime > atime: after writing, an atime at
 or past the new mtime is set back to just before it.
 """
 
-import errno
-
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
 from pymda.durable import fsync_file, write_all
 from pymda.errors import TempFail, from_oserror
@@ -87,6 +85,8 @@ def open_mbox(path, uid, create=True, spool_dir=None):
         except OSError as exc:
             raise from_oserror(exc, f"cannot create mailbox {path}") from None
     except OSError as exc:
+        import errno  # a failure: not imported by every delivery
+
         if exc.errno == errno.ELOOP:
             raise MailboxRefused(f"mailbox {path} is a symbolic link") from None
         if exc.errno == errno.EISDIR:

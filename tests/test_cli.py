@@ -638,12 +638,14 @@ def test_plain_mbox_delivery_imports_nothing_heavy(test_user):
 
 @needs_root
 @pytest.mark.parametrize("mailbox", ["Maildir/", "mbox"])
-def test_plain_delivery_imports_no_stat(test_user, mailbox):
-    """``stat`` (+ ``_stat``: ~0.1 ms) is for rare paths; the delivery
-    path tests file types with st_mode masks."""
+def test_plain_delivery_imports_no_stat_or_errno(test_user, mailbox):
+    """``stat`` (+ ``_stat``: ~0.1 ms) and ``errno`` (~0.05 ms) are for
+    rare paths and failures; the delivery path tests file types with
+    st_mode masks."""
     names = imported_modules(test_user, ["-f", SENDER, "--mailbox", mailbox], MESSAGE)
     assert "pymda.cli" in names
     assert "stat" not in names
+    assert "errno" not in names
 
 
 @needs_root
