@@ -303,13 +303,21 @@ def _validate(key, value, where):
         raise ConfigError(f"{where}: {key} must be {exc}") from None
 
 
-def _validate_users(table, where):
+def _tables(table, where, what, label):
+    """(name, settings) of each table in ``table``, the table of tables
+    ``what`` ("users", "sql") whose tables ``label(name)`` names
+    (``users."bob"``, ``sql.main``); ConfigError when it is not one."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: users must be a table of tables")
-    users = {}
+        raise ConfigError(f"{where}: {what} must be a table of tables ([{label('NAME')}])")
     for name, settings in table.items():
         if not isinstance(settings, dict):
-            raise ConfigError(f'{where}: users."{name}" must be a table')
+            raise ConfigError(f"{where}: {label(name)} must be a table")
+        yield name, settings
+
+
+def _validate_users(table, where):
+    users = {}
+    for name, settings in _tables(table, where, "users", lambda name: f'users."{name}"'):
         clean = {}
         for key, value in settings.items():
             check = USER_KEYS.get(key)
@@ -334,12 +342,8 @@ def _validate_users(table, where):
 
 
 def _validate_sql(table, where):
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: sql must be a table of tables ([sql.NAME])")
     out = {}
-    for name, settings in table.items():
-        if not isinstance(settings, dict):
-            raise ConfigError(f"{where}: sql.{name} must be a table")
+    for name, settings in _tables(table, where, "sql", lambda name: f"sql.{name}"):
         clean = {}
         for key, check in SQL_KEYS.items():
             if key not in settings:
