@@ -256,13 +256,17 @@ def read_file(path, environ=os.environ, write_cache=None):
             # Non-blocking, regular files only: a FIFO planted as the cache
             # must not hang us either.
             cfd = os.open(cache, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-            with open(cfd, "rb") as f:
+            try:
                 cst = os.fstat(cfd)
+                cached = None
                 if _S_ISREG(cst.st_mode) and cst.st_uid in (0, st.st_uid) \
                         and not cst.st_mode & 0o022:
-                    cached_stamp, table = marshal.load(f)
-                    if tuple(cached_stamp) == stamp and type(table) is dict:
-                        return _cached(table, cst.st_uid, path)
+                    cached = marshal.loads(os.read(cfd, cst.st_size + 1))
+            finally:
+                os.close(cfd)
+            cached_stamp, table = cached  # None (untrusted): TypeError
+            if tuple(cached_stamp) == stamp and type(table) is dict:
+                return _cached(table, cst.st_uid, path)
         except (OSError, EOFError, ValueError, TypeError):
             pass
         from pymda.durable import read_all
