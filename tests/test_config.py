@@ -245,6 +245,11 @@ def test_users_tables(tmp_path, env):
     ('[users."alice"]\nuid = 1\ngid = 1\nhome = "rel"\n', ['users."alice".home']),
     ('users = 3\n', ["users"]),
     ('[users]\nalice = 3\n', ['users."alice"']),
+    # the table-of-tables shape, for users and sql alike (config_keys._tables)
+    ("users = 1\n", ["users must be a table of tables", 'users."NAME"']),
+    ("[users]\nbob = 1\n", ['users."bob" must be a table']),
+    ("sql = 1\n", ["sql must be a table of tables", "sql.NAME"]),
+    ("[sql]\nmain = 1\n", ["sql.main must be a table"]),
 ])
 def test_users_table_errors(tmp_path, env, text, words):
     path = write(tmp_path, text)
@@ -343,19 +348,6 @@ def test_garbage_cache_is_ignored(tmp_path, env):
     with open(cache, "wb") as f:
         f.write(b"\x00garbage")
     assert load(path, env).mailbox == "Maildir/"
-
-
-@pytest.mark.parametrize("text, words", [
-    ("users = 1\n", ["users must be a table of tables", 'users."NAME"']),
-    ("[users]\nbob = 1\n", ['users."bob" must be a table']),
-    ("sql = 1\n", ["sql must be a table of tables", "sql.NAME"]),
-    ("[sql]\nmain = 1\n", ["sql.main must be a table"]),
-])
-def test_users_and_sql_must_be_tables_of_tables(tmp_path, env, text, words):
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        load(path, env)
-    assert_config_error(info, path, *words)
 
 
 def test_checks_and_defaults_name_the_same_keys():
