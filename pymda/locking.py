@@ -38,9 +38,7 @@ The fcntl lock is a POSIX record lock on the whole file (what procmail
 and postfix use, and what ``fcntl.lockf`` calls), on the open mbox fd.
 """
 
-import errno
 import fcntl
-import stat
 import time
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
@@ -75,6 +73,8 @@ def try_dotlock(lockpath):
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
+        import errno  # a failure: not imported by every delivery
+
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise _NoDotlock(exc.strerror) from None
         raise
@@ -193,6 +193,8 @@ def _helper_cannot_lock(lockpath):
     """After dotlockfile exit 2 (L_TMPLOCK: no temporary lock file): is it
     for good, the directory being writable neither by the helper's setgid
     group nor by everyone?  (A full disk is not for good.)"""
+    import stat  # a rare path: not imported on every mbox delivery
+
     try:
         helper = os.stat(DOTLOCKFILE)
         directory = os.stat(os.path.dirname(lockpath) or ".")
@@ -320,6 +322,8 @@ def lock_mbox(path, fd, cfg, log=None):
                 return lock
             except OSError as exc:
                 lock.release()
+                import errno  # busy or failed: not imported by every delivery
+
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise TempFail(f"cannot lock {path}: {exc.strerror}", "4.2.0") from None
                 busy = f"{path} (fcntl)"

@@ -19,8 +19,8 @@ which it takes from the name without reading the file): the stored size
 plus one for every LF not already preceded by a CR.  A line that ends in
 CR LF as stored (a ``\\r\\r\\n`` line end in the input, after intake's
 CRLF -> LF) needs no extra byte.  The count is taken while the file is
-written, so the final name (with W=) is made after the write; the
-``tmp/`` name carries S= only.
+written, so the final name - the ``tmp/`` name, which carries S= only,
+plus W= - is made after the write.
 
 Missing directories (root, tmp/new/cur, folders) are created 0700; a
 folder also gets an empty ``maildirfolder`` file (Maildir++), and the
@@ -150,7 +150,8 @@ def deliver(directory, message, prefix, folder=False, flags=None, created=None):
     (deliver.py subscribes it).
     """
     size = len(prefix) + message.size
-    tmp = os.path.join(directory, "tmp", unique_name(size))
+    name = unique_name(size)
+    tmp = os.path.join(directory, "tmp", name)
     flags_open = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(tmp, flags_open, 0o600)
@@ -174,7 +175,7 @@ def deliver(directory, message, prefix, folder=False, flags=None, created=None):
             fsync_file(fd)
         finally:
             os.close(fd)
-        name = unique_name(size, vsize)
+        name = f"{name},W={vsize}"  # unique already: tmp/ took it with O_EXCL
         sub = "new" if flags is None else "cur"
         while True:
             final = os.path.join(directory, sub, name if flags is None else f"{name}:2,{flags}")

@@ -45,7 +45,7 @@ class Message(Record):
 
     __slots__ = (
         "size",  # bytes of the normalised message
-        "lines",  # number of LF in it (for W= sizes)
+        "lines",  # number of LF in it (maildir's W= counts bare LFs itself)
         "from_sender",  # address on the removed From_ line, or None
         "leading",  # ((name, value), ...) of the leading trace block
         "delivered_to",  # every Delivered-To value in the header, lower-case

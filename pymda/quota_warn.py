@@ -14,8 +14,9 @@ usage before (the Hold) and after the message:
 - already above it: marked, no warning (no "crossing" was seen).
 
 The marks live in the per-user state file (state.py, table
-``quota_marks``); marking is one SQLite transaction (INSERT OR IGNORE), so
-two concurrent deliveries that both see the crossing send one warning.
+``quota_marks``); marking is one SQLite transaction that re-reads the
+marks (``Ledger.quota_marks``: BEGIN IMMEDIATE), so two concurrent
+deliveries that both see the crossing send one warning.
 
 The warning is written to INBOX - the Maildir root, or the mbox that was
 counted - past the quota (no check) and accounted in ``maildirsize``

@@ -245,6 +245,11 @@ def test_users_tables(tmp_path, env):
     ('[users."alice"]\nuid = 1\ngid = 1\nhome = "rel"\n', ['users."alice".home']),
     ('users = 3\n', ["users"]),
     ('[users]\nalice = 3\n', ['users."alice"']),
+    # the table-of-tables shape, for users and sql alike (config_keys._tables)
+    ("users = 1\n", ["users must be a table of tables", 'users."NAME"']),
+    ("[users]\nbob = 1\n", ['users."bob" must be a table']),
+    ("sql = 1\n", ["sql must be a table of tables", "sql.NAME"]),
+    ("[sql]\nmain = 1\n", ["sql.main must be a table"]),
 ])
 def test_users_table_errors(tmp_path, env, text, words):
     path = write(tmp_path, text)
@@ -343,6 +348,52 @@ def test_garbage_cache_is_ignored(tmp_path, env):
     with open(cache, "wb") as f:
         f.write(b"\x00garbage")
     assert load(path, env).mailbox == "Maildir/"
+
+
+def test_checks_and_defaults_name_the_same_keys():
+    from pymda import config_keys
+
+    assert set(config_keys.CHECKS) == set(config.DEFAULTS)
+    assert config.KEYS is config_keys.KEYS
+
+
+def test_cache_holds_the_checked_values(tmp_path, env):
+    """A root-owned cache is used as it is: it holds what the checks made
+    of the file (tuples, bytes), so a cached delivery runs no check."""
+    path = write(tmp_path, 'mbox_locks = ["fcntl"]\nquota_storage = "1K"\n'
+                           '[users.bob]\nquota_messages = 3\n')
+    load(path, env, write_cache=True)
+    with open(cache_of(path, env), "rb") as f:
+        _, table = marshal.load(f)
+    assert table == {"mbox_locks": ("fcntl",), "quota_storage": 1024,
+                     "users": {"bob": {"quota_messages": 3}}}
+    cfg = load(path, env)
+    assert (cfg.mbox_locks, cfg.quota_storage, cfg.user("bob")) == \
+        (("fcntl",), 1024, {"quota_messages": 3})
+
+
+def test_cache_of_another_format_is_stale(tmp_path, env):
+    """A cache entry without this pymda's CACHE_FORMAT (an older pymda
+    cached the raw TOML table) is not used."""
+    path = write(tmp_path, 'quota_storage = "1K"\n')
+    st = os.stat(path)
+    cache = cache_of(path, env)
+    os.makedirs(os.path.dirname(cache))
+    with open(cache, "wb") as f:
+        marshal.dump((config._stamp(st)[:5], {"quota_storage": "1K"}), f)
+    os.chmod(cache, 0o644)
+    assert load(path, env).quota_storage == 1024
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_cache_owned_by_the_files_owner_is_checked_again(tmp_path, env):
+    path = write(tmp_path, 'mailbox = "Maildir/"\n')
+    os.chown(path, 65534, 65534)
+    cache = plant(path, env, {"lock_timeout": float("nan")})
+    os.chown(cache, 65534, 65534)
+    with pytest.raises(ConfigError) as info:
+        load(path, env)
+    assert_config_error(info, path, "lock_timeout")
 
 
 def test_cached_table_is_still_validated(tmp_path, env):
