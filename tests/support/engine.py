@@ -102,6 +102,20 @@ def tree(root):
     return out
 
 
+def _import_all_of_pymda():
+    """Import every pymda module while still root: the engine imports
+    lazily, and the tests may run from a checkout that nobody cannot read
+    (CI's clone under root's home)."""
+    import importlib
+    import pkgutil
+
+    import pymda
+
+    for info in pkgutil.walk_packages(pymda.__path__, "pymda."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+
+
 @pytest.fixture
 def tmp_path(tmp_path_factory):
     """pytest's tmp_path; as root, owned by nobody and run as nobody (above)."""
@@ -112,6 +126,7 @@ def tmp_path(tmp_path_factory):
     import tempfile
 
     nobody = pwd.getpwnam("nobody")
+    _import_all_of_pymda()  # as nobody, a checkout under a 0700 home cannot be read
     top = Path(tempfile.mkdtemp(prefix="pymda-engine-"))
     os.chmod(top, 0o755)
     path = top / "t"
