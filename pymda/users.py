@@ -259,10 +259,11 @@ def switch_temporarily(identity):
     """
     if _saved:
         _fatal("a temporary switch is already on")
-    _saved.append((os.getresuid(), os.getresgid(), os.getgroups()))
     if os.geteuid() != 0 or identity.uid == 0:
-        _switch(identity)  # verifies only; nothing to undo
+        _switch(identity)  # verifies only (PermFail: nothing is on); nothing to undo
+        _saved.append((os.getresuid(), os.getresgid(), os.getgroups()))
     else:
+        _saved.append((os.getresuid(), os.getresgid(), os.getgroups()))
         try:
             os.setgroups([])
             os.setegid(identity.gid)

@@ -314,3 +314,32 @@ def test_switch_back_restores_root_or_exits(test_user, mode):
     else:
         assert proc.returncode == 70 and len(lines) == 1
         assert "pymda: fatal: " in proc.stderr and "Traceback" not in proc.stderr
+
+
+REFUSED_SWITCH_SCRIPT = """
+import os
+from pymda.errors import PermFail
+from pymda.users import Identity, switch_temporarily, switch_back
+me = os.geteuid()
+other = Identity(name="other", uid=me + 1, gid=os.getegid(), home="/nonexistent")
+try:
+    switch_temporarily(other)
+except PermFail as exc:
+    print("refused", exc.status, flush=True)
+switch_temporarily(Identity(name="me", uid=me, gid=os.getegid(), home="/nonexistent"))
+switch_back()
+print("again ok", flush=True)
+"""
+
+
+@needs_root
+def test_a_refused_temporary_switch_leaves_nothing_switched(test_user):
+    """Not root (the mail user's own server): a switch to another uid is
+    refused (5.7.1) and leaves no switch 'on' - the next one must not find
+    one and end the process."""
+    python = paths.prefix() / "bin" / "python3"
+    proc = subprocess.run([str(python), "-c", REFUSED_SWITCH_SCRIPT], capture_output=True,
+                          text=True, timeout=30, user=test_user.uid, group=test_user.gid,
+                          extra_groups=[], cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["refused 5.7.1", "again ok"]
