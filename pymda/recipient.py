@@ -268,9 +268,11 @@ def needs_own_process(cfg, envelope, identity, forward=False, mailbox=None):
     switch of its effective ids (``deliver(temporary=True)``), only when
     it runs nothing of the user's and writes nothing a .forward names:
     True (a child that switches for good) when ``forward`` is on (pipes,
-    file targets, :include:), and for a spool mbox (/var/mail), whose
-    lock the setgid ``dotlockfile`` helper makes: a program started
-    under a temporary switch would keep root as its real uid.
+    file targets, :include:), and for an mbox whose file or folder
+    directory (``mbox_folder_directory``) lies outside the user's home
+    (/var/mail, an admin's /srv/mboxes): where the user may not make the
+    dotlock, the setgid ``dotlockfile`` helper makes it, and a program
+    started under a temporary switch would keep root as its real uid.
     And when the user may have a Sieve script (``sieve_may_run``: one
     stat): a script may send mail through ``sendmail_command``, a program
     that must not start with root as its real uid.
@@ -279,8 +281,16 @@ def needs_own_process(cfg, envelope, identity, forward=False, mailbox=None):
         return True
     from pymda.resolve import mailbox_location
 
-    kind, _path, spool = mailbox_location(cfg, envelope, identity, mailbox)
-    return kind == "mbox" and bool(spool)
+    kind, path, spool = mailbox_location(cfg, envelope, identity, mailbox)
+    if kind != "mbox":
+        return False
+    if spool:
+        return True
+    from pymda.config import user_path
+
+    home = identity.home.rstrip("/") + "/"
+    folders = user_path(cfg.mbox_folder_directory, identity, envelope, cfg).rstrip("/") + "/"
+    return not (path.startswith(home) and folders.startswith(home))
 
 
 def deliver(cfg, log, message, envelope, identity=None, folder=None, mailbox=None,

@@ -88,6 +88,23 @@ def test_mailbox_for_is_the_main_mailbox_without_authorisation(cfg, home):
     assert (target.kind, target.path, target.folder) == ("maildir", f"{home}/Maildir/", "INBOX")
 
 
+@pytest.mark.parametrize("lines, forks", [
+    (['mailbox = "Maildir/"'], False),
+    (['mailbox = "mbox"'], False),                                  # in the home
+    (['mailbox = ""'], True),                                       # the spool
+    (['mailbox = "/srv/mboxes/$user"'], True),                      # an admin's directory
+    (['mailbox = "mbox"', 'mbox_folder_directory = "/srv/folders/$user"'], True),
+    (['mailbox = "Maildir/"', 'sieve = false'], False),
+])
+def test_needs_own_process_forks_where_a_helper_may_run(tmp_path, lines, forks):
+    """A root LMTP server forks where the setgid dotlockfile helper may
+    have to make a lock (an mbox or its folders outside the home): no
+    program may start under a temporary switch."""
+    cfg = config_file(tmp_path, *lines)
+    env = recipient.envelope_for(cfg, "alice@example.org")
+    assert recipient.needs_own_process(cfg, env, own_user(cfg)) is forks
+
+
 # --- deliver ---------------------------------------------------------------------
 
 
