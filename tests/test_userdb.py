@@ -707,6 +707,31 @@ def test_sqlite_answers_rows_and_failures(tmp_path):
         assert exc.value.status == "4.3.0"
 
 
+def test_garbage_columns_are_a_temporary_failure():
+    """Whatever type a driver hands back (a PostgreSQL date, array or json
+    column, bytes that are not UTF-8), a row pymda cannot read is 4.3.0,
+    never a TypeError (pymda-policyd would close without an answer)."""
+    import datetime
+
+    from pymda.userdb.core import identity_from_row
+
+    cfg = config.load(None, ["first_valid_uid=1000", "virtual_uid=4000", "virtual_gid=4000",
+                             'virtual_home="/v/$local"'], environ={})
+    garbage = [datetime.date(2024, 1, 1), [1], {"a": 1}, b"\xff", "lots", -1]
+    for key in ("uid", "gid", "quota_storage", "quota_messages"):
+        for value in garbage:
+            with pytest.raises(TempFail) as exc:
+                identity_from_row(cfg, "a@x.example", "sql:s", {key: value})
+            assert exc.value.status == "4.3.0", (key, value)
+    for key in ("home", "mailbox"):
+        for value in garbage[:4]:
+            with pytest.raises(TempFail):
+                identity_from_row(cfg, "a@x.example", "sql:s", {key: value})
+    ok = identity_from_row(cfg, "a@x.example", "sql:s",
+                           {"quota_storage": 2048.0, "quota_messages": "7"})
+    assert ok.settings == {"quota_storage": 2048, "quota_messages": 7}
+
+
 def test_default_userdb_does_not_import_the_package():
     code = ("import sys; from pymda import config, users; cfg = config.load(None, environ={}); "
             "users.name_for_recipient(cfg, 'root', 'example.org'); users.lookup(cfg, 'root'); "
