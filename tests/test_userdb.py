@@ -1,7 +1,7 @@
 """Users from databases (SPEC 7, issue 13): every source against the real thing.
 
 Sources: passwd-file, SQLite, a private PostgreSQL 15, a private MariaDB
-(a real user with a password, over TCP and the unix socket) and a private
+(a real user with a password, over the unix socket) and a private
 dovecot whose auth serves auth-userdb (tests/support/pgsql.py, mariadb.py,
 dovecot_auth.py; started once per module, stopped afterwards).  For each:
 the installed ``pymda`` run as root delivers into the user's home (created
@@ -460,6 +460,65 @@ def test_daemons_defer_while_down_and_recover_without_restart(site, vmail):
     finally:
         lmtpd.stop()
         policyd.stop()
+
+
+# --- the private servers themselves -----------------------------------------------------
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "dovecot"])
+def test_a_killed_session_leaves_no_server_running(kind):
+    """A pytest killed outright (SIGKILL, a CI timeout) runs no teardown:
+    the kernel stops its private servers (procs.start_server)."""
+    if not _available(kind):
+        pytest.skip(f"{kind} is not installed")
+    make = {"postgresql": "pgsql.PgServer()", "mysql": "mariadb.MariaServer()",
+            "dovecot": "dovecot_auth.DovecotAuth()"}[kind]
+    code = (f"import sys, time; from support import {make.split('.')[0]} as m; "
+            f"s = m.{make.split('.')[1]}.start(); "
+            "print(s.proc.pid, s.top, flush=True); time.sleep(600)")
+    with subprocess.Popen([str(paths.prefix() / "bin" / "python3"), "-c", code],
+                          cwd=Path(__file__).parent, stdout=subprocess.PIPE) as session:
+        try:
+            pid, top = session.stdout.readline().decode().split()
+        finally:
+            session.kill()
+    try:
+        deadline = time.monotonic() + 60
+        while _running(int(pid)):
+            assert time.monotonic() < deadline, f"{kind} server {pid} outlived its session"
+            time.sleep(0.1)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@needs_root
+def test_a_port_another_session_took_is_traded_for_a_free_one():
+    import socket as socketmod
+
+    from support.pgsql import PgServer
+
+    if not _available("postgresql"):
+        pytest.skip("postgresql is not installed")
+    with socketmod.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        server = PgServer()
+        try:
+            server.port = taken.getsockname()[1]  # as if taken after free_port()
+            server.start()
+            assert server.port != taken.getsockname()[1]
+            assert b"1" in server.sql("SELECT 1", database="postgres")
+        finally:
+            server.destroy()
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # --- config source: uid 0 --------------------------------------------------------------
