@@ -718,8 +718,10 @@ def test_connect_strings():
 
     assert parse_connect("host=db port = 5432 password='a b\\'c' user=x\\ y") == {
         "host": "db", "port": "5432", "password": "a b'c", "user": "x y"}
-    with pytest.raises(ConfigError):
-        parse_connect("host")
+    assert parse_connect("  a='' b= c=\\' ") == {"a": "", "b": "c='"}  # as libpq
+    for bad in ("host", "password='x", "password='x\\'"):
+        with pytest.raises(ConfigError):
+            parse_connect(bad)
 
 
 def test_config_validates_userdb_and_sql_tables(tmp_path):

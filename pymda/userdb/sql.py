@@ -119,23 +119,19 @@ def parse_connect(text):
         i = eq + 1
         while i < n and text[i].isspace():
             i += 1
+        quoted = text.startswith("'", i)
+        i += quoted
         value = []
-        if i < n and text[i] == "'":
-            i += 1
-            while i < n and text[i] != "'":
-                if text[i] == "\\" and i + 1 < n:
-                    i += 1
-                value.append(text[i])
+        # a quoted value ends at its quote, a bare one at white space
+        while i < n and (text[i] != "'" if quoted else not text[i].isspace()):
+            if text[i] == "\\" and i + 1 < n:
                 i += 1
+            value.append(text[i])
+            i += 1
+        if quoted:
             if i >= n:
                 raise ConfigError("connect: unterminated quoted value")
             i += 1
-        else:
-            while i < n and not text[i].isspace():
-                if text[i] == "\\" and i + 1 < n:
-                    i += 1
-                value.append(text[i])
-                i += 1
         pairs[key] = "".join(value)
 
 
