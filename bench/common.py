@@ -34,6 +34,8 @@ Contract:
   (tests/support/procs.py's, as ``create_user`` is tests/support/users.py's).
 - ``percentile(values, p)``, ``summarize(seconds)`` -> dict of ms figures.
 - ``machine()``: nproc, CPU model, kernel, Python, file system of a path.
+- ``emit(report, as_json, print_text)``: a benchmark's last step, the
+  report as indented JSON (``--json``) or ``print_text(report)``.
 
 LIMITATIONS: Linux only (ru_maxrss in KiB, /proc).  Wall times include
 posix_spawn + wait4 in the measuring process (the same for everyone).
@@ -334,3 +336,11 @@ def machine(path="/home"):
                                  text=True, check=False).stdout.strip(),
         "filesystem": filesystem_of(path),
     }
+
+
+def emit(report, as_json, print_text):
+    """Print ``report``: indented JSON when ``as_json``, else ``print_text(report)``."""
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_text(report)
