@@ -17,11 +17,10 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
-from support.procs import private_top, start_server, tail, terminate
+from support.procs import free_port, private_top, start_server, tail, terminate
 
 BIN = "/usr/lib/postgresql/15/bin"
 
@@ -36,12 +35,6 @@ def _has_user(name):
         return True
     except KeyError:
         return False
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PgServer:

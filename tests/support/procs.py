@@ -13,6 +13,7 @@ server (the signal follows the thread that forked).  A server that
 changes its ids itself loses the setting (the kernel clears it): start
 it as its own account (``user=``, ``group=``).
 ``tail(path)``: the end of a log file ("" when unreadable).
+``free_port()``: a 127.0.0.1 TCP port that was free a moment ago.
 ``run_clients(client, count, timeout)``: ``client(n)`` for n in
 range(count), each in its own thread, all started, then all joined.
 ``socket_activation()`` -> (listener, port, argv prefix): a listening
@@ -58,6 +59,12 @@ def terminate(proc, timeout=60, sig=signal.SIGTERM):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tail(path, size=3000):
