@@ -713,6 +713,33 @@ def test_placeholders_are_bound_never_spliced():
             compile_query(bad, "qmark")
 
 
+def test_placeholders_in_literals_and_comments_are_refused_as_mysql_reads_them():
+    """PyMySQL pastes the escaped value into the SQL text: a placeholder the
+    scan wrongly takes for code, inside a literal, lets the address out of
+    it.  Found: an apostrophe in a comment made '$user' look bare, and the
+    address ' UNION SELECT 5001, 0x2f726f6f74 -- @evil.example' then chose
+    its own uid and home (/root) on MariaDB."""
+    from pymda.userdb.sql import compile_query
+
+    for bad, mysql in [("SELECT uid FROM t -- the admin's note\nWHERE u = '$user'", False),
+                       ("SELECT uid FROM t /* don't */ WHERE u = '$user'", False),
+                       ("SELECT uid FROM t # it's\nWHERE u = '$user'", True),
+                       ("SELECT uid FROM t WHERE a = 'x\\' AND u = $user'", False),
+                       ('SELECT uid FROM t WHERE a = "x\\" AND u = $user"', False),
+                       ("SELECT uid FROM t WHERE u = 1 -- $user", False),
+                       ("SELECT uid FROM t WHERE u = 1 /* $user */", False)]:
+        for style in ("format", "qmark"):
+            with pytest.raises(ConfigError):
+                compile_query(bad, style, mysql=mysql)
+    assert compile_query("SELECT 1 /* it's */ FROM t WHERE a = 'it''s' AND b = 'x\\\\' "
+                         "AND u = $user -- done: 100%", "format", mysql=True) == (
+        "SELECT 1 /* it's */ FROM t WHERE a = 'it''s' AND b = 'x\\\\' AND u = %s "
+        "-- done: 100%%", ["user"])
+    # not comments: a minus sign before a number; '#' outside MySQL (XOR in PostgreSQL)
+    assert compile_query("SELECT 1 FROM t WHERE a = 1--1\nAND f # 1 = 0 AND u = $user",
+                         "format")[1] == ["user"]
+
+
 def test_connect_strings():
     from pymda.userdb.sql import parse_connect
 

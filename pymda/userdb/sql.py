@@ -17,7 +17,8 @@ name)`` connects and runs the query for a user that does not exist
 SECURITY: ``$user``, ``$local``, ``$domain`` (also ``${user}``...) in
 ``user_query`` become the driver's bound-parameter placeholders; the
 address never becomes SQL text.  A placeholder inside a quoted string or
-identifier (``'$user'``) is a ConfigError: it would be a literal.  Only
+identifier (``'$user'``) or a comment is a ConfigError: it would be a literal
+(compile_query follows MySQL's quoting, backslashes and comments).  Only
 reading: sqlite opens the file read-only.
 
 DRIVERS (docs/users.md): sqlite3 (stdlib), psycopg 3 (``pymda[postgresql]``,
@@ -45,47 +46,56 @@ _abandoned = []  # inherited connections: kept referenced, never closed
 VARIABLES = ("user", "local", "domain")
 
 
-def compile_query(query, style):
+def compile_query(query, style, mysql=False):
     """(SQL text with placeholders, [variable names in order]).
 
     ``style`` "qmark" (sqlite3: ``?``) or "format" (psycopg, PyMySQL:
-    ``%s``, and a literal ``%`` doubled).
+    ``%s``, and a literal ``%`` doubled).  The scan skips what SQL does
+    not read as code, so that a placeholder never lands inside a literal:
+    ``'...'``, ``"..."`` and ```...``` (a backslash escapes the next
+    character in the first two, as MySQL reads them), ``/* */``, ``-- ``
+    to the end of the line and, with ``mysql``, ``#`` comments.  A
+    placeholder in any of them is a ConfigError.  PyMySQL pastes the
+    escaped value into the text (PostgreSQL and sqlite bind on the
+    server), so MySQL's reading is the one that must not be missed; where
+    PostgreSQL reads otherwise (a backslash in a standard string) a query
+    can only be refused or fail, never take the value as SQL.
     """
     out = []
     names = []
     i = 0
     n = len(query)
-    quote = None
+    end = None  # what closes the string or comment the scan is in
     while i < n:
         c = query[i]
-        if quote:
-            out.append(c)
-            if c == quote:
-                quote = None
-            elif c == "$" and _variable_at(query, i)[0]:
-                raise ConfigError(
-                    f"user_query: ${_variable_at(query, i)[0]} inside a quoted string is a "
-                    "literal: write it bare, it is passed as a bound parameter")
-            elif c == "%" and style == "format":
-                out.append("%")
-            i += 1
-            continue
-        if c in "'\"`":
-            quote = c
-            out.append(c)
-            i += 1
-            continue
-        if c == "$":
-            name, length = _variable_at(query, i)
+        step = 1
+        if end is None:
+            name, length = _variable_at(query, i) if c == "$" else (None, 0)
             if name:
                 names.append(name)
                 out.append("?" if style == "qmark" else "%s")
                 i += length
                 continue
-        if c == "%" and style == "format":
-            out.append("%")
-        out.append(c)
-        i += 1
+            if c in "'\"`":
+                end = c
+            elif query.startswith("/*", i):
+                end, step = "*/", 2
+            elif query.startswith("--", i) and (query[i + 2:i + 3] or " ").isspace():
+                end, step = "\n", 2
+            elif mysql and c == "#":
+                end = "\n"
+        elif c == "$" and _variable_at(query, i)[0]:
+            raise ConfigError(
+                f"user_query: ${_variable_at(query, i)[0]} inside a quoted string or a "
+                "comment is not a parameter: write it bare, it is passed as a bound parameter")
+        elif c == "\\" and end in "'\"" and i + 1 < n:
+            step = 2
+        elif query.startswith(end, i):
+            step = len(end)
+            end = None
+        text = query[i:i + step]
+        out.append(text.replace("%", "%%") if style == "format" else text)
+        i += step
     if not names:
         raise ConfigError("user_query must use $user, or $local and $domain")
     return "".join(out), names
@@ -238,7 +248,8 @@ def _query(cfg, name, values):
                     conn, style = _connect(cfg, table)
                     entry = (os.getpid(), conn, style, file_id)
                     _conns[name] = entry
-                sql, names = compile_query(table["user_query"], entry[2])
+                sql, names = compile_query(table["user_query"], entry[2],
+                                           mysql=table["driver"] == "mysql")
                 return _run(entry[1], sql, [values[v] for v in names])
             except ConfigError:
                 raise
