@@ -727,7 +727,8 @@ def test_placeholders_in_literals_and_comments_are_refused_as_mysql_reads_them()
                        ("SELECT uid FROM t WHERE a = 'x\\' AND u = $user'", False),
                        ('SELECT uid FROM t WHERE a = "x\\" AND u = $user"', False),
                        ("SELECT uid FROM t WHERE u = 1 -- $user", False),
-                       ("SELECT uid FROM t WHERE u = 1 /* $user */", False)]:
+                       ("SELECT uid FROM t WHERE u = 1 /* $user */", False),
+                       ("SELECT uid FROM t /*! it's */ WHERE u = $user", True)]:
         for style in ("format", "qmark"):
             with pytest.raises(ConfigError):
                 compile_query(bad, style, mysql=mysql)

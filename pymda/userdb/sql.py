@@ -53,7 +53,8 @@ def compile_query(query, style, mysql=False):
     ``%s``, and a literal ``%`` doubled).  The scan skips what SQL does
     not read as code, so that a placeholder never lands inside a literal:
     ``'...'``, ``"..."`` and ```...``` (a backslash escapes the next
-    character in the first two, as MySQL reads them), ``/* */``, ``-- ``
+    character in the first two, as MySQL reads them), ``/* */`` (not
+    MySQL's ``/*!`` and ``/*+``, which it runs), ``-- ``
     to the end of the line and, with ``mysql``, ``#`` comments.  A
     placeholder in any of them is a ConfigError.  PyMySQL pastes the
     escaped value into the text (PostgreSQL and sqlite bind on the
@@ -78,8 +79,8 @@ def compile_query(query, style, mysql=False):
                 continue
             if c in "'\"`":
                 end = c
-            elif query.startswith("/*", i):
-                end, step = "*/", 2
+            elif query.startswith("/*", i) and not (mysql and query[i + 2:i + 3] in ("!", "+")):
+                end, step = "*/", 2  # MySQL runs /*! */ and reads /*+ */: code
             elif query.startswith("--", i) and (query[i + 2:i + 3] or " ").isspace():
                 end, step = "\n", 2
             elif mysql and c == "#":
