@@ -15,8 +15,9 @@ name)`` connects and runs the query for a user that does not exist
 (pymda-admin check-config).
 
 SECURITY: ``$user``, ``$local``, ``$domain`` (also ``${user}``...) in
-``user_query`` become the driver's bound-parameter placeholders; the
-address never becomes SQL text.  A placeholder inside a quoted string or
+``user_query`` become the driver's bound-parameter placeholders: sqlite3
+and psycopg bind on the server; PyMySQL escapes the value into the text,
+safe only outside literals and comments.  A placeholder inside a quoted string or
 identifier (``'$user'``) or a comment is a ConfigError: it would be a literal
 (compile_query follows MySQL's quoting, backslashes and comments).  Only
 reading: sqlite opens the file read-only.
