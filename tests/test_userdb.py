@@ -999,6 +999,44 @@ def test_a_silent_server_is_a_temporary_failure_within_the_timeout(tmp_path, kin
         listener.close()
 
 
+def test_lookups_at_once_each_fail_within_the_timeout(tmp_path):
+    """The daemons ask from several threads.  With the database silent,
+    each lookup fails after its own userdb_timeout; one lock held over the
+    connect made the k-th wait k timeouts (4 threads: 1.1, 2.1, 3.1, 4.2 s)."""
+    import socket as socketmod
+    import threading
+
+    from pymda import users
+
+    pytest.importorskip("pymysql")
+    with socketmod.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        path = tmp_path / "c.toml"
+        path.write_text('userdb = ["sql:s"]\nuserdb_timeout = 1\nuserdb_cache_ttl = 0\n'
+                        '[sql.s]\ndriver = "mysql"\n'
+                        f'connect = "host=127.0.0.1 port={port} dbname=x user=y password=z"\n'
+                        'user_query = "SELECT 1 WHERE $user"\n')
+        cfg = config.load(str(path), environ={"PYMDA_CACHE_DIR": str(tmp_path)},
+                          write_cache=False)
+        start = time.monotonic()
+        failed = []
+
+        def lookup(n):
+            with pytest.raises(TempFail) as exc:
+                users.lookup(cfg, f"u{n}@x.example")
+            failed.append((exc.value.status, time.monotonic() - start))
+
+        threads = [threading.Thread(target=lookup, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert [status for status, _ in failed] == ["4.3.0"] * 4
+    assert max(elapsed for _, elapsed in failed) < 3, failed
+
+
 def test_sql_address_no_database_can_hold_is_unknown(tmp_path):
     from pymda.userdb import sql
 

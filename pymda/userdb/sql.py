@@ -26,14 +26,18 @@ DRIVERS (docs/users.md): sqlite3 (stdlib), psycopg 3 (``pymda[postgresql]``,
 pure Python over the system's libpq), PyMySQL (``pymda[mysql]``, pure
 Python).  Each is imported only when a source needs it.
 
-CONNECTIONS: one per process and source, kept open (the daemons),
-guarded by a lock (pymda-lmtpd asks from worker threads).  A connection
+CONNECTIONS: kept open per process and source (the daemons), one per
+lookup running at the same time (pymda-lmtpd and pymda-policyd ask from
+worker threads): a thread takes an idle one or connects, and gives it
+back after the query; the lock guards only that list, so one slow or
+unreachable database costs each waiting lookup its own
+``userdb_timeout``, not the sum of those queued before it.  A connection
 inherited through fork() is abandoned, never closed (closing would end
 the parent's session) nor used.  A sqlite file that was replaced (rename
-of a new version) or removed since it was opened is opened again.  A failure on a kept connection is
-retried once on a new one (the server was restarted); a failure then is
-TempFail, and the next lookup connects again: the daemons recover by
-themselves when the database is back.
+of a new version) or removed since it was opened is opened again.  A
+failure on a kept connection is retried once on a new one (the server
+was restarted); a failure then is TempFail, and the next lookup connects
+again: the daemons recover by themselves when the database is back.
 """
 
 import _thread
@@ -41,8 +45,8 @@ import _thread
 from pymda import fastos as os
 from pymda.errors import ConfigError, TempFail
 
-_lock = _thread.allocate_lock()
-_conns = {}  # NAME -> (pid, connection)
+_lock = _thread.allocate_lock()  # guards _idle (never held while talking to a database)
+_idle = {}  # NAME -> [(pid, connection, sqlite file id or None)]: open, no thread uses them
 _abandoned = []  # inherited connections: kept referenced, never closed
 VARIABLES = ("user", "local", "domain")
 
@@ -157,9 +161,8 @@ def _connect(cfg, table):
         for old, new in (("%", "%25"), ("?", "%3f"), ("#", "%23")):
             path = path.replace(old, new)
         uri = "file:" + path + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=timeout or 5,
+        return sqlite3.connect(uri, uri=True, timeout=timeout or 5,
                                check_same_thread=False, isolation_level=None)
-        return conn, "qmark"
     params = parse_connect(table["connect"])
     if driver == "postgresql":
         try:
@@ -179,8 +182,7 @@ def _connect(cfg, table):
         if timeout:
             params.setdefault("connect_timeout", str(max(2, int(timeout + 0.999))))
             params.setdefault("options", f"-c statement_timeout={int(timeout * 1000)}")
-        conn = psycopg.connect(autocommit=True, **params)
-        return conn, "format"
+        return psycopg.connect(autocommit=True, **params)
     try:
         import pymysql
     except ImportError:
@@ -195,7 +197,7 @@ def _connect(cfg, table):
         kw[names[key]] = int(value) if key == "port" else value
     if timeout:
         kw.update(connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
-    return pymysql.connect(**kw), "format"
+    return pymysql.connect(**kw)
 
 
 def _table(cfg, name):
@@ -234,34 +236,54 @@ def probe(cfg, name):
 
 def _query(cfg, name, values):
     table = _table(cfg, name)
+    sql, names = compile_query(table["user_query"],
+                               "qmark" if table["driver"] == "sqlite" else "format",
+                               mysql=table["driver"] == "mysql")
+    params = [values[v] for v in names]
+    entry = _take(name, table)
+    for attempt in (0, 1):
+        fresh = entry is None
+        try:
+            if fresh:
+                file_id = _file_id(table)  # before connecting: a later replacement shows
+                entry = (os.getpid(), _connect(cfg, table), file_id)
+            rows = _run(entry[1], sql, params)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every driver error is temporary
+            if entry is not None:
+                _close(entry[1])
+            entry = None
+            if fresh or attempt:
+                raise TempFail(f"userdb sql:{name}: {type(exc).__name__}: "
+                               f"{_first_line(exc)}", "4.3.0") from None
+            continue
+        with _lock:
+            _idle.setdefault(name, []).append(entry)
+        return rows
+
+
+def _take(name, table):
+    """A kept connection of this process for ``name`` that no thread uses,
+    or None.  The lock is held only to pick it: lookups of several
+    threads run at once, each within ``userdb_timeout``."""
+    file_id = _file_id(table)
+    stale = []
+    entry = None
     with _lock:
-        entry = _conns.get(name)
-        if entry is not None and entry[0] != os.getpid():
-            _abandoned.append(_conns.pop(name))
-            entry = None
-        if entry is not None and entry[3] is not None and entry[3] != _file_id(table):
-            _discard(name, entry)  # the sqlite file was replaced (or removed)
-            entry = None
-        for attempt in (0, 1):
-            fresh = entry is None
-            try:
-                if fresh:
-                    file_id = _file_id(table)
-                    conn, style = _connect(cfg, table)
-                    entry = (os.getpid(), conn, style, file_id)
-                    _conns[name] = entry
-                sql, names = compile_query(table["user_query"], entry[2],
-                                           mysql=table["driver"] == "mysql")
-                return _run(entry[1], sql, [values[v] for v in names])
-            except ConfigError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every driver error is temporary
-                if entry is not None:
-                    _discard(name, entry)
-                entry = None
-                if fresh or attempt:
-                    raise TempFail(f"userdb sql:{name}: {type(exc).__name__}: "
-                                   f"{_first_line(exc)}", "4.3.0") from None
+        idle = _idle.get(name, [])
+        while idle:
+            candidate = idle.pop()
+            if candidate[0] != os.getpid():
+                _abandoned.append(candidate)  # inherited through fork()
+            elif candidate[2] != file_id:
+                stale.append(candidate)  # the sqlite file was replaced (or removed)
+            else:
+                entry = candidate
+                break
+    for candidate in stale:
+        _close(candidate[1])
+    return entry
 
 
 def _run(conn, sql, params):
@@ -297,10 +319,9 @@ def _file_id(table):
     return (st.st_dev, st.st_ino)
 
 
-def _discard(name, entry):
-    _conns.pop(name, None)
+def _close(conn):
     try:
-        entry[1].close()
+        conn.close()
     except Exception:  # noqa: BLE001 - a broken connection may fail to close
         pass
 
