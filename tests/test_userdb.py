@@ -999,6 +999,46 @@ def test_a_silent_server_is_a_temporary_failure_within_the_timeout(tmp_path, kin
         listener.close()
 
 
+def test_a_dovecot_that_trickles_fails_within_the_timeout(tmp_path):
+    """userdb_timeout bounds the whole answer: a server sending a byte
+    now and then (each read within the timeout) is still cut off."""
+    import socket as socketmod
+    import threading
+
+    from pymda import users
+
+    listener = socketmod.socket(socketmod.AF_UNIX)
+    listener.bind(str(tmp_path / "auth-userdb"))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"VERSION\t1\t2\n")
+            end = time.monotonic() + 6  # then close: "no answer" (too late)
+            while not stop.wait(0.3) and time.monotonic() < end:
+                conn.sendall(b"S")
+
+    server = threading.Thread(target=trickle)
+    server.start()
+    try:
+        path = tmp_path / "c.toml"
+        path.write_text(f'userdb = ["dovecot:{tmp_path}/auth-userdb"]\nuserdb_timeout = 1\n')
+        cfg = config.load(str(path), environ={"PYMDA_CACHE_DIR": str(tmp_path)},
+                          write_cache=False)
+        start = time.monotonic()
+        with pytest.raises(TempFail) as exc:
+            users.lookup(cfg, "a@x.example")
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+        server.join(10)
+        listener.close()
+    assert exc.value.status == "4.3.0"
+    assert elapsed < 2.5, elapsed
+
+
 def test_lookups_at_once_each_fail_within_the_timeout(tmp_path):
     """The daemons ask from several threads.  With the database silent,
     each lookup fails after its own userdb_timeout; one lock held over the
