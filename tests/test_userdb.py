@@ -1077,6 +1077,44 @@ def test_lookups_at_once_each_fail_within_the_timeout(tmp_path):
     assert max(elapsed for _, elapsed in failed) < 3, failed
 
 
+@needs_root
+def test_a_slow_query_on_a_kept_connection_is_not_asked_twice(tmp_path):
+    """A kept connection is retried on a new one when it fails at once (the
+    server restarted), not when the query ran out of time: that took two
+    userdb_timeouts and a connect (4.2 s here with a 2 s timeout)."""
+    from pymda import users
+    from support.pgsql import PgServer
+
+    if not _available("postgresql"):
+        pytest.skip("postgresql is not installed")
+    server = PgServer().start()
+    try:
+        server.sql("CREATE ROLE pymda LOGIN PASSWORD 'pw'")
+        path = tmp_path / "c.toml"
+        path.write_text(
+            'userdb = ["sql:s"]\nuserdb_timeout = 2\nuserdb_cache_ttl = 0\n'
+            'virtual_uid = 5000\nvirtual_gid = 5000\n[sql.s]\ndriver = "postgresql"\n'
+            f'connect = "host=127.0.0.1 port={server.port} dbname=postgres user=pymda '
+            'password=pw"\n'
+            "user_query = \"SELECT '/h/' || $local AS home FROM (SELECT CASE WHEN $local = "
+            "'slow' THEN pg_sleep(30) END) AS s\"\n")
+        cfg = config.load(str(path), environ={"PYMDA_CACHE_DIR": str(tmp_path)},
+                          write_cache=False)
+        assert users.lookup(cfg, "fast@x.example").home == "/h/fast"  # kept now
+        start = time.monotonic()
+        with pytest.raises(TempFail) as exc:
+            users.lookup(cfg, "slow@x.example")
+        elapsed = time.monotonic() - start
+        assert exc.value.status == "4.3.0"
+        assert elapsed < 3.5, elapsed
+        assert users.lookup(cfg, "fast@x.example").home == "/h/fast"
+        server.stop()  # a restart under a kept connection: that one is retried
+        server.start()
+        assert users.lookup(cfg, "fast@x.example").home == "/h/fast"
+    finally:
+        server.destroy()
+
+
 def test_sql_address_no_database_can_hold_is_unknown(tmp_path):
     from pymda.userdb import sql
 

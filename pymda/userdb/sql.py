@@ -35,12 +35,15 @@ unreachable database costs each waiting lookup its own
 inherited through fork() is abandoned, never closed (closing would end
 the parent's session) nor used.  A sqlite file that was replaced (rename
 of a new version) or removed since it was opened is opened again.  A
-failure on a kept connection is retried once on a new one (the server
-was restarted); a failure then is TempFail, and the next lookup connects
-again: the daemons recover by themselves when the database is back.
+failure on a kept connection is retried once on a new one when it came
+at once (the server was restarted; not when it ran out of time: that
+would double ``userdb_timeout``); a failure then is TempFail, and the
+next lookup connects again: the daemons recover by themselves when the
+database is back.
 """
 
 import _thread
+import time
 
 from pymda import fastos as os
 from pymda.errors import ConfigError, TempFail
@@ -241,8 +244,9 @@ def _query(cfg, name, values):
                                mysql=table["driver"] == "mysql")
     params = [values[v] for v in names]
     entry = _take(name, table)
-    for attempt in (0, 1):
+    for _ in (0, 1):
         fresh = entry is None
+        began = time.monotonic()
         try:
             if fresh:
                 file_id = _file_id(table)  # before connecting: a later replacement shows
@@ -254,7 +258,11 @@ def _query(cfg, name, values):
             if entry is not None:
                 _close(entry[1])
             entry = None
-            if fresh or attempt:
+            # A kept connection that failed at once (the server restarted)
+            # is tried again on a new one; one that ran out of time would
+            # only double userdb_timeout.
+            if fresh or (cfg.userdb_timeout and
+                         time.monotonic() - began >= cfg.userdb_timeout / 2):
                 raise TempFail(f"userdb sql:{name}: {type(exc).__name__}: "
                                f"{_first_line(exc)}", "4.3.0") from None
             continue
