@@ -672,6 +672,27 @@ def test_passwd_file_fixed_path_missing_or_garbage_is_temporary(tmp_path, monkey
         users.lookup(cfg, "a@b.example")
 
 
+def test_passwd_file_per_domain_without_its_directory_is_temporary(tmp_path, monkeypatch):
+    """No file for a domain: unknown.  No directory for any domain (an
+    unmounted volume, a typo): 4.3.0, not 5.1.1 for every recipient."""
+    from pymda import users
+
+    monkeypatch.setenv("PYMDA_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "domains").mkdir()
+    cfg = _cfg(tmp_path, f'userdb=["passwd-file:{tmp_path}/domains/$domain"]')
+    with pytest.raises(PermFail) as exc:
+        users.lookup(cfg, "a@b.example")
+    assert exc.value.status == "5.1.1"
+    for template in (f"{tmp_path}/missing/$domain", f"{tmp_path}/missing/${{domain}}/users"):
+        cfg = _cfg(tmp_path, f'userdb=["passwd-file:{template}"]')
+        with pytest.raises(TempFail) as exc:
+            users.lookup(cfg, "a@b.example")
+        assert exc.value.status == "4.3.0"
+    cfg = _cfg(tmp_path, f'userdb=["passwd-file:{tmp_path}/${{domain}}/users"]')
+    with pytest.raises(PermFail):  # a directory per domain: a missing one is unknown
+        users.lookup(cfg, "a@b.example")
+
+
 def test_a_forged_index_cannot_invent_a_user(tmp_path, monkeypatch):
     from pymda import users
     from pymda.userdb import passwdfile
