@@ -51,7 +51,6 @@ skipped and their targets reported as "not measured".
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -597,10 +596,7 @@ def main(argv=None):
         else:
             common.delete_user(user)
     report["targets"] = targets(report, args.big_mb)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
+    common.emit(report, args.json, print_report)
     return status
 
 

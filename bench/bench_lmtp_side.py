@@ -187,20 +187,15 @@ class Dovecot:
             f.write(DOVECOT_CONF.format(top=self.dir, name=f"{name}-{os.getpid()}",
                                         userdb=userdb))
         self.socket = os.path.join(self.dir, "run", "lmtp")
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", conf], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     cwd=self.dir)
+        # the master stays root: it stops with this process, however it ends
+        procs = common._support("procs")
+        log = os.path.join(self.dir, "dovecot.log")
+        self.proc = procs.start_server([DOVECOT, "-F", "-c", conf], log, cwd=self.dir)
         try:
             wait_for(self.socket, self.proc, "dovecot")
         except common.BenchError:
-            raise common.BenchError(f"dovecot did not start: {self.log_tail()}") from None
-
-    def log_tail(self):
-        try:
-            with open(os.path.join(self.dir, "dovecot.log"), errors="replace") as f:
-                return f.read()[-2000:]
-        except OSError:
-            return ""
+            self.close()
+            raise common.BenchError(f"dovecot did not start: {procs.tail(log, 2000)}") from None
 
     def close(self):
         common.terminate(self.proc)

@@ -30,9 +30,12 @@ Contract:
   mark across exec), so a big parent would inflate it: the child is forked
   from a fresh ``python3 -I -S`` (about 5 MB of its own, reported by
   ``spawner_bias``), never from the benchmark process.
-- ``terminate(proc, timeout)``: SIGTERM a server, SIGKILL after timeout.
+- ``terminate(proc, timeout)``: SIGTERM a server, SIGKILL after timeout
+  (tests/support/procs.py's, as ``create_user`` is tests/support/users.py's).
 - ``percentile(values, p)``, ``summarize(seconds)`` -> dict of ms figures.
 - ``machine()``: nproc, CPU model, kernel, Python, file system of a path.
+- ``emit(report, as_json, print_text)``: a benchmark's last step, the
+  report as indented JSON (``--json``) or ``print_text(report)``.
 
 LIMITATIONS: Linux only (ru_maxrss in KiB, /proc).  Wall times include
 posix_spawn + wait4 in the measuring process (the same for everyone).
@@ -84,35 +87,30 @@ class BenchUser:
 
 def terminate(proc, timeout=60):
     """SIGTERM a server (Popen), SIGKILL after ``timeout`` s; no-op when gone."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    _support("procs").terminate(proc, timeout)
 
 
 def create_user(prefix="pbench"):
     """A throw-away unprivileged user (the tests' helper, tests/support/users.py)."""
     if os.geteuid() != 0:
         raise BenchError("the benchmark creates its own user: run it as root")
-    made = _test_users().create_user(prefix)
+    made = _support("users").create_user(prefix)
     return BenchUser(made.name, made.uid, made.gid, str(made.home))
 
 
 def delete_user(user):
     """Remove the user, its processes, home and /var/mail files."""
-    _test_users().delete_user(user)
+    _support("users").delete_user(user)
 
 
-def _test_users():
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "tests"))
-    from support import users
+def _support(name):
+    """A module of the tests' helpers (tests/support): one copy of each."""
+    import importlib
 
-    return users
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module("support." + name)
 
 
 def postfix_env(user, sender, recipient):
@@ -338,3 +336,11 @@ def machine(path="/home"):
                                  text=True, check=False).stdout.strip(),
         "filesystem": filesystem_of(path),
     }
+
+
+def emit(report, as_json, print_text):
+    """Print ``report``: indented JSON when ``as_json``, else ``print_text(report)``."""
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_text(report)

@@ -1,7 +1,7 @@
 """Users from databases (SPEC 7, issue 13): every source against the real thing.
 
 Sources: passwd-file, SQLite, a private PostgreSQL 15, a private MariaDB
-(a real user with a password, over TCP and the unix socket) and a private
+(a real user with a password, over the unix socket) and a private
 dovecot whose auth serves auth-userdb (tests/support/pgsql.py, mariadb.py,
 dovecot_auth.py; started once per module, stopped afterwards).  For each:
 the installed ``pymda`` run as root delivers into the user's home (created
@@ -462,6 +462,65 @@ def test_daemons_defer_while_down_and_recover_without_restart(site, vmail):
         policyd.stop()
 
 
+# --- the private servers themselves -----------------------------------------------------
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "dovecot"])
+def test_a_killed_session_leaves_no_server_running(kind):
+    """A pytest killed outright (SIGKILL, a CI timeout) runs no teardown:
+    the kernel stops its private servers (procs.start_server)."""
+    if not _available(kind):
+        pytest.skip(f"{kind} is not installed")
+    make = {"postgresql": "pgsql.PgServer()", "mysql": "mariadb.MariaServer()",
+            "dovecot": "dovecot_auth.DovecotAuth()"}[kind]
+    code = (f"import sys, time; from support import {make.split('.')[0]} as m; "
+            f"s = m.{make.split('.')[1]}.start(); "
+            "print(s.proc.pid, s.top, flush=True); time.sleep(600)")
+    with subprocess.Popen([str(paths.prefix() / "bin" / "python3"), "-c", code],
+                          cwd=Path(__file__).parent, stdout=subprocess.PIPE) as session:
+        try:
+            pid, top = session.stdout.readline().decode().split()
+        finally:
+            session.kill()
+    try:
+        deadline = time.monotonic() + 60
+        while _running(int(pid)):
+            assert time.monotonic() < deadline, f"{kind} server {pid} outlived its session"
+            time.sleep(0.1)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@needs_root
+def test_a_port_another_session_took_is_traded_for_a_free_one():
+    import socket as socketmod
+
+    from support.pgsql import PgServer
+
+    if not _available("postgresql"):
+        pytest.skip("postgresql is not installed")
+    with socketmod.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        server = PgServer()
+        try:
+            server.port = taken.getsockname()[1]  # as if taken after free_port()
+            server.start()
+            assert server.port != taken.getsockname()[1]
+            assert b"1" in server.sql("SELECT 1", database="postgres")
+        finally:
+            server.destroy()
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 # --- config source: uid 0 --------------------------------------------------------------
 
 
@@ -613,6 +672,27 @@ def test_passwd_file_fixed_path_missing_or_garbage_is_temporary(tmp_path, monkey
         users.lookup(cfg, "a@b.example")
 
 
+def test_passwd_file_per_domain_without_its_directory_is_temporary(tmp_path, monkeypatch):
+    """No file for a domain: unknown.  No directory for any domain (an
+    unmounted volume, a typo): 4.3.0, not 5.1.1 for every recipient."""
+    from pymda import users
+
+    monkeypatch.setenv("PYMDA_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "domains").mkdir()
+    cfg = _cfg(tmp_path, f'userdb=["passwd-file:{tmp_path}/domains/$domain"]')
+    with pytest.raises(PermFail) as exc:
+        users.lookup(cfg, "a@b.example")
+    assert exc.value.status == "5.1.1"
+    for template in (f"{tmp_path}/missing/$domain", f"{tmp_path}/missing/${{domain}}/users"):
+        cfg = _cfg(tmp_path, f'userdb=["passwd-file:{template}"]')
+        with pytest.raises(TempFail) as exc:
+            users.lookup(cfg, "a@b.example")
+        assert exc.value.status == "4.3.0"
+    cfg = _cfg(tmp_path, f'userdb=["passwd-file:{tmp_path}/${{domain}}/users"]')
+    with pytest.raises(PermFail):  # a directory per domain: a missing one is unknown
+        users.lookup(cfg, "a@b.example")
+
+
 def test_a_forged_index_cannot_invent_a_user(tmp_path, monkeypatch):
     from pymda import users
     from pymda.userdb import passwdfile
@@ -654,13 +734,43 @@ def test_placeholders_are_bound_never_spliced():
             compile_query(bad, "qmark")
 
 
+def test_placeholders_in_literals_and_comments_are_refused_as_mysql_reads_them():
+    """PyMySQL pastes the escaped value into the SQL text: a placeholder the
+    scan wrongly takes for code, inside a literal, lets the address out of
+    it.  Found: an apostrophe in a comment made '$user' look bare, and the
+    address ' UNION SELECT 5001, 0x2f726f6f74 -- @evil.example' then chose
+    its own uid and home (/root) on MariaDB."""
+    from pymda.userdb.sql import compile_query
+
+    for bad, mysql in [("SELECT uid FROM t -- the admin's note\nWHERE u = '$user'", False),
+                       ("SELECT uid FROM t /* don't */ WHERE u = '$user'", False),
+                       ("SELECT uid FROM t # it's\nWHERE u = '$user'", True),
+                       ("SELECT uid FROM t WHERE a = 'x\\' AND u = $user'", False),
+                       ('SELECT uid FROM t WHERE a = "x\\" AND u = $user"', False),
+                       ("SELECT uid FROM t WHERE u = 1 -- $user", False),
+                       ("SELECT uid FROM t WHERE u = 1 /* $user */", False),
+                       ("SELECT uid FROM t /*! it's */ WHERE u = $user", True)]:
+        for style in ("format", "qmark"):
+            with pytest.raises(ConfigError):
+                compile_query(bad, style, mysql=mysql)
+    assert compile_query("SELECT 1 /* it's */ FROM t WHERE a = 'it''s' AND b = 'x\\\\' "
+                         "AND u = $user -- done: 100%", "format", mysql=True) == (
+        "SELECT 1 /* it's */ FROM t WHERE a = 'it''s' AND b = 'x\\\\' AND u = %s "
+        "-- done: 100%%", ["user"])
+    # not comments: a minus sign before a number; '#' outside MySQL (XOR in PostgreSQL)
+    assert compile_query("SELECT 1 FROM t WHERE a = 1--1\nAND f # 1 = 0 AND u = $user",
+                         "format")[1] == ["user"]
+
+
 def test_connect_strings():
     from pymda.userdb.sql import parse_connect
 
     assert parse_connect("host=db port = 5432 password='a b\\'c' user=x\\ y") == {
         "host": "db", "port": "5432", "password": "a b'c", "user": "x y"}
-    with pytest.raises(ConfigError):
-        parse_connect("host")
+    assert parse_connect("  a='' b= c=\\' ") == {"a": "", "b": "c='"}  # as libpq
+    for bad in ("host", "password='x", "password='x\\'"):
+        with pytest.raises(ConfigError):
+            parse_connect(bad)
 
 
 def test_config_validates_userdb_and_sql_tables(tmp_path):
@@ -705,6 +815,31 @@ def test_sqlite_answers_rows_and_failures(tmp_path):
         with pytest.raises(TempFail) as exc:
             users.lookup(cfg, name)
         assert exc.value.status == "4.3.0"
+
+
+def test_garbage_columns_are_a_temporary_failure():
+    """Whatever type a driver hands back (a PostgreSQL date, array or json
+    column, bytes that are not UTF-8), a row pymda cannot read is 4.3.0,
+    never a TypeError (pymda-policyd would close without an answer)."""
+    import datetime
+
+    from pymda.userdb.core import identity_from_row
+
+    cfg = config.load(None, ["first_valid_uid=1000", "virtual_uid=4000", "virtual_gid=4000",
+                             'virtual_home="/v/$local"'], environ={})
+    garbage = [datetime.date(2024, 1, 1), [1], {"a": 1}, b"\xff", "lots", -1]
+    for key in ("uid", "gid", "quota_storage", "quota_messages"):
+        for value in garbage:
+            with pytest.raises(TempFail) as exc:
+                identity_from_row(cfg, "a@x.example", "sql:s", {key: value})
+            assert exc.value.status == "4.3.0", (key, value)
+    for key in ("home", "mailbox"):
+        for value in garbage[:4]:
+            with pytest.raises(TempFail):
+                identity_from_row(cfg, "a@x.example", "sql:s", {key: value})
+    ok = identity_from_row(cfg, "a@x.example", "sql:s",
+                           {"quota_storage": 2048.0, "quota_messages": "7"})
+    assert ok.settings == {"quota_storage": 2048, "quota_messages": 7}
 
 
 def test_default_userdb_does_not_import_the_package():
@@ -846,12 +981,29 @@ def test_passwd_file_delivery_imports_nothing_heavy(vmail):
 # --- a database that does not answer --------------------------------------------------
 
 
+def _config_file(tmp_path, text):
+    """The Config of ``text`` written to tmp_path/c.toml (no cache written)."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return config.load(str(path), environ={"PYMDA_CACHE_DIR": str(tmp_path)},
+                       write_cache=False)
+
+
+def _seconds_to_fail(cfg, name="a@x.example"):
+    """How long ``users.lookup`` took to fail, with TempFail 4.3.0."""
+    from pymda import users
+
+    start = time.monotonic()
+    with pytest.raises(TempFail) as exc:
+        users.lookup(cfg, name)
+    assert exc.value.status == "4.3.0"
+    return time.monotonic() - start
+
+
 @pytest.mark.parametrize("kind", ["postgresql", "mysql", "dovecot"])
 def test_a_silent_server_is_a_temporary_failure_within_the_timeout(tmp_path, kind):
     """A server that accepts the connection and then says nothing."""
     import socket as socketmod
-
-    from pymda import users
 
     if kind == "dovecot":
         listener = socketmod.socket(socketmod.AF_UNIX)
@@ -866,23 +1018,113 @@ def test_a_silent_server_is_a_temporary_failure_within_the_timeout(tmp_path, kin
         extra = True
     listener.listen(5)
     try:
-        path = tmp_path / "c.toml"
         text = f"userdb = {userdb}\nuserdb_timeout = 1\n"
         if extra:
             text += ("[sql.s]\n" f'driver = "{kind}"\n'
                      f'connect = "host=127.0.0.1 port={port} dbname=x user=y password=z"\n'
                      'user_query = "SELECT 1 WHERE $user"\n')
-        path.write_text(text)
-        cfg = config.load(str(path), environ={"PYMDA_CACHE_DIR": str(tmp_path)},
-                          write_cache=False)
-        start = time.monotonic()
-        with pytest.raises(TempFail) as exc:
-            users.lookup(cfg, "a@x.example")
-        elapsed = time.monotonic() - start
-        assert exc.value.status == "4.3.0"
+        elapsed = _seconds_to_fail(_config_file(tmp_path, text))
         assert elapsed < 15, elapsed  # connect_timeout is at least 2 s for libpq
     finally:
         listener.close()
+
+
+def test_a_dovecot_that_trickles_fails_within_the_timeout(tmp_path):
+    """userdb_timeout bounds the whole answer: a server sending a byte
+    now and then (each read within the timeout) is still cut off."""
+    import socket as socketmod
+    import threading
+
+    listener = socketmod.socket(socketmod.AF_UNIX)
+    listener.bind(str(tmp_path / "auth-userdb"))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"VERSION\t1\t2\n")
+            end = time.monotonic() + 6  # then close: "no answer" (too late)
+            while not stop.wait(0.3) and time.monotonic() < end:
+                conn.sendall(b"S")
+
+    server = threading.Thread(target=trickle)
+    server.start()
+    try:
+        elapsed = _seconds_to_fail(_config_file(
+            tmp_path, f'userdb = ["dovecot:{tmp_path}/auth-userdb"]\nuserdb_timeout = 1\n'))
+    finally:
+        stop.set()
+        server.join(10)
+        listener.close()
+    assert elapsed < 2.5, elapsed
+
+
+def test_lookups_at_once_each_fail_within_the_timeout(tmp_path):
+    """The daemons ask from several threads.  With the database silent,
+    each lookup fails after its own userdb_timeout; one lock held over the
+    connect made the k-th wait k timeouts (4 threads: 1.1, 2.1, 3.1, 4.2 s)."""
+    import socket as socketmod
+    import threading
+
+    from pymda import users
+
+    pytest.importorskip("pymysql")
+    with socketmod.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        cfg = _config_file(tmp_path, 'userdb = ["sql:s"]\nuserdb_timeout = 1\n'
+                           'userdb_cache_ttl = 0\n[sql.s]\ndriver = "mysql"\n'
+                           f'connect = "host=127.0.0.1 port={port} dbname=x user=y '
+                           'password=z"\nuser_query = "SELECT 1 WHERE $user"\n')
+        start = time.monotonic()
+        failed = []
+
+        def lookup(n):
+            with pytest.raises(TempFail) as exc:
+                users.lookup(cfg, f"u{n}@x.example")
+            failed.append((exc.value.status, time.monotonic() - start))
+
+        threads = [threading.Thread(target=lookup, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert [status for status, _ in failed] == ["4.3.0"] * 4
+    assert max(elapsed for _, elapsed in failed) < 3, failed
+
+
+@needs_root
+def test_a_slow_query_on_a_kept_connection_is_not_asked_twice(tmp_path):
+    """A kept connection is retried on a new one when it fails at once (the
+    server restarted), not when the query ran out of time: that took two
+    userdb_timeouts and a connect (4.0 s here with a 2 s timeout)."""
+    from pymda import users
+    from support.pgsql import PgServer
+
+    if not _available("postgresql"):
+        pytest.skip("postgresql is not installed")
+    server = PgServer().start()
+    try:
+        server.sql("CREATE ROLE pymda LOGIN PASSWORD 'pw'")
+        cfg = _config_file(
+            tmp_path,
+            'userdb = ["sql:s"]\nuserdb_timeout = 2\nuserdb_cache_ttl = 0\n'
+            'virtual_uid = 5000\nvirtual_gid = 5000\n[sql.s]\ndriver = "postgresql"\n'
+            f'connect = "host=127.0.0.1 port={server.port} dbname=postgres user=pymda '
+            'password=pw"\n'
+            "user_query = \"SELECT '/h/' || $local AS home FROM (SELECT CASE WHEN $local = "
+            "'slow' THEN pg_sleep(30) END) AS s\"\n")
+        assert users.lookup(cfg, "fast@x.example").home == "/h/fast"  # kept now
+        elapsed = _seconds_to_fail(cfg, "slow@x.example")
+        assert elapsed < 3.5, elapsed
+        assert users.lookup(cfg, "fast@x.example").home == "/h/fast"
+        server.stop()  # a restart under a kept connection: that one is retried
+        server.start()
+        assert users.lookup(cfg, "fast@x.example").home == "/h/fast"
+    finally:
+        server.destroy()
 
 
 def test_sql_address_no_database_can_hold_is_unknown(tmp_path):

@@ -133,18 +133,18 @@ def identity_from_row(cfg, name, source, row):
         if not isinstance(mailbox, str):
             raise TempFail(f"userdb {source}: {name}: mailbox is not text", "4.3.0")
         values["mailbox"] = mailbox
-    for key in ("quota_storage", "quota_messages"):
-        value = row.get(key)
-        if value in (None, ""):
-            continue
+    messages = row.get("quota_messages")
+    if messages not in (None, ""):
+        values["quota_messages"] = _int(messages, "quota_messages", source, name)
+    storage = row.get("quota_storage")
+    if storage not in (None, ""):
+        if not isinstance(storage, str):  # a number column (int, Decimal, float)
+            storage = _int(storage, "quota_storage", source, name)
         try:
-            if key == "quota_storage":
-                value = parse_size(value if isinstance(value, str) else int(value))
-            else:
-                value = _int(value, key, source, name)
+            values["quota_storage"] = parse_size(storage)
         except ValueError as exc:
-            raise TempFail(f"userdb {source}: {name}: {key} must be {exc}", "4.3.0") from None
-        values[key] = value
+            raise TempFail(f"userdb {source}: {name}: quota_storage must be {exc}",
+                           "4.3.0") from None
     identity = Identity(name=name, uid=uid, gid=gid, home=home, virtual=True,
                         settings=values, source=source)
     check(cfg, identity)

@@ -19,6 +19,7 @@ writable by the user pymda runs as (root for pymda -d and the daemons).
 """
 
 import _socket
+import time
 
 from pymda.errors import TempFail
 
@@ -83,11 +84,17 @@ def _ask(path, address, timeout):
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         sock.connect(path)
         request = f"VERSION\t1\t0\nUSER\t1\t{escape(address)}\tservice=lda\n"
         sock.sendall(request.encode("utf-8", "surrogateescape"))
         data = b""
         while True:
+            if deadline is not None:  # the whole answer, not each read, within the timeout
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _socket.timeout()
+                sock.settimeout(left)
             chunk = sock.recv(65536)
             if not chunk:
                 break

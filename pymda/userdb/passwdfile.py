@@ -8,7 +8,8 @@ core.dovecot_row).  Trailing fields may be missing; empty fields take
 the defaults.  ``user`` is ``local@domain`` or ``local`` (any domain);
 matching ignores case, the first line of a user wins.  ``$domain`` in
 PATH picks one file per domain; a domain that is not a plain name (``/``,
-a leading dot) is unknown, and so is a domain whose file does not exist.
+a leading dot) is unknown, and so is a domain whose file does not exist
+(while the directory before ``$domain`` does: without it, TempFail).
 
 Contract: ``lookup(cfg, path_template, name)`` -> row dict or None;
 TempFail 4.3.0 when the file cannot be read or a line is malformed.
@@ -54,8 +55,10 @@ def lookup(cfg, path_template, name):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        if per_domain:
-            return None
+        if per_domain and os.path.exists(path_template[:path_template.index("$")] or "/"):
+            return None  # no file for this domain: not ours
+        # a fixed path, or the directory of the per-domain files, missing:
+        # a broken setup (an unmounted volume) must not bounce everyone
         raise TempFail(f"userdb passwd-file:{path}: no such file", "4.3.0") from None
     except OSError as exc:
         raise TempFail(f"userdb passwd-file:{path}: {exc.strerror}", "4.3.0") from None

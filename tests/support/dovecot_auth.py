@@ -4,7 +4,8 @@
 temporary directory — its own ``base_dir``, ``state_dir`` and log, no
 protocols (no listener on any port), a passwd-file passdb/userdb read
 from ``users`` in that directory — and runs ``dovecot -F`` in the
-foreground as a child.  ``socket_path`` is the auth-userdb socket (0600
+foreground as a child that dies with this process (procs.start_server:
+the master stays root, so the setting holds).  ``socket_path`` is the auth-userdb socket (0600
 root), the one dovecot-lda talks to.  ``write_users(text)`` replaces the
 passwd-file (dovecot re-reads it when its mtime changes, checking at most
 once a second: a running server gets a second to notice); ``stop()`` /
@@ -13,11 +14,10 @@ once a second: a running server gets a second to notice); ``stop()`` /
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 
-from support.procs import tail, terminate
+from support.procs import start_server, tail, terminate
 
 DOVECOT = "/usr/sbin/dovecot"
 
@@ -87,9 +87,8 @@ class DovecotAuth:
             time.sleep(1.1)  # dovecot looks at the file at most once a second
 
     def start(self, timeout=30):
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.conf], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     cwd=self.top)
+        self.proc = start_server([DOVECOT, "-F", "-c", self.conf],
+                                 os.path.join(self.top, "dovecot.log"), cwd=self.top)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,6 +96,7 @@ class DovecotAuth:
             if os.path.exists(self.socket_path):
                 return self
             time.sleep(0.05)
+        self.stop()
         raise AssertionError(f"dovecot did not create {self.socket_path}: {self.log()}")
 
     def log(self):

@@ -1,12 +1,14 @@
 """A private MariaDB server for tests (root only).
 
 ``MariaServer().start()``: ``mariadb-install-db`` into a fresh datadir
-under a temporary directory, then ``mariadbd`` as the ``mysql`` user with
-its own socket, pid file and a free port bound to 127.0.0.1 only (no
-system service, no /etc/mysql options: ``--no-defaults``).  root connects
-through the socket without a password; ``sql(text)`` runs SQL as root
-with the ``mariadb`` client.  ``stop()`` / ``start()`` again (same data,
-same port), ``destroy()``.
+under a temporary directory, then ``mariadbd`` as the ``mysql`` user (a
+child that dies with this process: procs.start_server) with its own
+socket and pid file and no TCP listener at all (``--skip-networking``:
+no port to collide with another session's server; the tests connect
+through the socket), no system service, no /etc/mysql options
+(``--no-defaults``).  root connects through the socket without a
+password; ``sql(text)`` runs SQL as root with the ``mariadb`` client.
+``stop()`` / ``start()`` again (same data), ``destroy()``.
 """
 
 import os
@@ -15,8 +17,7 @@ import shutil
 import subprocess
 import time
 
-from support.pgsql import free_port
-from support.procs import private_top, tail, terminate
+from support.procs import private_top, start_server, tail, terminate
 
 INSTALL_DB = "/usr/bin/mariadb-install-db"
 SERVER = "/usr/sbin/mariadbd"
@@ -38,7 +39,6 @@ class MariaServer:
         self.socket_path = os.path.join(self.top, "mysqld.sock")
         self.pid_file = os.path.join(self.top, "mysqld.pid")
         self.log = os.path.join(self.top, "mysqld.log")
-        self.port = free_port()
         self.proc = None
         proc = subprocess.run(
             [INSTALL_DB, "--no-defaults", f"--datadir={self.data}", "--user=mysql",
@@ -50,15 +50,14 @@ class MariaServer:
             raise AssertionError(f"mariadb-install-db: {proc.stdout.decode(errors='replace')}")
 
     def start(self, timeout=60):
-        log = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [SERVER, "--no-defaults", f"--datadir={self.data}", "--user=mysql",
+        # started as mysql (a server that switches ids itself loses the
+        # parent-death signal); it logs to stderr, our log file
+        self.proc = start_server(
+            [SERVER, "--no-defaults", f"--datadir={self.data}",
              f"--socket={self.socket_path}", f"--pid-file={self.pid_file}",
-             f"--port={self.port}", "--bind-address=127.0.0.1", "--skip-name-resolve",
-             "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin",
-             f"--log-error={self.log}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.top)
-        log.close()
+             "--skip-networking", "--skip-name-resolve",
+             "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin"],
+            self.log, user=self.uid, group=self.gid, extra_groups=[], cwd=self.top)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -69,6 +68,7 @@ class MariaServer:
             if ping.returncode == 0:
                 return self
             time.sleep(0.2)
+        self.stop()
         raise AssertionError(f"mariadbd did not start: {self._log()}")
 
     def _log(self):
