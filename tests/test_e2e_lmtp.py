@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support import paths
 from support.lmtpclient import Client, transaction
-from support.procs import run_clients, socket_activation
+from support.procs import free_port, run_clients, socket_activation
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -48,12 +48,6 @@ STORED = (b"From: sender@example.org\nSubject: lmtp test\nMessage-ID: <lmtp@test
 
 def lmtpd_bin():
     return paths.prefix() / "bin" / "pymda-lmtpd"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(directory, text):

@@ -26,6 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import paths  # noqa: E402
 from support.policyd import full_and_roomy  # noqa: E402
+from support.procs import free_port  # noqa: E402
 
 SMTP_HOST = "127.0.0.1"
 SMTP_PORT = 25
@@ -42,12 +43,6 @@ MESSAGE = (b"From: sender@example.org\r\nSubject: quota e2e\r\n"
            b"Message-ID: <quota-e2e@example.org>\r\n\r\n" + b"line of body text\r\n" * 50)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="postfix tests need root")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

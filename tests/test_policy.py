@@ -23,7 +23,7 @@ from pymda.users import Identity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import paths  # noqa: E402
-from support.procs import run_clients, socket_activation  # noqa: E402
+from support.procs import free_port, run_clients, socket_activation  # noqa: E402
 from support.users import create_user, delete_user  # noqa: E402
 
 DUNNO = b"action=DUNNO\n\n"
@@ -209,12 +209,6 @@ def test_decide_system_user_by_local_part(tmp_path):
 
 
 # --- the server ----------------------------------------------------------------
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port, proc, timeout=15):

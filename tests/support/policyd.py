@@ -13,12 +13,7 @@ import tempfile
 import time
 
 from . import paths
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .procs import free_port
 
 
 class PolicyD:
