@@ -343,3 +343,35 @@ def test_a_refused_temporary_switch_leaves_nothing_switched(test_user):
                           extra_groups=[], cwd="/")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["refused 5.7.1", "again ok"]
+
+
+FORK_FAILS_ONCE = """
+import os, signal, threading, time
+from pymda.lmtp import workers
+real_fork, calls = os.fork, []
+def fork():
+    calls.append(1)
+    if len(calls) == 1:
+        raise OSError(11, "Resource temporarily unavailable")
+    return real_fork()
+workers.os.fork = fork
+workers.RESTART_PAUSE = 0.1
+class Log:
+    def error(self, text): print("error:", text, flush=True)
+    def info(self, text): pass
+    def warning(self, text): pass
+threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+print("rc", workers.supervise(1, lambda slot, shared: time.sleep(10), Log()), len(calls), flush=True)
+"""
+
+
+def test_a_failed_fork_is_retried_not_fatal():
+    """fork() failing (EAGAIN) must not end the supervisor (its running
+    workers would be orphaned): it is logged and tried again."""
+    python = paths.prefix() / "bin" / "python3"
+    proc = subprocess.run([str(python), "-c", FORK_FAILS_ONCE], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("error: cannot start worker 0: Resource temporarily unavailable")
+    assert lines[-1] == "rc 0 2"

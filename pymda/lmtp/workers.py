@@ -74,7 +74,16 @@ def supervise(count, run_worker, log, sockets=()):
             _kill(pid, signal.SIGTERM)
 
     def start(slot):
-        pid = os.fork()
+        while True:
+            try:
+                pid = os.fork()
+                break
+            except OSError as exc:  # EAGAIN, ENOMEM: never leave the workers orphaned
+                if state["stopping"]:
+                    return
+                log.error(f"cannot start worker {slot}: {exc.strerror}; "
+                          f"trying again in {RESTART_PAUSE:g} s")
+                time.sleep(RESTART_PAUSE)
         if pid == 0:
             status = 70
             try:
