@@ -21,7 +21,7 @@ received, without a From_ line; ``view`` its MailView)::
 ``identity``: pymda.users.Identity (name, uid, home); ``envelope``:
 pymda.resolve.Envelope (sender, recipient, original_recipient).  The
 scripts are ``sieve_before``, the user's ``sieve_script`` (trust-checked
-by pymda.sieve.files.find_script) or else ``sieve_default``, then
+by ``find_script`` below) or else ``sieve_default``, then
 ``sieve_after`` (pymda.sieve.sequence).  ``None`` when ``sieve = false``
 or there is no script at all (the lines about scripts ignored as
 untrusted are then appended to the list ``warnings``, when given).  Admin scripts (before/after/default) must
@@ -38,6 +38,28 @@ user's log with ``write_user_log``) and the result is the implicit keep;
 the per-user memory (pymda.sieve.memory, the state file) is opened only
 when a script uses ``duplicate`` or a vacation reply is considered.
 
+THE USER'S FILES (SPEC 6 "Where scripts are", "Errors"):
+
+- ``find_script(path, owner_uids)`` -> ``(path, warning)``: ``path`` when
+  the script is to run, else None.  No file, a dangling symlink or a
+  symlink loop is "no filtering" (warning None).  A script that is not a
+  regular file after following the link, is owned by someone else than
+  ``owner_uids`` (the user and root), or is world-writable is ignored with
+  a warning (the ``.forward`` rule).  stat(2) only: a cache hit never
+  opens the script, so the check must not need to.  It raises nothing;
+  an I/O error other than "missing" (EIO...) is a warning and no
+  filtering.
+- ``log_errors(log_path, lines, now)`` appends ``lines`` (``FILE:LINE:
+  message``) to the user's log (``sieve_log``, default the script path +
+  ``.log``, i.e. dovecot's ``~/.dovecot.sieve.log``), each line prefixed
+  with the UTC time; when the log would pass ``MAX_LOG`` (10 kB, as
+  dovecot) it is first renamed to ``.log.0`` (one old generation).
+  Returns None, or the reason it could not write (to be logged to
+  syslog: a broken user log never fails a delivery).  The log is opened
+  with O_NOFOLLOW and O_APPEND, created 0600: a symlink at the log's
+  place is refused, so a user cannot make pymda append to a file they
+  could not write themselves (pymda runs as the user here anyway).
+
 LIMITATIONS: the global include directory is ``GLOBAL_DIR``
 (``/etc/pymda/sieve``): there is no config key for it yet.
 """
@@ -46,6 +68,62 @@ from pymda import fastos as os
 
 GLOBAL_DIR = "/etc/pymda/sieve"
 CACHE_DIR = ".cache/pymda/sieve"
+MAX_LOG = 10 * 1024
+
+_S_IFMT = 0o170000
+_S_IFREG = 0o100000
+_S_IWOTH = 0o002
+
+
+def find_script(path, owner_uids):
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno in (2, 20, 40):      # ENOENT, ENOTDIR, ELOOP
+            return None, None
+        return None, "sieve script %s: %s" % (path, e.strerror)
+    if st.st_mode & _S_IFMT != _S_IFREG:
+        return None, "sieve script %s is not a regular file: ignored" % path
+    if owner_uids is not None and st.st_uid not in owner_uids:
+        return None, ("sieve script %s is owned by uid %d, not by the user or "
+                      "root: ignored" % (path, st.st_uid))
+    if st.st_mode & _S_IWOTH:
+        return None, "sieve script %s is world-writable: ignored" % path
+    return path, None
+
+
+def _utc(now):
+    """``YYYY-MM-DD HH:MM:SS`` of a Unix time, without ``time``/``datetime``."""
+    from pymda.sieve.dates import civil_from_days
+
+    now = int(now)
+    days, secs = divmod(now, 86400)
+    y, m, d = civil_from_days(days)
+    return "%04d-%02d-%02d %02d:%02d:%02d" % (y, m, d, secs // 3600,
+                                              secs // 60 % 60, secs % 60)
+
+
+def log_errors(log_path, lines, now):
+    stamp = _utc(now)
+    data = "".join("%s %s\n" % (stamp, line.replace("\n", " ")) for line in lines)
+    data = data.encode("utf-8", "replace")
+    try:
+        try:
+            st = os.lstat(log_path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_size + len(data) > MAX_LOG:
+            os.rename(log_path, log_path + ".0")
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        return "cannot write the sieve log %s: %s" % (log_path, e.strerror)
+    return None
+
 
 
 def _expand(template, identity):
@@ -66,6 +144,38 @@ def _script_dir(path):
     return os.path.dirname(target)
 
 
+class LazyMemory:
+    """Opens ``pymda.sieve.memory.SqliteMemory`` at the first use (a
+    delivery whose script uses neither ``duplicate`` nor ``vacation``
+    never touches the file, nor imports that module or ``sqlite3``).
+    ``path`` may be a callable returning the path (computed then)."""
+
+    def __init__(self, path, timeout=60, now=None):
+        self.path = path
+        self.timeout = timeout
+        self.now = now              # for pruning (None: the clock)
+        self.store = None
+
+    def _open(self):
+        if self.store is None:
+            from pymda.sieve.memory import SqliteMemory
+
+            path = self.path() if callable(self.path) else self.path
+            self.store = SqliteMemory.open(path, self.timeout, self.now)
+        return self.store
+
+    def seen(self, key, now):
+        return self._open().seen(key, now)
+
+    def mark(self, key, expiry):
+        self._open().mark(key, expiry)
+
+    def close(self):
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
 class Session:
     __slots__ = ("cfg", "identity", "envelope", "outcome", "plan", "memory",
                  "reject", "stores", "sends", "logs", "user_lines", "log_path",
@@ -76,8 +186,6 @@ class Session:
         None or the reason it could not (for syslog)."""
         if not self.user_lines or not self.log_path:
             return None
-        from pymda.sieve.files import log_errors
-
         return log_errors(self.log_path, self.user_lines, self.now)
 
     def finish(self, send=True, done=None, record=None, sender=None):
@@ -113,7 +221,6 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
     if not cfg.sieve:
         return None
     from pymda.sieve import sequence
-    from pymda.sieve.files import find_script
 
     logs = []
     personal_path = _expand(cfg.sieve_script, identity) if cfg.sieve_script else ""
@@ -142,7 +249,6 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
 
         now = time.time()
     from pymda.sieve.interp import Environment, Options
-    from pymda.sieve.memory import LazyMemory
 
     def state_file():
         from pymda.state import state_path     # imports os: only when used

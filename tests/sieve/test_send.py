@@ -166,7 +166,7 @@ def test_mark_written_only_after_a_successful_send():
 
 
 def test_unreadable_memory_means_no_reply(tmp_path):
-    from pymda.sieve.memory import LazyMemory
+    from pymda.sieve.delivery import LazyMemory
 
     (tmp_path / "target").write_bytes(b"")
     os.symlink(tmp_path / "target", tmp_path / "state")
@@ -332,7 +332,7 @@ def test_duplicate_marks_are_written_after_delivery():
 
 
 def test_duplicate_with_a_broken_memory_is_not_a_duplicate(tmp_path):
-    from pymda.sieve.memory import LazyMemory
+    from pymda.sieve.delivery import LazyMemory
 
     (tmp_path / "target").write_bytes(b"")
     os.symlink(tmp_path / "target", tmp_path / "state")
