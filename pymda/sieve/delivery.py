@@ -22,7 +22,7 @@ received, without a From_ line; ``view`` its MailView)::
 pymda.resolve.Envelope (sender, recipient, original_recipient).  The
 scripts are ``sieve_before``, the user's ``sieve_script`` (trust-checked
 by ``find_script`` below) or else ``sieve_default``, then
-``sieve_after`` (pymda.sieve.sequence).  ``None`` when ``sieve = false``
+``sieve_after`` (pymda.sieve.run.run_sequence).  ``None`` when ``sieve = false``
 or there is no script at all (the lines about scripts ignored as
 untrusted are then appended to the list ``warnings``, when given).  Admin scripts (before/after/default) must
 be regular files owned by root and not world-writable; others are
@@ -31,7 +31,7 @@ ignored with a line in ``logs``.
 ``stores`` already includes the keep that replaces a redirect refused
 as a loop.  A ``reject`` leaves ``stores`` empty unless an earlier
 script of a sequence stored the message (then the reject was dropped,
-see sequence.merge).
+see run.merge).
 
 Errors never raise: a script error is in ``logs`` (and goes to the
 user's log with ``write_user_log``) and the result is the implicit keep;
@@ -220,7 +220,7 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
              mailbox_exists=None, now=None, hostname=None, warnings=None):
     if not cfg.sieve:
         return None
-    from pymda.sieve import sequence
+    from pymda.sieve import run
 
     logs = []
     personal_path = _expand(cfg.sieve_script, identity) if cfg.sieve_script else ""
@@ -231,7 +231,7 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
             logs.append(warning)
     default = _expand(cfg.sieve_default, identity) if cfg.sieve_default else ""
     scripts = []
-    for path in sequence.script_list(cfg.sieve_before, personal, default,
+    for path in run.script_list(cfg.sieve_before, personal, default,
                                      cfg.sieve_after):
         if path != personal:
             # admin scripts: root's, not world-writable (SPEC 6)
@@ -268,7 +268,7 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
         sender=envelope.sender or "", recipient=envelope.recipient,
         orig_recipient=getattr(envelope, "original_recipient", "") or envelope.recipient,
         mailbox_exists=mailbox_exists, memory=memory,
-        include_loader=sequence.include_loader(
+        include_loader=run.include_loader(
             _script_dir(personal) if personal else None, GLOBAL_DIR, cache_dir,
             extensions, cfg.sieve_max_script_size))
     opts = Options(recipient_delimiter=cfg.recipient_delimiter,
@@ -276,7 +276,7 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
                    max_redirects=cfg.sieve_max_redirects,
                    max_cpu_time=cfg.sieve_max_cpu_time,
                    extensions=extensions, keep_folder=keep_folder)
-    outcome = sequence.run_sequence(
+    outcome = run.run_sequence(
         [(p, cache_dir if p == personal else None) for p in scripts],
         view, env, opts, cfg.sieve_max_script_size)
     s = Session()

@@ -127,7 +127,7 @@ def test_command(sender, recipient, folder, delimiter, user, execute, config_pat
             end = k + len(sep)
             break
     view = MailView(data[:end], len(data), lambda: data)
-    from pymda.sieve.sequence import include_loader
+    from pymda.sieve.run import include_loader
 
     # include :personal finds scripts next to SCRIPT (no cache written)
     env = interp.Environment(sender=sender, recipient=recipient,

@@ -1,4 +1,4 @@
-"""pymda.sieve.send / memory / sequence: vacation rules and reply, redirect
+"""pymda.sieve.send / memory / run (sequences): vacation rules and reply, redirect
 copies, the per-user memory, sendmail, script sequences and include."""
 
 import os
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pymda import config
-from pymda.sieve import interp, send, sequence, validate
+from pymda.sieve import interp, send, validate
+from pymda.sieve import run as sequence
 from pymda.sieve.memory import MemoryStore, SqliteMemory
 from pymda.sieve.result import Keep, Redirect, Vacation
 from pymda.state import Ledger
