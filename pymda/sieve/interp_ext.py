@@ -22,19 +22,19 @@ from pymda.sieve.interp import (_Return, _Scope, _flag_set, _match,
 MAX_EXPANDED = 1 << 20      # Pigeonhole's string limit (1 MiB)
 
 
-def expand_variables(s, variables, match_values):
-    """RFC 5229 3: replace ``${name}`` / ``${N}``; unknown variables are
-    "", a malformed reference stays as written, namespaced names other
-    than ours are left as written.  SECURITY: the result is cut at
-    MAX_EXPANDED characters (a 1 MiB script of ``${a}`` references to
-    4 KiB values would otherwise build a gigabyte)."""
+def replace_references(s, value, limit=None):
+    """``s`` with each ``${...}`` replaced by ``value(inner text)``; a
+    reference for which ``value`` returns None, or that has no ``}``, stays
+    as written.  ``limit``: once the replacements pass that many
+    characters, the result is cut there.  The scanner of both variable
+    references (RFC 5229, at run time) and encoded characters (RFC 5228
+    2.4.2.4, pymda.sieve.validate.decode_encoded, at compile time)."""
     out = []
     size = 0
     i = 0
-    n = len(s)
     while True:
-        if size > MAX_EXPANDED:
-            return "".join(out)[:MAX_EXPANDED]
+        if limit is not None and size > limit:
+            return "".join(out)[:limit]
         j = s.find("${", i)
         if j < 0:
             out.append(s[i:])
@@ -44,25 +44,33 @@ def expand_variables(s, variables, match_values):
         if k < 0:
             out.append(s[j:])
             break
-        name = s[j + 2:k]
-        if name.isdigit() and name.isascii():
-            idx = int(name)
-            value = match_values[idx] if idx < len(match_values) else ""
-            out.append(value)
-            size += len(value)
-            i = k + 1
-        elif _identifier(name) or (name[:7].lower() == "global."
-                                   and _identifier(name[7:])):
-            value = variables.get(name.lower(), "")
-            out.append(value)
-            size += len(value)
-            i = k + 1
-        else:
+        replacement = value(s[j + 2:k])
+        if replacement is None:
             out.append("${")
             i = j + 2
-        if i >= n:
-            break
+        else:
+            out.append(replacement)
+            size += len(replacement)
+            i = k + 1
     return "".join(out)
+
+
+def expand_variables(s, variables, match_values):
+    """RFC 5229 3: replace ``${name}`` / ``${N}``; unknown variables are
+    "", a malformed reference stays as written, namespaced names other
+    than ours are left as written.  SECURITY: the result is cut at
+    MAX_EXPANDED characters (a 1 MiB script of ``${a}`` references to
+    4 KiB values would otherwise build a gigabyte)."""
+    def value(name):
+        if name.isdigit() and name.isascii():
+            idx = int(name)
+            return match_values[idx] if idx < len(match_values) else ""
+        if _identifier(name) or (name[:7].lower() == "global."
+                                 and _identifier(name[7:])):
+            return variables.get(name.lower(), "")
+        return None
+
+    return replace_references(s, value, MAX_EXPANDED)
 
 
 def _identifier(name):

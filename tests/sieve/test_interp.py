@@ -172,6 +172,16 @@ def test_expansion_is_capped():
     assert time.monotonic() - t < 20
 
 
+
+def test_expansion_is_cut_also_when_the_last_reference_passes_the_cap():
+    """The cap held only when another reference followed the one that
+    passed it: a string ending with that reference came back uncut."""
+    limit = interp_ext.MAX_EXPANDED
+    variables = {"a": "x" * 4096, "b": "y" * 4096}
+    s = "${a}" * (limit // 4096) + "${b}"
+    assert len(interp_ext.expand_variables(s, variables, [])) == limit
+
+
 ROUNDCUBE = '''require ["fileinto","relational","comparator-i;ascii-numeric","date","vacation","imap4flags","copy","mailbox"];
 # rule:[Spam]
 if header :value "ge" :comparator "i;ascii-numeric" "x-spam-score" "5"
