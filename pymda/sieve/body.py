@@ -14,7 +14,7 @@ SECURITY: the message is a stranger's: parts nest at most
 scanners are linear.
 """
 
-from pymda.sieve.mail import _B64, _text, split_header_block, unfold
+from pymda.sieve.mail import _B64, _text, _unquote, split_header_block, unfold
 
 
 def _params(value):
@@ -41,15 +41,8 @@ def _params(value):
         while j < n and rest[j] in " \t":
             j += 1
         if j < n and rest[j] == '"':
-            buf = []
-            j += 1
-            while j < n and rest[j] != '"':
-                if rest[j] == "\\" and j + 1 < n:
-                    j += 1
-                buf.append(rest[j])
-                j += 1
-            val = "".join(buf)
-            k = rest.find(";", j)
+            val, end = _unquote(rest, j)
+            k = rest.find(";", end) if end >= 0 else -1
             j = n if k < 0 else k
         else:
             k = rest.find(";", j)

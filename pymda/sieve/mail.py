@@ -321,6 +321,20 @@ def decode_words(value):
 _SPECIALS = '()<>[]:;@\\,"'
 
 
+def _unquote(s, i):
+    """The quoted string that opens at ``s[i]`` (a ``"``): ``(text, end)``,
+    the text with its backslash escapes undone and ``end`` the index after
+    the closing quote, or -1 when there is none (``text`` is then what
+    follows the opening quote)."""
+    buf, i, n = [], i + 1, len(s)
+    while i < n and s[i] != '"':
+        if s[i] == "\\" and i + 1 < n:
+            i += 1
+        buf.append(s[i])
+        i += 1
+    return "".join(buf), (i + 1 if i < n else -1)
+
+
 def _skip_comment(value, i):
     """Index after the (nested) comment that starts at value[i], or -1
     when it is not closed."""
@@ -661,15 +675,10 @@ def parse_envelope_address(value):
                 return _invalid(text)
         s = s[colon + 1:]
     if s.startswith('"'):  # quoted-string local part
-        buf, i, n = [], 1, len(s)
-        while i < n and s[i] != '"':
-            if s[i] == "\\" and i + 1 < n:
-                i += 1
-            buf.append(s[i])
-            i += 1
-        if i >= n:
+        local, end = _unquote(s, 0)
+        if end < 0:
             return _invalid(text)
-        local, rest = "".join(buf), s[i + 1:]
+        rest = s[end:]
         if rest and not rest.startswith("@"):
             return _invalid(text)
     else:
