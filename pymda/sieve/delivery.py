@@ -1,7 +1,8 @@
 """The Sieve step of one delivery, as two calls for the pipeline (SPEC 6).
 
 Contract (after the switch to the user; ``data`` is the message as
-received, without a From_ line; ``view`` its MailView)::
+received, without a From_ line, or a callable returning it, called only
+when a redirect or vacation reply is prepared; ``view`` its MailView)::
 
     from pymda.sieve import delivery
     session = delivery.evaluate(cfg, identity, envelope, data, view,
@@ -179,7 +180,7 @@ class LazyMemory:
 class Session:
     __slots__ = ("cfg", "identity", "envelope", "outcome", "plan", "memory",
                  "reject", "stores", "sends", "logs", "user_lines", "log_path",
-                 "now", "view", "data")
+                 "now", "view")
 
     def write_user_log(self):
         """Append the script errors to the user's ``sieve_log``; returns
@@ -281,7 +282,7 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
         view, env, opts, cfg.sieve_max_script_size)
     s = Session()
     s.cfg, s.identity, s.envelope, s.memory = cfg, identity, envelope, memory
-    s.now, s.view, s.data, s.outcome = now, view, data, outcome
+    s.now, s.view, s.outcome = now, view, outcome
     s.user_lines = []
     s.log_path = (_expand(cfg.sieve_log, identity) if cfg.sieve_log
                   else (personal_path + ".log" if personal else ""))
@@ -298,7 +299,8 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
         from pymda.sieve import send
 
         s.plan = send.prepare(actions, send.Context(
-            env=env, view=view, message=data, user_address=envelope.recipient,
+            env=env, view=view, message=data() if callable(data) else data,
+            user_address=envelope.recipient,
             settings=send.settings_from_config(cfg), memory=memory, now=now,
             hostname=hostname or _hostname(), script=outcome.script or "script"))
         s.sends = s.plan.outgoing

@@ -39,8 +39,8 @@ implicit keep; they are in ``warnings`` with FILE:LINE.
 LIMITATIONS: imap4flags keywords (``$label1``...) have no Maildir info
 letter without dovecot's ``dovecot-keywords`` file: they are dropped with
 a log line; flags on an mbox target are not written (no Status header).
-A message spooled to a file (over 1 MiB) is read into memory once (a
-redirect copies it).
+A message spooled to a file (over 1 MiB) is read into memory once when
+a script redirects it, answers it or runs a body test.
 """
 
 from pymda.record import Record
@@ -220,9 +220,9 @@ def run(cfg, log, message, envelope, identity, main, send=True):
 
     view = MailView(_header_block(message), message.size, read_message)
 
-    # the bytes a redirect copies (free for a message kept in memory)
+    # the bytes a redirect copies: read only then (or for a body test)
     ignored = []
-    session = delivery.evaluate(cfg, identity, envelope, read_message(),
+    session = delivery.evaluate(cfg, identity, envelope, read_message,
                                 view, keep_folder=main.folder,
                                 mailbox_exists=mailbox_exists, warnings=ignored)
     if session is None:

@@ -553,6 +553,62 @@ def test_delivery_session_sends_once_and_stores(tmp_path):
     assert len(os.listdir(os.path.join(ident.home, ".cache/pymda/sieve"))) == 2
 
 
+def test_delivery_reads_the_message_only_to_send_it(tmp_path):
+    """A spooled message (over 1 MiB) was read whole into memory for every
+    script; it is needed only for a redirect or a vacation reply."""
+    from pymda.sieve import delivery
+
+    reads = []
+
+    def read_message():
+        reads.append(1)
+        return MSG
+
+    cfg = _recorder(tmp_path)
+    ident = _home(tmp_path, 'require "fileinto";\nfileinto "Lists";\n')
+    s = delivery.evaluate(cfg, ident, _envelope(), read_message, view(MSG), now=1000)
+    assert [a.kind for a in s.stores] == ["fileinto"] and reads == []
+    Path(ident.home, "sieve", "main.sieve").write_text('redirect "carol@example.org";\n')
+    s = delivery.evaluate(cfg, ident, _envelope(), read_message, view(MSG), now=1000)
+    assert [o.recipient for o in s.sends] == ["carol@example.org"] and reads == [1]
+    assert s.finish() == []
+
+
+def test_step_does_not_read_a_spooled_message_it_does_not_send(tmp_path):
+    from pymda.resolve import Target
+    from pymda.sieve import step
+
+    class Spooled:               # pymda.message.Message of a spooled message
+        data = None
+        size = len(MSG)
+
+        def __init__(self):
+            self.reads = 0
+
+        def head(self):
+            return MSG
+
+        def chunks(self):
+            self.reads += 1
+            yield MSG
+
+    class Log:
+        def warning(self, line):
+            pass
+
+        info = warning
+
+    cfg = _recorder(tmp_path)
+    ident = _home(tmp_path, 'require "fileinto";\nfileinto "Lists";\n')
+    main = Target(kind="maildir", path=ident.home + "/Maildir/", folder="INBOX")
+    message = Spooled()
+    st = step.run(cfg, Log(), message, _envelope(), ident, main)
+    assert [i.value for i in st.items] == ["Lists"] and message.reads == 0
+    Path(ident.home, "sieve", "main.sieve").write_text('redirect "carol@example.org";\n')
+    st = step.run(cfg, Log(), message, _envelope(), ident, main, send=False)
+    assert st.items == [] and message.reads == 1
+
+
 def test_delivery_session_errors_reject_and_no_script(tmp_path):
     from pymda.sieve import delivery
 
