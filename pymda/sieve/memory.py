@@ -29,7 +29,7 @@ is "seen" once it was tested), through the delivery's memory.
 
 PERFORMANCE: ``sqlite3`` is imported only when a script uses
 ``duplicate`` or a vacation reply is considered, and this module too:
-the delivery opens the store lazily (``pymda.sieve.delivery.LazyMemory``).
+the delivery opens the store lazily (``pymda.sieve.step.LazyMemory``).
 
 LIMITATIONS: RFC 5230 asks for room for at least 1000 tracked
 responses; SQLite has no practical limit, expired rows go at the next

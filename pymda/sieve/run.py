@@ -29,7 +29,7 @@ SieveError whose ``errors[0][1]`` is 0 and whose ``oserror`` is set).
 Does no I/O except reading the script and its cache and writing the
 cache; does not deliver, send or log.
 
-SEQUENCES AND INCLUDES (used by pymda.sieve.delivery):
+SEQUENCES AND INCLUDES (used by pymda.sieve.step):
 
 - ``script_list(before, personal, default, after)`` -> list of paths:
   each entry of ``before``/``after`` is a file or a directory (its
