@@ -31,7 +31,7 @@ decoded here.
 LIMITATIONS: the error texts are pymda's own, not Pigeonhole's.
 """
 
-from pymda.sieve.errors import SieveCompileError
+from pymda.sieve.result import SieveCompileError
 from pymda.sieve.parser import parse
 
 # Every extension pymda implements (docs/sieve.md: the sieve_extensions line).

@@ -151,7 +151,7 @@ def test_pathological_matches_is_fast():
 
 def test_hooks_are_only_for_the_adapter():
     """A test-suite command is unknown to a user script."""
-    from pymda.sieve.errors import SieveCompileError
+    from pymda.sieve.result import SieveCompileError
 
     with pytest.raises(SieveCompileError):
         run('require "vnd.dovecot.testsuite"; test_fail "x";')
@@ -234,7 +234,7 @@ def test_webmail_scripts():
 
 
 def run_error(script):
-    from pymda.sieve.errors import SieveCompileError
+    from pymda.sieve.result import SieveCompileError
 
     with pytest.raises(SieveCompileError) as info:
         run(script)
