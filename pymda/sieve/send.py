@@ -12,7 +12,7 @@ Contract (what the delivery pipeline calls, after ``evaluate``)::
     # plan.keep:     True when a redirect was refused as a loop and the
     #                message must be kept instead (implicit keep)
     # plan.logs:     ["FILE:LINE: why nothing was sent", ...]
-    errors = send_all(plan.outgoing, sender, memory, now,
+    errors = send_all(plan.outgoing, sender, memory,
                       done=ledger_done, record=ledger_record)
 
 ``ctx`` is a ``Context``: ``env`` (pymda.sieve.interp.Environment: the
