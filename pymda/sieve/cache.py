@@ -18,9 +18,10 @@ WHERE: a personal script's cache is ``$home/.cache/pymda/sieve/
 overwritten when the script changes, also when it is replaced by a new
 file (ManageSieve and editors save by rename), so stale entries do not
 pile up; the key inside says which file it was compiled from.  Files of
-the older ``<dev>-<ino>.bin`` naming are removed at the next miss.  An admin script's compiled form lives next to it as
-``SCRIPT.pymda-bin`` (the sidecar, written by ``pymda-admin sieve
-compile``), never a ``.svbin`` (dovecot's format: it would recompile over
+the older ``<dev>-<ino>.bin`` naming are removed at the next miss.  An
+admin script's compiled form lives next to it as ``SCRIPT.pymda-bin``
+(the sidecar, written by ``pymda-admin sieve compile``), never a
+``.svbin`` (dovecot's format: it would recompile over
 it).  The sidecar is read first, then the cache dir.
 
 FORMAT: ``marshal.dumps((MAGIC, FORMAT, pymda version, extensions, key,

@@ -558,9 +558,6 @@ def _tst_not(it, node):
     return not it.test(node[4][0])
 
 
-
-
-
 _TESTS = {
     "duplicate": _later("tst_duplicate"),
     "header": _tst_header, "address": _tst_address,

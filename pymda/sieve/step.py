@@ -168,7 +168,6 @@ def log_errors(log_path, lines, now):
     return None
 
 
-
 def _expand(template, identity):
     from pymda.config import expand
 

@@ -172,7 +172,6 @@ def test_expansion_is_capped():
     assert time.monotonic() - t < 20
 
 
-
 def test_expansion_is_cut_also_when_the_last_reference_passes_the_cap():
     """The cap held only when another reference followed the one that
     passed it: a string ending with that reference came back uncut."""

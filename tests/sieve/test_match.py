@@ -19,7 +19,6 @@ OCTET, CASEMAP, NUMERIC = "i;octet", "i;ascii-casemap", "i;ascii-numeric"
 FROM = "stephan+sieve@friep.example.com"
 
 
-
 def test_fold_is_ascii_only_and_keeps_lengths():
     from pymda.sieve.match import fold
 
