@@ -61,7 +61,10 @@ when a redirect or vacation reply is prepared; ``view`` its MailView)::
     ... store session.stores ...
     session.finish(send=True, done=None, record=None) -> log lines
         # sends (unless send=False: pymda -n, redeliver), marks vacation
-        # memory after each successful send, records duplicate marks
+        # memory after each successful send, records duplicate marks;
+        # = do_sends(...) then close(marks=send): Step.after writes the
+        # duplicate marks only when a failed redirect does not defer the
+        # delivery (its retry must not see itself as a duplicate)
 
 ``identity``: pymda.users.Identity (name, uid, home); ``envelope``:
 pymda.resolve.Envelope (sender, recipient, original_recipient).  The
@@ -233,8 +236,12 @@ class Session:
     def finish(self, send=True, done=None, record=None, sender=None):
         """Send (unless ``send`` is False), then write the duplicate
         marks.  Call only once the stores succeeded.  Returns log lines."""
-        logs = []
-        memory = self.memory
+        return (self.do_sends(send, done, record, sender)
+                + self.close(marks=send))
+
+    def do_sends(self, send=True, done=None, record=None, sender=None):
+        """The sends of ``finish`` (vacation marks after each success);
+        log lines."""
         if send and self.sends:
             from pymda.sieve import send as S
 
@@ -242,11 +249,17 @@ class Session:
                 sender = S.SendmailSender(self.cfg, self.identity.name,
                                           self.identity.home,
                                           self.envelope.recipient)
-            logs += S.send_all(self.sends, sender, memory, done, record)
-        elif self.sends:
-            logs += ["%s to %s: not sent (no sending in this mode)"
-                     % (o.kind, o.recipient) for o in self.sends]
-        if send:
+            return S.send_all(self.sends, sender, self.memory, done, record)
+        return ["%s to %s: not sent (no sending in this mode)"
+                % (o.kind, o.recipient) for o in self.sends]
+
+    def close(self, marks=True):
+        """Write the duplicate marks when ``marks`` (the message was
+        delivered: not when the delivery is deferred, or its retry would
+        see itself as a duplicate), then close the memory; log lines."""
+        logs = []
+        memory = self.memory
+        if marks:
             for key, expiry in self.outcome.marks:
                 try:
                     memory.mark(key, expiry)
@@ -452,8 +465,9 @@ class Step:
             memory.close()
 
     def after(self, done=None, record=None):
-        """Sends and duplicate marks; a DeliveryError when a redirect failed."""
-        from pymda.errors import DeliveryError, TempFail
+        """Sends and duplicate marks; a DeliveryError when a redirect failed
+        (then no duplicate mark is written)."""
+        from pymda.errors import DeliveryError
 
         session = self.session
         sender = None
@@ -477,11 +491,20 @@ class Step:
                 return False
         else:
             was_done = None
-        logs = session.finish(send=self.send, done=was_done, record=record,
-                              sender=sender)
-        for line in logs:
+        for line in session.do_sends(self.send, was_done, record, sender):
             self.log.warning("sieve: " + line)
-        for out in session.sends if self.send else ():
+        exc = self._redirect_failure(sender, skipped, unchecked)
+        # the duplicate marks only for a delivery that is not deferred
+        for line in session.close(marks=self.send and exc is None):
+            self.log.warning("sieve: " + line)
+        return exc
+
+    def _redirect_failure(self, sender, skipped, unchecked):
+        """Log each send; the DeliveryError of a failed redirect that
+        fails the delivery (temporary, or nothing stored), else None."""
+        from pymda.errors import DeliveryError, TempFail
+
+        for out in self.session.sends if self.send else ():
             if out.ledger_key in skipped:
                 self.log.info("sieve: %s to <%s>: skipped (sent by an earlier attempt)"
                               % (out.kind, out.recipient))

@@ -574,39 +574,73 @@ def test_delivery_reads_the_message_only_to_send_it(tmp_path):
     assert s.finish() == []
 
 
-def test_step_does_not_read_a_spooled_message_it_does_not_send(tmp_path):
+class _Spooled:
+    """A pymda.message.Message of MSG spooled to a file (no ``data``)."""
+
+    data = None
+    size = len(MSG)
+
+    def __init__(self):
+        self.reads = 0
+
+    def head(self):
+        return MSG
+
+    def chunks(self):
+        self.reads += 1
+        yield MSG
+
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, line):
+        self.lines.append(line)
+
+    info = warning
+
+
+def _main_target(ident):
     from pymda.resolve import Target
+
+    return Target(kind="maildir", path=ident.home + "/Maildir/", folder="INBOX")
+
+
+def test_step_does_not_read_a_spooled_message_it_does_not_send(tmp_path):
     from pymda.sieve import step
-
-    class Spooled:               # pymda.message.Message of a spooled message
-        data = None
-        size = len(MSG)
-
-        def __init__(self):
-            self.reads = 0
-
-        def head(self):
-            return MSG
-
-        def chunks(self):
-            self.reads += 1
-            yield MSG
-
-    class Log:
-        def warning(self, line):
-            pass
-
-        info = warning
 
     cfg = _recorder(tmp_path)
     ident = _home(tmp_path, 'require "fileinto";\nfileinto "Lists";\n')
-    main = Target(kind="maildir", path=ident.home + "/Maildir/", folder="INBOX")
-    message = Spooled()
-    st = step.run(cfg, Log(), message, _envelope(), ident, main)
+    main = _main_target(ident)
+    message = _Spooled()
+    st = step.run(cfg, _Log(), message, _envelope(), ident, main)
     assert [i.value for i in st.items] == ["Lists"] and message.reads == 0
     Path(ident.home, "sieve", "main.sieve").write_text('redirect "carol@example.org";\n')
-    st = step.run(cfg, Log(), message, _envelope(), ident, main, send=False)
+    st = step.run(cfg, _Log(), message, _envelope(), ident, main, send=False)
     assert st.items == [] and message.reads == 1
+
+
+def test_a_deferred_redirect_does_not_mark_the_message_a_duplicate(tmp_path):
+    """A redirect that fails temporarily defers the delivery (75); the
+    duplicate mark must wait for the delivery that succeeds, or the MTA's
+    retry sees its own first attempt as a duplicate and discards the
+    message (lost: never stored, never redirected)."""
+    from pymda.sieve import step
+
+    ident = _home(tmp_path, 'require "duplicate";\n'
+                            'if duplicate { discard; stop; }\n'
+                            'redirect "carol@example.org";\n')
+    main = _main_target(ident)
+    st = step.run(_recorder(tmp_path, code=75), _Log(), _Spooled(), _envelope(), ident, main)
+    exc = st.after()
+    assert exc is not None and exc.temporary
+    st = step.run(_recorder(tmp_path), _Log(), _Spooled(), _envelope(), ident, main)
+    assert [o.recipient for o in st.session.sends] == ["carol@example.org"]
+    assert st.after() is None
+    st = step.run(_recorder(tmp_path), _Log(), _Spooled(), _envelope(), ident, main)
+    assert not st.session.sends and st.discarded     # now a real duplicate
+    assert st.after() is None
 
 
 def test_delivery_session_errors_reject_and_no_script(tmp_path):
