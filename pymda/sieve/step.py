@@ -222,9 +222,9 @@ class LazyMemory:
 
 
 class Session:
-    __slots__ = ("cfg", "identity", "envelope", "outcome", "plan", "memory",
+    __slots__ = ("cfg", "identity", "envelope", "outcome", "memory",
                  "reject", "stores", "sends", "logs", "user_lines", "log_path",
-                 "now", "view")
+                 "now")
 
     def write_user_log(self):
         """Append the script errors to the user's ``sieve_log``; returns
@@ -336,7 +336,7 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
         view, env, opts, cfg.sieve_max_script_size)
     s = Session()
     s.cfg, s.identity, s.envelope, s.memory = cfg, identity, envelope, memory
-    s.now, s.view, s.outcome = now, view, outcome
+    s.now, s.outcome = now, outcome
     s.user_lines = []
     s.log_path = (_expand(cfg.sieve_log, identity) if cfg.sieve_log
                   else (personal_path + ".log" if personal else ""))
@@ -348,18 +348,17 @@ def evaluate(cfg, identity, envelope, data, view, keep_folder="INBOX",
     s.reject = next((a for a in actions if a.kind == "reject"), None)
     s.stores = [a for a in actions if a.kind in ("keep", "fileinto")]
     s.sends = ()
-    s.plan = None
     if any(a.kind in ("redirect", "vacation") for a in actions):
         from pymda.sieve import send
 
-        s.plan = send.prepare(actions, send.Context(
+        plan = send.prepare(actions, send.Context(
             env=env, view=view, message=data() if callable(data) else data,
             user_address=envelope.recipient,
             settings=send.settings_from_config(cfg), memory=memory, now=now,
             hostname=hostname or _hostname(), script=outcome.script or "script"))
-        s.sends = s.plan.outgoing
-        logs += list(s.plan.logs)
-        if s.plan.keep and not any(a.kind == "keep" for a in s.stores):
+        s.sends = plan.outgoing
+        logs += list(plan.logs)
+        if plan.keep and not any(a.kind == "keep" for a in s.stores):
             from pymda.sieve.result import Keep
 
             s.stores.append(Keep(flags=outcome.implicit_flags, implicit=True))
