@@ -185,6 +185,27 @@ def test_done_callback_keeps_a_retry_from_sending_twice():
     assert sent == {"sieve-vacation:alice@example.com", "sieve-redirect:x@example.org"}
 
 
+def test_a_memory_that_cannot_mark_does_not_keep_the_send_out_of_the_ledger():
+    """The ledger record is what keeps the MTA's retry from sending again;
+    a vacation memory that fails to mark must not skip it."""
+    class Unwritable(MemoryStore):
+        def mark(self, key, expiry):
+            from pymda.errors import TempFail
+
+            raise TempFail("sieve state: database is locked", "4.3.0")
+
+    sent = set()
+    sender = send.RecordingSender()
+    outgoing = send.prepare([vac()], ctx()).outgoing
+    errors = send.send_all(outgoing, sender, Unwritable(), done=sent.__contains__,
+                           record=sent.add)
+    assert errors == ["vacation to alice@example.com: sent, but not recorded: "
+                      "sieve state: database is locked"]
+    assert sent == {"sieve-vacation:alice@example.com"}
+    send.send_all(outgoing, sender, Unwritable(), done=sent.__contains__, record=sent.add)
+    assert len(sender.sent) == 1
+
+
 def test_header_injection_through_subject_from_and_variables():
     script = ('require ["vacation", "variables"];\n'
               'set "evil" text:\nx\nBcc: victim@example.org\n.\n;\n'
