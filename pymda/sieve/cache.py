@@ -13,11 +13,15 @@ Contract:
 - ``dumps(compiled, key)`` / ``loads(data, key)``: the file format.
 
 WHERE: a personal script's cache is ``$home/.cache/pymda/sieve/
-<dev>-<ino>.bin`` (``cache_dir`` is given by the caller; one file per
-script file, overwritten when the script changes, so stale entries do not
-pile up).  An admin script's compiled form lives next to it as
-``SCRIPT.pymda-bin`` (the sidecar, written by ``pymda-admin sieve
-compile``), never a ``.svbin`` (dovecot's format: it would recompile over
+<script path>.bin``, the path with ``%`` as ``%25`` and ``/`` as ``%``
+(``cache_dir`` is given by the caller): one file per script path,
+overwritten when the script changes, also when it is replaced by a new
+file (ManageSieve and editors save by rename), so stale entries do not
+pile up; the key inside says which file it was compiled from.  Files of
+the older ``<dev>-<ino>.bin`` naming are removed at the next miss.  An
+admin script's compiled form lives next to it as ``SCRIPT.pymda-bin``
+(the sidecar, written by ``pymda-admin sieve compile``), never a
+``.svbin`` (dovecot's format: it would recompile over
 it).  The sidecar is read first, then the cache dir.
 
 FORMAT: ``marshal.dumps((MAGIC, FORMAT, pymda version, extensions, key,
@@ -79,8 +83,26 @@ def loads(data, key=None, extensions=None):
     return compiled
 
 
-def cache_path(cache_dir, st):
-    return "%s/%x-%x.bin" % (cache_dir, st.st_dev, st.st_ino)
+def cache_path(cache_dir, script_path):
+    """The cache file of ``script_path`` (config.py's naming of its own
+    cache: the absolute path, ``%`` -> ``%25``, ``/`` -> ``%``)."""
+    name = os.path.abspath(script_path).replace("%", "%25").replace("/", "%")
+    return "%s/%s.bin" % (cache_dir, name)
+
+
+def _remove_old_entries(cache_dir):
+    """Remove ``<dev>-<ino>.bin`` files (the naming before one file per
+    path; nothing reads them any more)."""
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith("%") and name.endswith(".bin") and "-" in name:
+            try:
+                os.unlink("%s/%s" % (cache_dir, name))
+            except OSError:
+                pass
 
 
 def _read(path, limit=16 << 20):
@@ -171,7 +193,7 @@ def load(script_path, cache_dir=None, extensions=None, max_size=None,
     st = os.stat(script_path)
     key = script_key(st)
     for path in (script_path + SIDECAR_SUFFIX,
-                 cache_path(cache_dir, st) if cache_dir else None):
+                 cache_path(cache_dir, script_path) if cache_dir else None):
         if path is None or force:
             continue
         data = _read(path)
@@ -189,10 +211,11 @@ def load(script_path, cache_dir=None, extensions=None, max_size=None,
     if cache_dir:
         try:
             os.makedirs(cache_dir, 0o700, exist_ok=True)
-            write_atomic(cache_path(cache_dir, st),
+            write_atomic(cache_path(cache_dir, script_path),
                          dumps(compiled, script_key(st), extensions))
         except OSError:
             pass        # a cache we cannot write only costs time
+        _remove_old_entries(cache_dir)
     return compiled, False
 
 

@@ -19,6 +19,10 @@ before every command), ``max_variable_size`` (octets), ``extensions``
 (for the compiler), ``keep_folder`` (the implicit-keep target as a
 script names it: ``fileinto`` of it and ``keep`` are one copy).
 
+The less used commands and tests (variables, include, vacation, date,
+body, duplicate, hasflag, mailboxexists) are in pymda.sieve.interp_ext,
+imported at the first use of one of them (``_later``).
+
 PURE: no file I/O; the message is read only through ``view`` and the
 environment only through ``env``.
 
@@ -210,11 +214,15 @@ class Interpreter:
     def expand(self, s):
         if not self.use_vars or "${" not in s:
             return s
+        from pymda.sieve.interp_ext import expand_variables
+
         return expand_variables(s, self.variables, self.match_values)
 
     def expand_list(self, items):
         if not self.use_vars:
             return items
+        from pymda.sieve.interp_ext import expand_variables
+
         variables, values = self.variables, self.match_values
         return [expand_variables(s, variables, values) if "${" in s else s
                 for s in items]
@@ -320,65 +328,6 @@ def _flag_set(items):
     return tuple(out)
 
 
-MAX_EXPANDED = 1 << 20      # Pigeonhole's string limit (1 MiB)
-
-
-def expand_variables(s, variables, match_values):
-    """RFC 5229 3: replace ``${name}`` / ``${N}``; unknown variables are
-    "", a malformed reference stays as written, namespaced names other
-    than ours are left as written.  SECURITY: the result is cut at
-    MAX_EXPANDED characters (a 1 MiB script of ``${a}`` references to
-    4 KiB values would otherwise build a gigabyte)."""
-    out = []
-    size = 0
-    i = 0
-    n = len(s)
-    while True:
-        if size > MAX_EXPANDED:
-            return "".join(out)[:MAX_EXPANDED]
-        j = s.find("${", i)
-        if j < 0:
-            out.append(s[i:])
-            break
-        out.append(s[i:j])
-        k = s.find("}", j + 2)
-        if k < 0:
-            out.append(s[j:])
-            break
-        name = s[j + 2:k]
-        if name.isdigit() and name.isascii():
-            idx = int(name)
-            value = match_values[idx] if idx < len(match_values) else ""
-            out.append(value)
-            size += len(value)
-            i = k + 1
-        elif _identifier(name) or (name[:7].lower() == "global."
-                                   and _identifier(name[7:])):
-            value = variables.get(name.lower(), "")
-            out.append(value)
-            size += len(value)
-            i = k + 1
-        else:
-            out.append("${")
-            i = j + 2
-        if i >= n:
-            break
-    return "".join(out)
-
-
-def _identifier(name):
-    if not name:
-        return False
-    c = name[0]
-    if not (c == "_" or ("a" <= c <= "z") or ("A" <= c <= "Z")):
-        return False
-    for c in name:
-        if not (c == "_" or ("a" <= c <= "z") or ("A" <= c <= "Z")
-                or ("0" <= c <= "9")):
-            return False
-    return True
-
-
 # -- commands -------------------------------------------------------------
 
 def _cmd_stop(it, cmd):
@@ -438,69 +387,6 @@ def _cmd_reject(it, cmd):
                            extended=cmd[0] == "ereject", line=cmd[1]), True)
 
 
-def _cmd_vacation(it, cmd):
-    opts = cmd[2]
-    reason = cmd[3][0]
-    period = None
-    if "seconds" in opts:
-        period = opts["seconds"]
-    elif "days" in opts:
-        period = opts["days"] * 86400
-    handle = opts.get("handle")
-    if handle is None:
-        # RFC 5230 4.2: built from the unexpanded arguments
-        handle = "%s\0%s\0%s\0%d" % (reason, opts.get("subject", ""),
-                                      opts.get("from", ""), bool(opts.get("mime")))
-    subject = opts.get("subject")
-    from_addr = opts.get("from")
-    it.add_action(R.Vacation(
-        reason=it.expand(reason),
-        subject=None if subject is None else it.expand(subject),
-        from_addr=None if from_addr is None else it.expand(from_addr),
-        addresses=tuple(it.expand_list(opts.get("addresses", ()))),
-        period=period, mime=bool(opts.get("mime")), handle=handle,
-        line=cmd[1]), False)
-
-
-def _cmd_set(it, cmd):
-    name, value = cmd[3]
-    value = it.expand(value)
-    mods = cmd[2].get("mods", ())
-    for mod in mods:
-        value = _MODIFIERS[mod](value)
-    it.set_variable(name, value, "quotewildcard" in mods or "quoteregex" in mods)
-
-
-def _mod_quotewildcard(v):
-    return v.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
-
-
-def _mod_quoteregex(v):
-    return "".join("\\" + c if c in "\\^$.[]|()?*+{}" else c for c in v)
-
-
-def _ascii_lower(v):
-    return v.translate(_LOWER)
-
-
-def _ascii_upper(v):
-    return v.translate(_UPPER)
-
-
-_LOWER = {c: c + 32 for c in range(65, 91)}
-_UPPER = {c: c - 32 for c in range(97, 123)}
-
-_MODIFIERS = {
-    "lower": _ascii_lower,
-    "upper": _ascii_upper,
-    "lowerfirst": lambda v: _ascii_lower(v[:1]) + v[1:],
-    "upperfirst": lambda v: _ascii_upper(v[:1]) + v[1:],
-    "quotewildcard": _mod_quotewildcard,
-    "quoteregex": _mod_quoteregex,
-    "length": lambda v: str(len(v)),
-}
-
-
 def _cmd_flags(it, cmd):
     varname, items = cmd[3]
     items = it.expand_list(items)
@@ -523,74 +409,24 @@ def _cmd_flags(it, cmd):
         it.flags = new
 
 
-def _cmd_return(it, cmd):
-    raise _Return()
+def _later(name):
+    """A command or test of pymda.sieve.interp_ext, which is imported at
+    the first use of one of them (a typical filter never loads it)."""
+    def call(it, node):
+        from pymda.sieve import interp_ext
 
+        return getattr(interp_ext, name)(it, node)
 
-def _cmd_global(it, cmd):
-    for name in it.expand_list(cmd[3][0]):
-        key = name.lower()
-        if key not in it.variables.names:
-            it.variables.names.add(key)
-            # a local value of that name is shadowed from now on
-            dict.pop(it.variables, key, None)
-
-
-def _cmd_include(it, cmd):
-    """RFC 6609: run another script in this run's result.  Scripts come
-    from ``env.include_loader(location, name)`` -> ``(compiled,
-    filename)`` (LookupError: no such script)."""
-    opts = cmd[2]
-    name = it.expand(cmd[3][0])
-    location = opts.get("location", "personal")
-    key = (location, name)
-    if opts.get("once") and key in it.included_once:
-        return
-    if key in it.include_stack:
-        it.fail(cmd[1], "include: circular include of %s script '%s'"
-                % (location, name))
-    if len(it.include_stack) >= it.opts.max_include_depth:
-        it.fail(cmd[1], "include: nested deeper than %d" % it.opts.max_include_depth)
-    it.includes += 1
-    if it.includes > it.opts.max_includes:
-        it.fail(cmd[1], "include: more than %d includes" % it.opts.max_includes)
-    loader = it.env.include_loader
-    try:
-        if loader is None:
-            raise LookupError("no script storage")
-        compiled, filename = loader(location, name)
-    except LookupError as e:
-        if opts.get("optional"):
-            return
-        it.fail(cmd[1], "include: %s script '%s' not found (%s)" % (location, name, e))
-    except Exception as e:          # a compile error of the included script
-        lines = getattr(e, "lines", None)
-        it.fail(cmd[1], "include: %s script '%s' failed to compile%s"
-                % (location, name, (": " + lines()[0]) if lines else ""))
-    it.included_once.add(key)
-    saved = (it.requires, it.filename, it.variables, it.use_vars,
-             it.include_stack, it.match_values)
-    it.requires = frozenset(compiled[0])
-    it.use_vars = "variables" in it.requires
-    it.filename = filename
-    it.variables = _Scope(it.globals)
-    it.include_stack = saved[4] + (key,)
-    it.match_values = []
-    try:
-        it.block(compiled[1])
-    except _Return:
-        pass
-    finally:
-        (it.requires, it.filename, it.variables, it.use_vars,
-         it.include_stack, it.match_values) = saved
+    return call
 
 
 _COMMANDS = {
-    "include": _cmd_include, "return": _cmd_return, "global": _cmd_global,
+    "include": _later("cmd_include"), "return": _later("cmd_return"),
+    "global": _later("cmd_global"),
     "stop": _cmd_stop, "keep": _cmd_keep, "discard": _cmd_discard,
     "fileinto": _cmd_fileinto, "redirect": _cmd_redirect,
     "reject": _cmd_reject, "ereject": _cmd_reject,
-    "vacation": _cmd_vacation, "set": _cmd_set,
+    "vacation": _later("cmd_vacation"), "set": _later("cmd_set"),
     "setflag": _cmd_flags, "addflag": _cmd_flags, "removeflag": _cmd_flags,
 }
 
@@ -722,153 +558,15 @@ def _tst_not(it, node):
     return not it.test(node[4][0])
 
 
-def _tst_string(it, node):
-    values = it.expand_list(node[3][0])
-    if node[2].get("match", "").startswith("count"):
-        # RFC 5229 5: empty strings are not counted
-        values = [v for v in values if v != ""]
-    return _match(it, node, values)
-
-
-def _tst_hasflag(it, node):
-    varnames, keys = node[3]
-    if varnames is None:
-        flags = list(it.flags)
-    else:
-        flags = list(_flag_set([it.variables.get(v.lower(), "")
-                                for v in it.expand_list(varnames)]))
-    keys = it.expand_list(keys)
-    if not node[2].get("match", "").startswith("count"):
-        # RFC 5232 4: a key is a flag list too ("b A" is two flags)
-        keys = list(_flag_set(keys))
-    return _match(it, node, flags, keys)
-
-
-def _date_values(it, node, utc, zone_minutes, zone_text):
-    from pymda.sieve import dates
-
-    opts = node[2]
-    part = it.expand(node[3][-2]).lower()
-    if "zone" in opts:
-        if opts["zone"] is not None:
-            z = dates.parse_zone(it.expand(opts["zone"]))
-            if z is None:
-                return None
-            zone_minutes, zone_text = z, None
-    else:
-        zone_minutes, zone_text = it.local_zone(), None
-    value = dates.date_part(part, utc, zone_minutes, zone_text)
-    return value
-
-
-def _now(it):
-    if it.env.now is not None:
-        return it.env.now
-    from pymda.sieve import dates
-
-    return dates.current_date()
-
-
-def _local_zone(it):
-    return _now(it)[1]
-
-
-Interpreter.local_zone = _local_zone
-
-
-def _tst_date(it, node):
-    from pymda.sieve import dates
-
-    name = it.expand(node[3][0])
-    raws = _select_index(node, it.view.headers(name))
-    values = []
-    for raw in raws:
-        parsed = (dates.received_date(raw) if name.lower() == "received"
-                  else dates.parse_date(raw))
-        if parsed is None:
-            continue
-        v = _date_values(it, node, *parsed)
-        if v is not None:
-            values.append(v)
-    return _match(it, node, values)
-
-
-def _tst_currentdate(it, node):
-    utc, zone = _now(it)
-    v = _date_values(it, node, utc, zone, None)
-    return _match(it, node, [] if v is None else [v])
-
-
-def _tst_body(it, node):
-    transform = node[2].get("transform", "text")
-    if isinstance(transform, tuple):
-        parts = it.view.body("content", list(it.expand_list(transform)))
-    else:
-        parts = it.view.body(transform, None)
-    # RFC 5173 6: the body test never sets match variables
-    saved = it.match_values
-    ok = _match(it, node, parts)
-    it.match_values = saved
-    return ok
-
-
-def _tst_mailboxexists(it, node):
-    exists = it.env.mailbox_exists
-    for name in it.expand_list(node[3][0]):
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            return False        # no such mailbox can exist
-        if exists is not None and not exists(name):
-            return False
-    return True
-
-
-def _tst_duplicate(it, node):
-    """RFC 7352.  The id is the Message-ID (or ``:header``'s value, or
-    ``:uniqueid``); the key hashes it with ``:handle``.  True when the
-    key was marked within its period in ``env.memory``.  The mark (new
-    expiry: now + ``:seconds``, clamped; with ``:last`` also when it was
-    a duplicate) goes into ``Outcome.marks``: the delivery writes it
-    only once the message is stored, so a retried delivery does not
-    see its own first attempt as a duplicate."""
-    opts = node[2]
-    kind, value = opts.get("id", ("header", "message-id"))
-    if kind == "header":
-        values = it.view.headers(it.expand(value))
-        if not values:
-            return False
-        uid = values[0]
-    else:
-        uid = it.expand(value)
-    from pymda.sieve.memory import hashed_key
-
-    handle = it.expand(opts["handle"]) if "handle" in opts else ""
-    key = hashed_key("dup:", kind, uid, handle)
-    now = _now(it)[0]
-    memory = it.env.memory
-    try:
-        seen = memory is not None and memory.seen(key, now)
-    except Exception as e:      # the state file is unusable: not a duplicate
-        it.warn(node[1], "duplicate: cannot read the memory: %s"
-                % (getattr(e, "text", None) or e))
-        seen = False
-    period = opts.get("seconds", it.opts.duplicate_period)
-    period = min(period, it.opts.duplicate_max_period)
-    if not seen or opts.get("last"):
-        it.marks.append((key, now + period))
-    return seen
-
-
 _TESTS = {
-    "duplicate": _tst_duplicate,
+    "duplicate": _later("tst_duplicate"),
     "header": _tst_header, "address": _tst_address,
     "envelope": _tst_envelope, "exists": _tst_exists, "size": _tst_size,
     "allof": _tst_allof, "anyof": _tst_anyof, "not": _tst_not,
     "true": lambda it, node: True, "false": lambda it, node: False,
-    "string": _tst_string, "hasflag": _tst_hasflag, "date": _tst_date,
-    "currentdate": _tst_currentdate, "body": _tst_body,
-    "mailboxexists": _tst_mailboxexists,
+    "string": _later("tst_string"), "hasflag": _later("tst_hasflag"),
+    "date": _later("tst_date"), "currentdate": _later("tst_currentdate"),
+    "body": _later("tst_body"), "mailboxexists": _later("tst_mailboxexists"),
 }
 
 

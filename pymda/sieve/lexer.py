@@ -20,7 +20,7 @@ numbers above 2**64-1 and identifiers/tags longer than 32 characters are
 errors (Pigeonhole's limits).
 """
 
-from pymda.sieve.errors import SieveCompileError
+from pymda.sieve.result import SieveCompileError
 
 _IDSTART = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _IDCHARS = _IDSTART | frozenset("0123456789")

@@ -28,8 +28,8 @@ written by the interpreter when the test runs (RFC 7352 3: the message
 is "seen" once it was tested), through the delivery's memory.
 
 PERFORMANCE: ``sqlite3`` is imported only when a script uses
-``duplicate`` or a vacation reply is considered (the caller opens the
-store lazily: ``LazyMemory``).
+``duplicate`` or a vacation reply is considered, and this module too:
+the delivery opens the store lazily (``pymda.sieve.step.LazyMemory``).
 
 LIMITATIONS: RFC 5230 asks for room for at least 1000 tracked
 responses; SQLite has no practical limit, expired rows go at the next
@@ -110,35 +110,6 @@ class SqliteMemory:
 
     def close(self):
         self.ledger.close()
-
-
-class LazyMemory:
-    """Opens ``SqliteMemory`` at the first use (a delivery whose script
-    uses neither ``duplicate`` nor ``vacation`` never touches the file).
-    ``path`` may be a callable returning the path (computed then)."""
-
-    def __init__(self, path, timeout=60, now=None):
-        self.path = path
-        self.timeout = timeout
-        self.now = now              # for pruning (None: the clock)
-        self.store = None
-
-    def _open(self):
-        if self.store is None:
-            path = self.path() if callable(self.path) else self.path
-            self.store = SqliteMemory.open(path, self.timeout, self.now)
-        return self.store
-
-    def seen(self, key, now):
-        return self._open().seen(key, now)
-
-    def mark(self, key, expiry):
-        self._open().mark(key, expiry)
-
-    def close(self):
-        if self.store is not None:
-            self.store.close()
-            self.store = None
 
 
 def hashed_key(prefix, *parts):

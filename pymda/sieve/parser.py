@@ -16,7 +16,7 @@ nest at most ``MAX_NESTING`` (32) deep, a string list holds at most
 ``MAX_LIST`` items.
 """
 
-from pymda.sieve.errors import SieveCompileError
+from pymda.sieve.result import SieveCompileError
 from pymda.sieve.lexer import tokenize
 
 MAX_NESTING = 32

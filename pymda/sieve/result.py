@@ -33,7 +33,7 @@ Records are pure values; nothing here does I/O.
 from pymda.record import Record
 
 
-# -- errors (pymda.sieve.errors re-exports them for the compiler) ----------
+# -- errors ------------------------------------------------------------------
 #
 # ``SieveCompileError`` carries ``errors``: a list of ``(file, line,
 # message)``; str() is the first as ``FILE:LINE: message``.  A script that

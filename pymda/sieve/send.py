@@ -12,7 +12,7 @@ Contract (what the delivery pipeline calls, after ``evaluate``)::
     # plan.keep:     True when a redirect was refused as a loop and the
     #                message must be kept instead (implicit keep)
     # plan.logs:     ["FILE:LINE: why nothing was sent", ...]
-    errors = send_all(plan.outgoing, sender, memory, now,
+    errors = send_all(plan.outgoing, sender, memory,
                       done=ledger_done, record=ledger_record)
 
 ``ctx`` is a ``Context``: ``env`` (pymda.sieve.interp.Environment: the
@@ -502,8 +502,8 @@ def send_all(outgoing, sender, memory, done=None, record=None):
     previous attempt already sent; ``record(ledger_key)`` remembers a
     send.  Returns the failure texts (a failed send never fails the
     delivery: the caller logs them).  When ``done`` raises, the message
-    is not sent (never twice); when ``mark``/``record`` raise after a
-    send, that is reported too."""
+    is not sent (never twice); when ``record``/``mark`` raise after a
+    send, that is reported too (each is tried: the ledger record first)."""
     errors = []
     for out in outgoing:
         try:
@@ -519,14 +519,19 @@ def send_all(outgoing, sender, memory, done=None, record=None):
             errors.append("%s to %s: %s" % (out.kind, out.recipient,
                                             getattr(exc, "text", None) or exc))
             continue
-        try:
-            if out.mark is not None and memory is not None:
-                memory.mark(*out.mark)
-            if record is not None:
-                record(out.ledger_key)
-        except Exception as exc:
+        # the ledger first: it is what keeps a retry from sending again,
+        # whatever happens to the vacation memory
+        why = []
+        for write, arg in ((record, (out.ledger_key,)),
+                           (memory and memory.mark, out.mark)):
+            if write is not None and arg is not None:
+                try:
+                    write(*arg)
+                except Exception as exc:
+                    why.append(str(getattr(exc, "text", None) or exc))
+        if why:
             errors.append("%s to %s: sent, but not recorded: %s" % (
-                out.kind, out.recipient, getattr(exc, "text", None) or exc))
+                out.kind, out.recipient, "; ".join(why)))
     return errors
 
 

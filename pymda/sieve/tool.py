@@ -52,7 +52,7 @@ def _read(path):
 def _each(paths, action):
     """Run ``action(path)`` for each path; print compile errors as
     FILE:LINE: lines; the exit status (0, or 65 when one failed)."""
-    from pymda.sieve.errors import SieveCompileError
+    from pymda.sieve.result import SieveCompileError
 
     status = EX_OK
     for path in paths:
@@ -113,7 +113,7 @@ def test_command(sender, recipient, folder, delimiter, user, execute, config_pat
                                    config_path, overrides, script, message))
     from pymda.sieve import interp
     from pymda.sieve.cache import compile_bytes
-    from pymda.sieve.errors import SieveCompileError
+    from pymda.sieve.result import SieveCompileError
     from pymda.sieve.mail import MailView
     from pymda.sieve.result import Outcome, format_action
 
@@ -127,7 +127,7 @@ def test_command(sender, recipient, folder, delimiter, user, execute, config_pat
             end = k + len(sep)
             break
     view = MailView(data[:end], len(data), lambda: data)
-    from pymda.sieve.sequence import include_loader
+    from pymda.sieve.run import include_loader
 
     # include :personal finds scripts next to SCRIPT (no cache written)
     env = interp.Environment(sender=sender, recipient=recipient,

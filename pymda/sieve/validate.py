@@ -31,7 +31,7 @@ decoded here.
 LIMITATIONS: the error texts are pymda's own, not Pigeonhole's.
 """
 
-from pymda.sieve.errors import SieveCompileError
+from pymda.sieve.result import SieveCompileError
 from pymda.sieve.parser import parse
 
 # Every extension pymda implements (docs/sieve.md: the sieve_extensions line).
@@ -189,27 +189,15 @@ def decode_encoded(s):
     says)."""
     if "${" not in s:
         return s
-    out = []
-    i = 0
-    n = len(s)
-    while i < n:
-        j = s.find("${", i)
-        if j < 0:
-            out.append(s[i:])
-            break
-        out.append(s[i:j])
-        k = s.find("}", j)
-        colon = s.find(":", j)
-        decoded = None
-        if k > 0 and 0 < colon < k:
-            decoded = _decode_one(s[j + 2:colon].lower(), s[colon + 1:k].split())
-        if decoded is None:
-            out.append("${")
-            i = j + 2
-        else:
-            out.append(decoded)
-            i = k + 1
-    return "".join(out)
+    from pymda.sieve.interp_ext import replace_references
+
+    def value(inner):
+        colon = inner.find(":")
+        if colon < 0:
+            return None
+        return _decode_one(inner[:colon].lower(), inner[colon + 1:].split())
+
+    return replace_references(s, value)
 
 
 _HEX = frozenset("0123456789abcdefABCDEF")

@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 from pymda.sieve import cache, interp, match, send, validate
-from pymda.sieve.errors import SieveCompileError, SieveError, SieveRuntimeError
+from pymda.sieve.result import SieveCompileError, SieveError, SieveRuntimeError
 from pymda.sieve.mail import MailView, parse_address_list
 
 REPO = Path(__file__).resolve().parents[2]

@@ -47,6 +47,22 @@ def test_changed_script_is_a_miss(tmp_path):
     assert len(os.listdir(cdir)) == 1            # overwritten, not piled up
 
 
+def test_script_replaced_by_rename_does_not_pile_up(tmp_path):
+    """ManageSieve and editors save by rename: a new inode each time, still
+    one cache file per script path (and files of the <dev>-<ino> naming go)."""
+    script = write(tmp_path / "s.sieve", SCRIPT)
+    cdir = str(tmp_path / "cache")
+    cache.load(script, cdir)
+    Path(cdir, "fe00-1b6138.bin").write_bytes(b"old naming")
+    for i in range(3):
+        new = write(tmp_path / "s.sieve.new", SCRIPT.replace("Greetings", "F%d" % i))
+        os.rename(new, script)
+        compiled, hit = cache.load(script, cdir)
+        assert not hit and "F%d" % i in repr(compiled)
+    assert os.listdir(cdir) == [script.replace("/", "%") + ".bin"]
+    assert cache.load(script, cdir)[1]
+
+
 def test_malformed_or_foreign_cache_is_a_miss(tmp_path):
     script = write(tmp_path / "s.sieve", SCRIPT)
     cdir = str(tmp_path / "cache")

@@ -1,9 +1,9 @@
-"""pymda.sieve.files: which script runs (trust rules) and the user's log."""
+"""pymda.sieve.step's files: which script runs (trust rules) and the user's log."""
 
 import os
 from pathlib import Path
 
-from pymda.sieve.files import MAX_LOG, find_script, log_errors
+from pymda.sieve.step import MAX_LOG, find_script, log_errors
 
 ME = os.geteuid()
 

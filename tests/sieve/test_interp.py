@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from pymda.sieve import interp
+from pymda.sieve import interp, interp_ext
 from pymda.sieve.result import Discard, FileInto, Keep, Redirect, Reject, Vacation
 from sievekit import MESSAGE, kinds, run
 
@@ -151,7 +151,7 @@ def test_pathological_matches_is_fast():
 
 def test_hooks_are_only_for_the_adapter():
     """A test-suite command is unknown to a user script."""
-    from pymda.sieve.errors import SieveCompileError
+    from pymda.sieve.result import SieveCompileError
 
     with pytest.raises(SieveCompileError):
         run('require "vnd.dovecot.testsuite"; test_fail "x";')
@@ -168,8 +168,17 @@ def test_expansion_is_capped():
     out = run(script)
     # :length measures the expanded value, cut at MAX_EXPANDED
     assert out.error is None
-    assert kinds(out) == [("fileinto", str(interp.MAX_EXPANDED))]
+    assert kinds(out) == [("fileinto", str(interp_ext.MAX_EXPANDED))]
     assert time.monotonic() - t < 20
+
+
+def test_expansion_is_cut_also_when_the_last_reference_passes_the_cap():
+    """The cap held only when another reference followed the one that
+    passed it: a string ending with that reference came back uncut."""
+    limit = interp_ext.MAX_EXPANDED
+    variables = {"a": "x" * 4096, "b": "y" * 4096}
+    s = "${a}" * (limit // 4096) + "${b}"
+    assert len(interp_ext.expand_variables(s, variables, [])) == limit
 
 
 ROUNDCUBE = '''require ["fileinto","relational","comparator-i;ascii-numeric","date","vacation","imap4flags","copy","mailbox"];
@@ -224,7 +233,7 @@ def test_webmail_scripts():
 
 
 def run_error(script):
-    from pymda.sieve.errors import SieveCompileError
+    from pymda.sieve.result import SieveCompileError
 
     with pytest.raises(SieveCompileError) as info:
         run(script)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from pymda.sieve.errors import SieveCompileError
+from pymda.sieve.result import SieveCompileError
 from pymda.sieve.lexer import tokenize
 from pymda.sieve.parser import MAX_NESTING, parse
 from pymda.sieve.validate import compile_script, decode_encoded

@@ -19,6 +19,14 @@ OCTET, CASEMAP, NUMERIC = "i;octet", "i;ascii-casemap", "i;ascii-numeric"
 FROM = "stephan+sieve@friep.example.com"
 
 
+def test_fold_is_ascii_only_and_keeps_lengths():
+    from pymda.sieve.match import fold
+
+    assert fold("Joe@Example.COM") == "joe@example.com"
+    assert fold("\u0130ÀB\u212a") == "\u0130Àb\u212a"    # only A-Z change
+    for text in ("", "Straße", "ÀÉÎ", "\u0130" * 3 + "Q"):
+        assert len(fold(text)) == len(text)
+
 @pytest.mark.parametrize("pattern, text, expected", [
     # whole-value semantics
     ("", "", True), ("*", "", True), ("?", "", False), ("", "x", False),
