@@ -9,6 +9,7 @@ keep).  Needs root (to switch to nobody) and ``sieve-test``.
 """
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -55,9 +56,14 @@ if body :content "text" :contains "http" { fileinto "Links"; } else { keep; }
 
 
 def peer_folders(workdir, script, message):
+    # nobody may not read the corpus where it lies (a checkout under a 0700
+    # /root, say): sieve-test reads a copy in the shared work directory
+    copy = os.path.join(workdir, "message.eml")
+    shutil.copyfile(message, copy)
+    os.chmod(copy, 0o644)
     proc = subprocess.run(
         sieve_test_argv(workdir) + [
-         "-a", RECIPIENT, "-r", RECIPIENT, "-f", SENDER, script, message],
+         "-a", RECIPIENT, "-r", RECIPIENT, "-f", SENDER, script, copy],
         capture_output=True, text=True, timeout=60)
     assert "final result: success" in proc.stdout + proc.stderr, proc.stderr
     return {line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()
