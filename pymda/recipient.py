@@ -185,9 +185,9 @@ def sieve_may_run(cfg, identity):
     if not cfg.sieve_script:
         return False
     from pymda import fastos as os
-    from pymda.config import expand
+    from pymda.config import user_path
 
-    path = expand(cfg.sieve_script, {"home": identity.home, "user": identity.name})
+    path = user_path(cfg.sieve_script, identity)
     try:
         os.stat(path)
     except OSError as exc:

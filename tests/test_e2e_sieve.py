@@ -230,6 +230,20 @@ def test_dovecot_symlink_into_sieve_dir(make_user):
     assert count(alice, ".Here") == 2
 
 
+@pytest.mark.parametrize("template", ["filters/$user.sieve", "$home/filters/${user}.sieve"])
+def test_sieve_script_template_names_the_users_script(make_user, template):
+    # one expansion for the cheap "is there a script" check and for the
+    # step itself: $user expands, a relative path is under the home
+    alice = make_user()
+    alice.mkdir("filters")
+    script(alice, 'require "fileinto";\nfileinto "Here";\n', f"filters/{alice.name}.sieve")
+    make_folder(alice, ".Here")
+    code, out = run_pymda(args(alice, "-o", f"sieve_script={template}"), msg(), user=alice)
+    assert code == EX_OK, out
+    assert count(alice, ".Here") == 1 and count(alice) == 0
+    assert alice.path(f"filters/{alice.name}.sieve.log").exists() is False
+
+
 def test_dangling_symlink_is_no_filtering(make_user):
     alice = make_user()
     os.symlink("sieve/gone.sieve", alice.path(".dovecot.sieve"))

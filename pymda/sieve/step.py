@@ -172,9 +172,11 @@ def log_errors(log_path, lines, now):
 
 
 def _expand(template, identity):
-    from pymda.config import expand
+    # the one expansion recipient.sieve_may_run uses too: $home, $user,
+    # $local, $domain; a relative path is under the home
+    from pymda.config import user_path
 
-    return expand(template, {"home": identity.home, "user": identity.name})
+    return user_path(template, identity)
 
 
 def _script_dir(path):
