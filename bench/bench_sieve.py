@@ -65,7 +65,6 @@ delivery failed or a mailbox was wrong, 2 when not root.
 """
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -585,10 +584,7 @@ def main(argv=None):
                 shutil.rmtree(pipdir, ignore_errors=True)
     report["targets"] = targets(report.get("oneshot", {}), args.routes, report.get("hot_path"),
                                 report.get("cpu"))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
+    common.emit(report, args.json, print_report)
     return status
 
 
