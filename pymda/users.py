@@ -26,7 +26,10 @@ Contract:
   when that fails the process exits at once (EX_SOFTWARE): it never
   goes on with the wrong ids.  The ids of a process are shared by its
   threads (glibc applies set*id to every thread): the caller makes sure
-  nothing else in the process opens files while the switch is on.
+  nothing else in the process opens files while the switch is on -
+  unless ``use_thread_ids`` gave a per-thread switcher (a root
+  pymda-lmtpd on Linux, pymda/lmtp/threadids.py): then the switch and
+  its verification are the calling thread's alone.
 
 PERFORMANCE: with the default ``userdb = ["config", "passwd"]`` both
 sources are answered here and ``pymda.userdb`` is not imported.
@@ -249,6 +252,14 @@ def ensure_home(identity):
 
 EX_SOFTWARE = 70
 _saved = []  # [(resuid, resgid, groups)] while a temporary switch is on
+_thread_ids = None  # a lmtp.threadids.ThreadIds: switch the calling thread only
+
+
+def use_thread_ids(ids):
+    """From now on the temporary switch changes the calling thread's ids
+    only (``ids``: a pymda.lmtp.threadids.ThreadIds; a root pymda-lmtpd)."""
+    global _thread_ids
+    _thread_ids = ids
 
 
 def switch_temporarily(identity):
@@ -257,17 +268,21 @@ def switch_temporarily(identity):
     Not root (the mail user's own server): only the uid is verified, as
     ``switch_to`` does.  Root's own mail: nothing changes.
     """
-    if _saved:
+    saved = _saved if _thread_ids is None else _thread_ids.saved()
+    if saved:
         _fatal("a temporary switch is already on")
     if os.geteuid() != 0 or identity.uid == 0:
         _switch(identity)  # verifies only (PermFail: nothing is on); nothing to undo
-        _saved.append((os.getresuid(), os.getresgid(), os.getgroups()))
+        saved.append((os.getresuid(), os.getresgid(), os.getgroups()))
     else:
-        _saved.append((os.getresuid(), os.getresgid(), os.getgroups()))
+        saved.append((os.getresuid(), os.getresgid(), os.getgroups()))
         try:
-            os.setgroups([])
-            os.setegid(identity.gid)
-            os.seteuid(identity.uid)
+            if _thread_ids is None:
+                os.setgroups([])
+                os.setegid(identity.gid)
+                os.seteuid(identity.uid)
+            else:
+                _thread_ids.to_user(identity.gid, identity.uid)
         except OSError as exc:
             switch_back()
             raise TempFail(f"cannot switch to {identity.name}: {exc.strerror}",
@@ -286,22 +301,28 @@ def switch_temporarily(identity):
 
 def switch_back():
     """Undo ``switch_temporarily`` and verify it; exit the process if not."""
-    if not _saved:
+    saved = _saved if _thread_ids is None else _thread_ids.saved()
+    if not saved:
         _fatal("switch_back without a temporary switch")
-    resuid, resgid, groups = _saved[0]
+    resuid, resgid, groups = saved[0]
     try:
-        if os.geteuid() != resuid[1]:
-            os.seteuid(resuid[1])
-        if os.getresgid() != resgid:
-            os.setegid(resgid[1])
-        if sorted(os.getgroups()) != sorted(groups):
-            os.setgroups(groups)
+        if _thread_ids is not None:
+            if (os.getresuid(), os.getresgid(), sorted(os.getgroups())) \
+                    != (resuid, resgid, sorted(groups)):
+                _thread_ids.to_root(groups, resgid[1], resuid[1])
+        else:
+            if os.geteuid() != resuid[1]:
+                os.seteuid(resuid[1])
+            if os.getresgid() != resgid:
+                os.setegid(resgid[1])
+            if sorted(os.getgroups()) != sorted(groups):
+                os.setgroups(groups)
     except OSError as exc:
         _fatal(f"cannot switch back to uid {resuid[1]}: {exc.strerror}")
     if os.getresuid() != resuid or os.getresgid() != resgid \
             or sorted(os.getgroups()) != sorted(groups):
         _fatal(f"switching back left ids {os.getresuid()} {os.getresgid()}")
-    _saved.clear()
+    saved.clear()
 
 
 def _fatal(text):

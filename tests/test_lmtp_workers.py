@@ -12,8 +12,10 @@ cannot restore root exits the process.
 """
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,6 +51,17 @@ def ids(pid):
         if key in ("Uid", "Gid", "Groups"):
             out[key] = value.split()
     return out
+
+
+def thread_ids(pid):
+    """ids() of every thread of ``pid`` (a switch may be one thread's)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.append(ids(f"{pid}/task/{task.name}"))
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return found
 
 
 def worker_of(client, workers):
@@ -186,9 +199,10 @@ def test_a_thousand_mixed_deliveries_leave_every_worker_root(tmp_path, daemons, 
     assert maildir_messages(full) == []
     assert wait_workers(d, 2) == workers  # none died
     for pid in workers:
-        now = ids(pid)
-        assert now["Uid"] == ["0"] * 4 and now["Gid"] == ["0"] * 4, now
-        assert now["Groups"] == before[pid]["Groups"]
+        for now in thread_ids(pid):  # the switch is per thread on Linux
+            assert now["Uid"] == ["0"] * 4 and now["Gid"] == ["0"] * 4, now
+            assert now["Groups"] == before[pid]["Groups"]
+    assert "switching each delivering thread to its user" in d.output()
 
 
 @needs_root
@@ -314,6 +328,74 @@ def test_switch_back_restores_root_or_exits(test_user, mode):
     else:
         assert proc.returncode == 70 and len(lines) == 1
         assert "pymda: fatal: " in proc.stderr and "Traceback" not in proc.stderr
+
+
+THREAD_SWITCH_SCRIPT = """
+import ctypes, os, sys, threading
+from pymda import users
+from pymda.lmtp.threadids import ThreadIds
+from pymda.users import Identity, switch_temporarily, switch_back
+(u1, g1, u2, g2), where, mode = map(int, sys.argv[1:5]), sys.argv[5], sys.argv[6]
+os.setgroups([0, 4])
+ids = ThreadIds.start()
+users.use_thread_ids(ids)
+both, checked = threading.Barrier(3, timeout=10), threading.Barrier(3, timeout=10)
+seen = {}
+def deliver(name, uid, gid):
+    switch_temporarily(Identity(name=name, uid=uid, gid=gid, home="/nonexistent"))
+    both.wait()
+    os.close(os.open(os.path.join(where, name), os.O_CREAT | os.O_WRONLY, 0o600))
+    seen[name] = (os.getresuid(), os.getresgid(), os.getgroups())
+    checked.wait()
+    if mode == "lose-root" and name == "one":
+        ids._call(ids.nr_uid, *(ctypes.c_long(uid),) * 3)  # no way back
+    switch_back()
+    seen[name + " back"] = (os.getresuid(), os.getresgid(), sorted(os.getgroups()))
+threads = [threading.Thread(target=deliver, args=a) for a in (("one", u1, g1), ("two", u2, g2))]
+for t in threads:
+    t.start()
+both.wait()
+seen["main"] = (os.getresuid(), os.getresgid(), sorted(os.getgroups()))
+checked.wait()
+for t in threads:
+    t.join()
+for key in sorted(seen):
+    print(key, *seen[key], flush=True)
+"""
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["normal", "lose-root"])
+def test_thread_switches_are_each_threads_own(make_user, mode):
+    """pymda-lmtpd's per-thread switch (pymda/lmtp/threadids.py): two
+    threads switched to two users at once each create files as their own
+    user while the main thread stays root; both come back to root; a
+    thread that cannot come back ends the process (70)."""
+    one, two = make_user(), make_user()
+    where = Path(tempfile.mkdtemp(prefix="pymda-threadids-", dir="/tmp"))  # both may write
+    where.chmod(0o1777)
+    python = paths.prefix() / "bin" / "python3"
+    try:
+        proc = subprocess.run([str(python), "-c", THREAD_SWITCH_SCRIPT, str(one.uid),
+                               str(one.gid), str(two.uid), str(two.gid), str(where), mode],
+                              capture_output=True, text=True, timeout=30)
+        owners = {name: ((where / name).stat().st_uid, (where / name).stat().st_gid)
+                  for name in ("one", "two")}
+    finally:
+        shutil.rmtree(where)
+    assert owners == {"one": (one.uid, one.gid), "two": (two.uid, two.gid)}, proc.stderr
+    if mode == "lose-root":
+        assert proc.returncode == 70, proc.stdout + proc.stderr
+        assert "pymda: fatal: " in proc.stderr and "Traceback" not in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "main (0, 0, 0) (0, 0, 0) [0, 4]",
+        f"one (0, {one.uid}, 0) (0, {one.gid}, 0) []",
+        "one back (0, 0, 0) (0, 0, 0) [0, 4]",
+        f"two (0, {two.uid}, 0) (0, {two.gid}, 0) []",
+        "two back (0, 0, 0) (0, 0, 0) [0, 4]",
+    ]
 
 
 REFUSED_SWITCH_SCRIPT = """

@@ -26,10 +26,13 @@ calls (see protocol.py):
 DELIVERY RIGHTS: a root server asks recipient.needs_own_process how to
 deliver each recipient.  A plain mailbox (no ``lmtp_forward``, not a
 spool mbox) is delivered in this process with a temporary switch of the
-effective ids (recipient.deliver(temporary=True)), in a worker thread
-that holds the guard alone (SWITCHED DELIVERIES: ids are per process,
-so nothing else may run meanwhile: one switched delivery at a time per
-process; lmtp_workers processes give the parallelism).  Anything else
+effective ids (recipient.deliver(temporary=True)).  On Linux the
+switch is the delivering thread's alone (threadids.py, probed at
+start): switched deliveries run in the worker threads side by side, like
+a mail user's server.  Elsewhere, in a worker thread that holds the
+guard alone (SWITCHED DELIVERIES: ids are per process, so nothing else
+may run meanwhile: one switched delivery at a time per process;
+lmtp_workers processes give the parallelism).  Anything else
 forks one child per recipient; the child runs recipient.deliver, which
 does what ``pymda -d`` does as root (loop check, create a missing spool
 mbox as local(8) does, then the switch to the user - groups, gid, uid,
@@ -162,6 +165,17 @@ class DeliveryHandler:
         self.guard = ForkGuard()
         self.reapers = set()
         preload()
+        # Linux: switch one thread's ids, so switched deliveries run side by
+        # side (threadids.py); else one at a time in the process
+        self.per_thread = False
+        if self.as_root:
+            from pymda import users
+            from pymda.lmtp.threadids import ThreadIds
+
+            ids = ThreadIds.start()
+            if ids is not None:
+                users.use_thread_ids(ids)
+                self.per_thread = True
         from concurrent.futures import ThreadPoolExecutor
 
         self.executor = ThreadPoolExecutor(max_workers=max_threads,
@@ -244,7 +258,10 @@ class DeliveryHandler:
             if not self.as_root:
                 return await self._in_thread(deliver_one, self.cfg, self.log, message,
                                              sender, recipient)
-            reply = await self._deliver_switched(message, sender, recipient)
+            if self.per_thread:
+                reply = await self._in_thread(self.thread_delivery, message, sender, recipient)
+            else:
+                reply = await self._deliver_switched(message, sender, recipient)
             if reply is None:
                 reply = await self._deliver_in_child(message, sender, recipient)
             return reply
@@ -266,6 +283,12 @@ class DeliveryHandler:
         # released when the thread is done, even if this task is cancelled
         job.add_done_callback(lambda _: self.guard.release())
         return await asyncio.wrap_future(job)
+
+    def thread_delivery(self, message, sender, recipient):
+        """switched_delivery beside the other worker threads (the switch
+        is this thread's alone); a fork waits for it (the guard)."""
+        with self.guard:
+            return self.switched_delivery(message, sender, recipient)
 
     def switched_delivery(self, message, sender, recipient):
         """The reply of a delivery with a temporary switch, or None."""

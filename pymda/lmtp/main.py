@@ -123,7 +123,8 @@ async def serve(cfg, sockets, log, where="", ready=None, shared=None):
     server.shared_count = shared
     handler.inherited_fds = server.socket_fds
     await server.start(sockets)
-    mode = "switching to each user" if handler.as_root else f"as uid {os.geteuid()}"
+    mode = (("switching each delivering thread to its user" if handler.per_thread
+             else "switching to each user") if handler.as_root else f"as uid {os.geteuid()}")
     log.info(f"listening on {where} ({mode})")
     if ready is not None:
         ready()
