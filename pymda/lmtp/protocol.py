@@ -404,37 +404,61 @@ class _Connection:
         self.errors = 0
         self.session = Session(_peer(writer))
         self.deadline = None  # monotonic time the current line or DATA must end by
+        self.idle_task = None  # the task while it waits for a command (fill)
+        self.why_cancelled = None  # the reply when fill's task was cancelled by us
         self.address = _client_address(writer)  # inet peer's IP, else None
 
     # -- I/O -----------------------------------------------------------------
 
     async def fill(self):
-        """Read more bytes into self.buf; _Closed on EOF/timeout/shutdown."""
+        """Read more bytes into self.buf; _Closed on EOF/timeout/shutdown.
+
+        No task and no asyncio.wait per read (they were a good part of a
+        message's CPU): the read is awaited in the connection's own task,
+        and a timer - or Server.stop(), for an idle connection - cancels
+        that task, which this turns into the 421 reply."""
         server = self.server
-        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
-        waits = {read}
         interruptible = self.session.transaction is None
-        if interruptible:
-            waits.add(server.stopping)
+        if interruptible and server.stopping.done():
+            await self.say_and_close(SHUTTING_DOWN)
         timeout = server.idle_timeout
+        loop = asyncio.get_running_loop()
         if self.deadline is not None:
-            left = max(self.deadline - asyncio.get_running_loop().time(), 0)
+            left = max(self.deadline - loop.time(), 0)
             timeout = left if timeout is None else min(timeout, left)
+        task = asyncio.current_task()
+        self.why_cancelled = None
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._cancel, task, TIMEOUT)
+        if interruptible:
+            self.idle_task = task  # Server.stop() cancels it with SHUTTING_DOWN
         try:
-            done, _ = await asyncio.wait(waits, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            read.cancel()
-            raise
-        if read not in done:
-            read.cancel()
-            if interruptible and server.stopping.done():
-                await self.say_and_close(SHUTTING_DOWN)
-            await self.say_and_close(TIMEOUT)
-        data = read.result()  # ConnectionError propagates: closed
+            data = await self.reader.read(READ_SIZE)  # ConnectionError propagates: closed
+        except asyncio.CancelledError:
+            why = self.why_cancelled
+            if why is None:
+                raise  # not ours: the server's own shutdown
+            task.uncancel()
+            self.idle_task = None
+            await self.say_and_close(why)
+        finally:
+            self.idle_task = None
+            if timer is not None:
+                timer.cancel()
         if not data:
             raise _Closed("eof")
         self.buf += data
+
+    def _cancel(self, task, why):
+        if self.why_cancelled is None:
+            self.why_cancelled = why
+            task.cancel()
+
+    def interrupt(self):
+        """Server.stop(): an idle connection waiting for a command gets 421."""
+        if self.idle_task is not None:
+            self._cancel(self.idle_task, SHUTTING_DOWN)
 
     def reply(self, line):
         self.out.append(format_reply(line))
@@ -446,6 +470,8 @@ class _Connection:
             return
         self.writer.write(b"".join(self.out))
         self.out = []
+        if not self.writer.transport.get_write_buffer_size():
+            return  # all sent: drain() would return at once (a task less)
         try:
             await asyncio.wait_for(self.writer.drain(), self.server.idle_timeout)
         except asyncio.TimeoutError:
@@ -921,6 +947,8 @@ class LMTPServer:
             server.close()
         if self.stopping is not None and not self.stopping.done():
             self.stopping.set_result(None)
+        for conn in list(self.connections):
+            conn.interrupt()
 
     async def wait_closed(self):
         while self.tasks:
