@@ -924,3 +924,52 @@ def test_decoder_limit_counts_crlf_as_one_and_keeps_consuming():
     assert decoder.received == 5 + 6 + 14  # every byte fed
     exact, got, _ = decode([b"abc\r\ndefg\r\n.\r\n"], limit=9)
     assert not exact.too_big and got == b"abc\r\ndefg\r\n"
+
+
+# --- several workers on one listening socket ---------------------------------------
+
+
+def test_waiting_connections_spread_over_the_workers(tmp_path):
+    """Two servers (two workers' event loops, here in one loop on two
+    descriptors of one listening socket) with one SharedCount: four
+    connections already waiting are taken two by each - a worker takes
+    one only when no other serves fewer.  asyncio's accept loop gave the
+    first worker awake every waiting connection (4 and 0)."""
+    from pymda.lmtp.workers import SharedCount
+
+    path = str(tmp_path / "lmtp.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    clients = [Client(path) for _ in range(4)]  # all in the backlog before anyone accepts
+    shared = SharedCount(2)
+
+    async def main():
+        servers = []
+        for slot, sock in enumerate((listener, listener.dup())):
+            server = lmtp.LMTPServer(FakeHandler(), hostname=HOST, spool_dir=str(tmp_path),
+                                     max_size=MAX_SIZE, idle_timeout=30)
+            view = SharedCount.__new__(SharedCount)  # this worker's view: its own slot
+            view.map, view.cells, view.slot = shared.map, shared.cells, slot
+            view.set(0)
+            server.shared_count = view
+            await server.start([sock])
+            servers.append(server)
+        deadline = time.monotonic() + 10
+        while sum(len(s.tasks) for s in servers) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        counts = [len(s.tasks) for s in servers]
+        for s in servers:
+            s.stop()
+        await asyncio.gather(*(s.wait_closed() for s in servers))
+        return counts
+
+    try:
+        assert asyncio.run(main()) == [2, 2]
+        for c in clients:
+            assert c.line() == GREETING
+            assert c.line() == SHUTTING_DOWN
+    finally:
+        for c in clients:
+            c.close()
+        listener.close()

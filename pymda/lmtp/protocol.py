@@ -105,6 +105,8 @@ MAX_COMMAND_LINE = 2048  # RFC 5321 4.5.3.1.4 says 512; extensions may need more
 MAX_RECIPIENTS = 1000
 MAX_ERRORS = 20
 READ_SIZE = 65536
+ACCEPT_RETRY = 0.002  # a worker that is not the least loaded looks again after this
+ACCEPT_PATIENCE = 0.02  # ... and takes the connection anyway once it waited this long
 SPOOL_BUFFER = 256 * 1024
 
 # --- replies ------------------------------------------------------------------
@@ -886,6 +888,70 @@ def _peer(writer):
     return peer or "local"
 
 
+class _Listener:
+    """A listening socket served by this process's event loop, one
+    connection per wake-up.  With several workers (``shared_count``) a
+    worker takes a connection only when it serves no more connections
+    than any other worker, else it looks again ACCEPT_RETRY later (and
+    takes it anyway after ACCEPT_PATIENCE: a worker never waits for a
+    stuck one).  asyncio's own accept loop takes up to 100 pending
+    connections at once: the first worker awake got them all, and four
+    connections could all land on one of two workers."""
+
+    def __init__(self, server, sock):
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = asyncio.get_running_loop()
+        self.waiting_since = None
+        self.rearm = None
+        self.closed = False
+        self.loop.add_reader(self.fd, self._ready)
+
+    def _ready(self):
+        server = self.server
+        shared = server.shared_count
+        if shared is not None and not shared.least_loaded():
+            now = self.loop.time()
+            if self.waiting_since is None:
+                self.waiting_since = now
+            if now - self.waiting_since < ACCEPT_PATIENCE:
+                self._pause(ACCEPT_RETRY)
+                return
+        self.waiting_since = None
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: wait, as asyncio does
+            server.log_error(f"accept: {exc}")
+            self._pause(1.0)
+            return
+        conn.setblocking(False)
+        server.accepting += 1
+        server.publish_count()
+        self.loop.create_task(server._serve_socket(conn))
+
+    def _pause(self, seconds):
+        self.loop.remove_reader(self.fd)
+        self.rearm = self.loop.call_later(seconds, self._arm)
+
+    def _arm(self):
+        self.rearm = None
+        if not self.closed:
+            self.loop.add_reader(self.fd, self._ready)
+
+    def close(self):
+        """Stop accepting and close this process's copy of the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.rearm is not None:
+            self.rearm.cancel()
+        self.loop.remove_reader(self.fd)
+        self.sock.close()
+
+
 class LMTPServer:
     """Accepts connections and runs one _Connection per client."""
 
@@ -905,6 +971,7 @@ class LMTPServer:
         self.log = log
         self.servers = []
         self.tasks = set()
+        self.accepting = 0  # accepted connections whose task has not started yet
         self.connections = set()
         self.stopping = None
         # lmtp_workers: a main.SharedCount (set(n), total()) that counts the
@@ -919,8 +986,7 @@ class LMTPServer:
         connection open for the client, until it exits."""
         fds = []
         for server in self.servers:
-            for sock in server.sockets or ():
-                fds.append(sock.fileno())
+            fds.append(server.sock.fileno())
         for conn in self.connections:
             sock = conn.writer.get_extra_info("socket")
             if sock is not None:
@@ -935,11 +1001,9 @@ class LMTPServer:
         self.stopping = asyncio.get_running_loop().create_future()
         for sock in sockets:
             sock.setblocking(False)
-            if sock.family == socket.AF_UNIX:
-                server = await asyncio.start_unix_server(self._client, sock=sock)
-            else:
-                server = await asyncio.start_server(self._client, sock=sock)
-            self.servers.append(server)
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.listen(128)  # a connected socket: OSError, the caller's 75
+            self.servers.append(_Listener(self, sock))
 
     def stop(self):
         """Stop accepting; idle connections get 421, transactions finish."""
@@ -959,6 +1023,24 @@ class LMTPServer:
             return self.shared_count.total()
         return len(self.tasks)
 
+    async def _serve_socket(self, sock):
+        """A connection _Listener accepted: streams, then _client."""
+        try:
+            if sock.family == socket.AF_UNIX:
+                reader, writer = await asyncio.open_unix_connection(sock=sock)
+            else:
+                reader, writer = await asyncio.open_connection(sock=sock)
+        except OSError:
+            sock.close()
+            return
+        finally:
+            self.accepting -= 1
+        await self._client(reader, writer)
+
+    def publish_count(self):
+        if self.shared_count is not None:
+            self.shared_count.set(len(self.tasks) + self.accepting)
+
     async def _client(self, reader, writer):
         task = asyncio.current_task()
         self.tasks.add(task)
@@ -969,8 +1051,7 @@ class LMTPServer:
             address = conn.address
             if address is not None:
                 self.per_address[address] = self.per_address.get(address, 0) + 1
-            if self.shared_count is not None:
-                self.shared_count.set(len(self.tasks))
+            self.publish_count()
             if self.max_connections and self._open_connections() > self.max_connections:
                 await conn.say_and_close(TOO_MANY_CONNECTIONS)
             if address is not None and self.max_per_address and \
@@ -986,8 +1067,7 @@ class LMTPServer:
             self.log_error(f"connection: {exc!r}")
         finally:
             self.tasks.discard(task)
-            if self.shared_count is not None:
-                self.shared_count.set(len(self.tasks))
+            self.publish_count()
             self.connections = {c for c in self.connections if c.writer is not writer}
             if address is not None:
                 left = self.per_address.pop(address) - 1

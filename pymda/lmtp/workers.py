@@ -23,8 +23,11 @@ Each worker writes its own number of open connections into its slot of
 an anonymous shared mapping (one writer per slot: no lock); ``total()``
 is the sum of the slots.  Two workers accepting at the very same moment
 may both see room for one more: the cap can be passed by at most
-``count - 1`` connections.  The slot of a dead worker is zeroed by the
-supervisor before the new worker starts.
+``count - 1`` connections.  The slot of a dead worker is marked empty
+(NO_WORKER) by the supervisor until the new worker writes its count.
+``least_loaded()``: no other running worker serves fewer connections;
+a worker accepts a new connection only then (protocol._Listener), so
+connections spread over the workers.
 
 LIMITATIONS: ``lmtp_max_per_address`` is still counted per worker.
 Workers do not notice the death of the supervisor (systemd's stop kills
@@ -37,6 +40,7 @@ import signal
 import time
 
 RESTART_PAUSE = 1.0
+NO_WORKER = -1  # a slot whose worker died and has not been replaced yet
 
 
 class SharedCount:
@@ -53,10 +57,16 @@ class SharedCount:
         self.cells[self.slot] = n
 
     def total(self):
-        return sum(self.cells)
+        return sum(n for n in self.cells if n > 0)
+
+    def least_loaded(self):
+        """True when no running worker serves fewer connections than this
+        one (protocol._Listener takes a new connection only then)."""
+        mine = self.cells[self.slot]
+        return all(n < 0 or n >= mine for n in self.cells)
 
     def clear(self, slot):
-        self.cells[slot] = 0
+        self.cells[slot] = NO_WORKER
 
 
 def supervise(count, run_worker, log, sockets=()):
@@ -90,6 +100,7 @@ def supervise(count, run_worker, log, sockets=()):
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(signum, signal.SIG_DFL)
                 shared.slot = slot
+                shared.set(0)  # running, no connection yet
                 run_worker(slot, shared)
                 status = 0
             except BaseException as exc:  # noqa: BLE001 - the worker's last word
