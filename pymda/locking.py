@@ -20,7 +20,9 @@ removed, when
 - its mtime is older than ``stale_lock_time`` (any lock, any host: NFS), or
 - it names a pid that no longer exists on this host (liblockfile's rule):
   the host is the second line, or for a bare ``<pid>`` lock, the lock's
-  file system is a local one (/proc/self/mountinfo).  Empty, unreadable
+  file system is a local one (/proc/self/mountinfo; a device it does not
+  list - the mounts above a chroot's root - is local when it is a block
+  device, major != 0).  Empty, unreadable
   or foreign-host locks keep only the mtime rule.
 When the directory does not let us create files (Debian's /var/mail is
 2775 root:mail and postfix runs mailbox_command without the mail group),
@@ -108,7 +110,10 @@ def _on_local_fs(st):
     dev = st.st_dev
     if dev not in _local_devices:
         wanted = f"{os.major(dev)}:{os.minor(dev)}"
-        local = False
+        # not listed (a chroot: mountinfo leaves out the mounts above its
+        # root): a block device's file system is local; network ones
+        # (nfs, cifs, fuse) have an anonymous device, major 0
+        local = os.major(dev) != 0
         try:
             with open("/proc/self/mountinfo", "rb") as f:
                 for line in f:
