@@ -100,6 +100,22 @@ def test_redeliver_unknown_user(tmp_path):
     assert UNKNOWN_USER in out
 
 
+@pytest.mark.parametrize("command", ["user", "quota"])
+def test_user_and_quota_take_o_and_say_errors_as_every_subcommand(tmp_path, command):
+    """`-c`/`-o` as every subcommand that reads the configuration, and an
+    error is one `pymda-admin: D.S.N text` line with its sysexits code."""
+    me = "root" if os.geteuid() == 0 else os.environ.get("USER", "")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('mailbox = "Maildir/"\n')
+    code, out = run_admin([command, "-c", str(cfg), "-o", "mailbox=Other/", me])
+    assert code == EX_OK, out
+    assert "/Other/ (maildir)" in out, out
+    code, out = run_admin([command, "-c", str(cfg), "no-such-user-pymda"])
+    assert (code, out) == (EX_NOUSER, "pymda-admin: 5.1.1 User unknown: no-such-user-pymda\n")
+    code, out = run_admin([command, "-c", str(cfg), "-o", "lock_timeout=nan", me])
+    assert code == 75 and out.startswith("pymda-admin: 4.3.5 ") and out.count("\n") == 1, out
+
+
 def test_explain_matches_pymda_dry_run(tmp_path, pymda_bin):
     me = "root" if os.geteuid() == 0 else os.environ.get("USER", "")
     address = f"{me}+lists@example.org"

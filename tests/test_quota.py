@@ -860,7 +860,8 @@ def test_admin_quota_unknown_user(tmp_path):
     out = subprocess.run([admin_bin(), "quota", "-c", cfg_file, "no-such-user-xyz"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          env={"PATH": "/usr/bin:/bin"})
-    assert out.returncode == 67 and out.stdout.startswith(USER_UNKNOWN), out.stdout
+    assert out.returncode == 67 and out.stdout.startswith(b"pymda-admin: " + USER_UNKNOWN), \
+        out.stdout
 
 
 def test_admin_quota_report_format():

@@ -880,7 +880,7 @@ def test_admin_user_and_check_config(tmp_path):
                    "home:     /h/a\nmailbox:  /h/a/Maildir/ (maildir)\n"
                    "storage:  limit 1.0 MiB [1048576 bytes]\nmessages: limit 50\n")
     code, out, err = _admin("user", "-c", cfg, "nobody-here@x.example", env=env)
-    assert code == EX_TEMPFAIL and err.startswith("4.3.0 userdb dovecot:")  # passwd: no
+    assert code == EX_TEMPFAIL and err.startswith("pymda-admin: 4.3.0 userdb dovecot:")  # passwd: no
     code, out, err = _admin("check-config", "-c", cfg, env=env)
     assert code == EX_TEMPFAIL, err
     assert "# userdb sql:s: ok, connected, query ran" in out

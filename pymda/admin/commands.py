@@ -44,6 +44,7 @@ import sys
 import click
 
 from pymda import __version__
+from pymda.admin.options import config_options, load_config
 from pymda.errors import EX_TEMPFAIL, EX_USAGE, DeliveryError
 
 EX_CONFIG = 78
@@ -59,24 +60,6 @@ def _complete_users(ctx, param, incomplete):
         if (p.pw_uid == 0 or p.pw_uid >= 1000) and p.pw_name.startswith(incomplete)
     )
     return names[:200]
-
-
-def config_options(f):
-    f = click.option(
-        "-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-        help="Override one config key (repeatable).",
-    )(f)
-    f = click.option(
-        "-c", "--config", "config_path", metavar="FILE",
-        type=click.Path(dir_okay=False), help="Configuration file.",
-    )(f)
-    return f
-
-
-def _load_config(config_path, overrides):
-    from pymda import config
-
-    return config.load(config_path, list(overrides))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,7 +115,7 @@ def redeliver(user, mailbox, folder, sender, forward, dry_run, sieve, config_pat
     from pymda.log import Log
     from pymda.resolve import format_plan
 
-    cfg = _load_config(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     if folder is not None and not folder.strip():
         raise click.UsageError("empty folder name")
     opts = batch.Options(user=user, mailbox=mailbox, folder=folder, sender=sender,
@@ -180,7 +163,7 @@ def explain(address, user, folder, mailbox, forward, as_json, aliases, config_pa
     from pymda.errors import UsageError
     from pymda.log import Log
 
-    cfg = _load_config(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     if not user and not as_json and (cfg.policy_aliases if aliases is None else aliases):
         if explain_aliases(cfg, address):
             return 0
@@ -315,7 +298,7 @@ def check_config(config_path, overrides):
     from pymda.errors import ConfigError
 
     try:
-        cfg = _load_config(config_path, overrides)
+        cfg = load_config(config_path, overrides)
     except ConfigError as exc:
         click.echo(f"check-config: {exc.text}", err=True)
         return EX_CONFIG

@@ -14,14 +14,12 @@ a scan of the Maildir; run as root it first becomes the user (SPEC 1.8:
 never touch a user's files as root), so the file stays the user's.
 
 Exit status: 0; 67 unknown user; 75 configuration or I/O problem (one
-``D.S.N text`` line on stderr).
+``pymda-admin: D.S.N text`` line on stderr, as every subcommand).
 """
-
-import sys
 
 import click
 
-from pymda.errors import DeliveryError
+from pymda.admin.options import config_options, load_config
 
 
 def _human(n):
@@ -61,15 +59,14 @@ def format_report(identity, target, storage, messages, used_bytes, used_count):
 @click.command("quota")
 @click.argument("user")
 @click.option("--recalc", is_flag=True, help="Rebuild maildirsize from a scan of the Maildir.")
-@click.option("-c", "--config", "config_path", metavar="FILE",
-              help="Configuration file (default $PYMDA_CONFIG, /etc/pymda/pymda.toml).")
-def quota_command(user, recalc, config_path):
+@config_options
+def quota_command(user, recalc, config_path, overrides):
     """Show USER's mailbox usage against the quota; --recalc rebuilds maildirsize."""
-    from pymda import config, quota
+    from pymda import quota
     from pymda.recipient import mailbox_for, switch
 
     try:
-        cfg = config.load(config_path)
+        cfg = load_config(config_path, overrides)
         identity, target = mailbox_for(cfg, user)
         storage, messages = quota.limits(cfg, identity)
         if recalc:
@@ -80,15 +77,10 @@ def quota_command(user, recalc, config_path):
                 switch(identity)  # read and rebuild as the user
                 quota.recalculate(target, cfg)
         used_bytes, used_count = quota.usage(cfg, identity, target)
-    except DeliveryError as exc:
-        click.echo(exc.line(), err=True)
-        sys.exit(exc.exit)
     except OSError as exc:
         from pymda.errors import from_oserror
 
-        err = from_oserror(exc, "reading the mailbox")
-        click.echo(err.line(), err=True)
-        sys.exit(err.exit)
+        raise from_oserror(exc, "reading the mailbox") from None
     click.echo(format_report(identity, target, storage, messages, used_bytes, used_count))
     if recalc and target.kind == "maildir":
         import os

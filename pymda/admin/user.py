@@ -19,14 +19,14 @@ Also ``probe_sources(cfg)`` for ``pymda-admin check-config``: each
 query run for a user that cannot exist) -> (lines, exit status).
 
 Exit status: 0; 67 unknown user; 77 refused row (5.7.1); 75 the source
-cannot answer (one ``D.S.N text`` line on stderr).
+cannot answer (one ``pymda-admin: D.S.N text`` line on stderr).
 """
 
-import sys
 import time
 
 import click
 
+from pymda.admin.options import config_options, load_config
 from pymda.errors import ConfigError, DeliveryError
 
 
@@ -58,19 +58,13 @@ def format_user(cfg, identity, target):
 
 @click.command("user")
 @click.argument("address")
-@click.option("-c", "--config", "config_path", metavar="FILE",
-              help="Configuration file (default $PYMDA_CONFIG, /etc/pymda/pymda.toml).")
-def user_command(address, config_path):
+@config_options
+def user_command(address, config_path, overrides):
     """Show the user ADDRESS is delivered to: ids, home, mailbox, limits, source."""
-    from pymda import config
     from pymda.recipient import mailbox_for
 
-    try:
-        cfg = config.load(config_path)
-        identity, target = mailbox_for(cfg, address)
-    except DeliveryError as exc:
-        click.echo(exc.line(), err=True)
-        sys.exit(exc.exit)
+    cfg = load_config(config_path, overrides)
+    identity, target = mailbox_for(cfg, address)  # DeliveryError: main's "pymda-admin: " line
     click.echo(format_user(cfg, identity, target))
 
 
