@@ -86,7 +86,9 @@ fork: ``needs_own_process`` (THE decision: fork or not) says no, and
 ``users.switch_temporarily`` and ``users.switch_back`` (effective ids
 only; undone and verified before it returns).  Everything that runs a
 program of the user's or writes .forward file targets still switches
-for good, in a forked child.
+for good, in a forked child.  A Sieve script's sends do not need one:
+sendmail's child takes the user's real and saved ids before the exec
+(forward.sendmail.program_ids).
 
 LIMITATIONS: one recipient per call; LMTP calls it once per recipient.
 """
@@ -273,11 +275,11 @@ def needs_own_process(cfg, envelope, identity, forward=False, mailbox=None):
     (/var/mail, an admin's /srv/mboxes): where the user may not make the
     dotlock, the setgid ``dotlockfile`` helper makes it, and a program
     started under a temporary switch would keep root as its real uid.
-    And when the user may have a Sieve script (``sieve_may_run``: one
-    stat): a script may send mail through ``sendmail_command``, a program
-    that must not start with root as its real uid.
+    A Sieve script is no reason: the sendmail its redirect or vacation
+    starts takes the user's real and saved ids in its child before the
+    exec (forward.sendmail.program_ids), so it never runs with root's.
     """
-    if forward or sieve_may_run(cfg, identity):
+    if forward:
         return True
     from pymda.resolve import mailbox_location
 

@@ -73,6 +73,45 @@ def test_lmtp_script_error_keeps_and_logs(tmp_path, daemons, make_user):  # noqa
     assert alice.path(".dovecot.sieve.log").stat().st_uid == alice.uid
 
 
+RECORDER = b"""#!/bin/sh
+# a recording sendmail: its own ids, its parent's ids, its argv and stdin
+d="$(dirname "$0")/../sent"
+grep -E '^(Uid|Gid|Groups):' /proc/self/status > "$d/self"
+grep -E '^(Uid|Gid|Groups):' "/proc/$PPID/status" > "$d/parent"
+printf '%s\\n' "$@" > "$d/argv"
+cat > "$d/data"
+"""
+
+
+def test_lmtp_sieve_send_runs_as_the_user_without_a_delivery_child(
+        tmp_path, daemons, make_user):  # noqa: F811
+    """A root server delivers a Sieve user with the temporary switch (no
+    forked delivery child: sendmail's parent is the server, whose main
+    thread is root), and the sendmail a redirect starts runs with the
+    user's real, effective, saved and file-system ids and no groups
+    (forward.sendmail.program_ids)."""
+    alice = make_user()
+    alice.write(".dovecot.sieve", b'require "copy";\nredirect :copy "elsewhere@example.org";\n',
+                0o644)
+    rec = alice.write("bin/sendmail", RECORDER, 0o755)
+    alice.mkdir("sent")
+    d = daemons(write_config(tmp_path, f'mailbox = "Maildir/"\nlmtp_workers = 1\n'
+                                       f'sendmail_command = ["{rec}", "-f", "$sender"]\n'))
+    with d.connect() as c:
+        _, replies = transaction(c, SENDER, [f"{alice.name}@localhost"], body("copy me"))
+    assert replies == [DELIVERED]
+    assert len(listing(alice)) == 1
+    sent = alice.path("sent")
+    own = (sent / "self").read_text().split("\n")
+    assert own[0].split()[1:] == [str(alice.uid)] * 4, own
+    assert own[1].split()[1:] == [str(alice.gid)] * 4, own
+    assert own[2].split() == ["Groups:"], own
+    parent = (sent / "parent").read_text().split("\n")
+    assert parent[0].split()[1] == "0", parent  # the server itself, not a child
+    assert (sent / "argv").read_text().split("\n")[-2] == "elsewhere@example.org"
+    assert b"Subject: copy me" in (sent / "data").read_bytes()
+
+
 # --- a real postfix ---------------------------------------------------------------------------
 
 

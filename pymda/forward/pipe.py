@@ -197,8 +197,13 @@ def _spawn(argv, env, ids, cwd):
 
     kwargs = {}
     if ids is not None:
-        uid, gid = ids
-        kwargs = {"user": uid, "group": gid, "extra_groups": []}
+        # (uid, gid) or (uid, gid, None): None keeps the supplementary
+        # groups (a thread under a temporary switch has none, and without
+        # root's effective uid may not set them)
+        uid, gid, *groups = ids
+        kwargs = {"user": uid, "group": gid}
+        if not groups or groups[0] is not None:
+            kwargs["extra_groups"] = groups[0] if groups else []
     last = None
     for directory in (cwd, "/"):
         try:
