@@ -84,6 +84,21 @@ def worker_of(client, workers):
     raise AssertionError(f"no worker holds {here}")
 
 
+def one_connection_per_worker(d, workers):
+    """{worker pid: an open connection that worker holds}, one for each."""
+    held = {}
+    for _ in range(200):
+        c = d.connect()
+        pid = worker_of(c, workers)
+        if pid in held:
+            c.close()
+            continue
+        held[pid] = c
+        if len(held) == len(workers):
+            return held
+    raise AssertionError(f"no connection reached every worker: {held}")
+
+
 def start_data(c, recipients):
     """MAIL, RCPT..., DATA and half a message: a transaction in flight."""
     c.cmd(f"MAIL FROM:<{SENDER}>")
@@ -210,17 +225,10 @@ def test_killed_worker_costs_its_transaction_only(tmp_path, daemons, make_user):
     alice, bob = make_user(), make_user()
     d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\nlmtp_workers = 2\n'))
     workers = wait_workers(d, 2)
-    doomed = d.connect()
+    held = one_connection_per_worker(d, workers)
+    victim, other = workers
+    doomed, survivor = held[victim], held[other]
     start_data(doomed, [f"{alice.name}@localhost"])
-    victim = worker_of(doomed, workers)
-    survivor = None
-    for _ in range(200):  # a connection that the other worker holds
-        c = d.connect()
-        if worker_of(c, workers) != victim:
-            survivor = c
-            break
-        c.close()
-    assert survivor is not None
     start_data(survivor, [f"{bob.name}@localhost"])
     os.kill(victim, signal.SIGKILL)
     try:
@@ -248,18 +256,7 @@ def test_sigterm_drains_every_worker(tmp_path, daemons, make_user):
     alice, bob = make_user(), make_user()
     d = daemons(write_config(tmp_path, 'mailbox = "Maildir/"\nlmtp_workers = 2\n'))
     workers = wait_workers(d, 2)
-    held = {}
-    for _ in range(200):
-        c = d.connect()
-        pid = worker_of(c, workers)
-        if pid in held:
-            c.close()
-            continue
-        held[pid] = c
-        if len(held) == 2:
-            break
-    assert len(held) == 2
-    conns = list(held.values())
+    conns = list(one_connection_per_worker(d, workers).values())
     for c, user in zip(conns, (alice, bob)):
         start_data(c, [f"{user.name}@localhost"])
     d.proc.send_signal(signal.SIGTERM)
