@@ -210,7 +210,7 @@ def _plan(cfg, log, envelope, identity, folder, mailbox, forward, items, message
         from pymda.sieve import step as sieve_step
 
         main = resolve.choose_folder(cfg, envelope, identity, folder, mailbox)
-        step = sieve_step.run(cfg, log, message, envelope, identity, main, send=send)
+        step = sieve_step.run(cfg, log, message, envelope, identity, main, mailbox, send=send)
     if step is None:
         return resolve.plan(cfg, envelope, identity, folder=folder, mailbox=mailbox,
                             forward=forward, log=log, items=items), None

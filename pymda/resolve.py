@@ -222,6 +222,21 @@ def forward_targets(cfg, envelope, identity, main, log=None):
     return targets_for_items(cfg, identity, main, expansion.items)
 
 
+def sieve_folder_target(cfg, envelope, identity, kind, name, mailbox=None, source=None):
+    """(Target, None) of the Sieve folder ``name`` (not INBOX) of a
+    ``kind`` mailbox, or (None, why) for a name pymda would never use.
+    Also what Sieve's ``mailboxexists`` asks (pymda.sieve.step)."""
+    # Maildir++: "A.B" and "A/B" are one folder, so one name for both
+    # (Target.key: one copy per folder)
+    folder = name.replace(".", "/") if kind == "maildir" else name
+    if check_folder(folder) is None:
+        return None, "unusable folder name"
+    try:
+        return mailbox_target(cfg, envelope, identity, folder, mailbox, source=source), None
+    except ValueError:
+        return None, "folder name too long"
+
+
 def sieve_folder(cfg, envelope, identity, main, item, mailbox=None, warnings=None):
     """The Target of a Sieve ``fileinto`` entry (SPEC 6 "Where mail goes").
 
@@ -236,20 +251,8 @@ def sieve_folder(cfg, envelope, identity, main, item, mailbox=None, warnings=Non
     if is_inbox(name):
         return mailbox_target(cfg, envelope, identity, INBOX, mailbox,
                               source=item.source).replace(flags=flags)
-    kind = main.kind
-    # Maildir++: "A.B" and "A/B" are one folder, so one name for both
-    # (Target.key: one copy per folder)
-    folder = name.replace(".", "/") if kind == "maildir" else name
-    why = None
-    target = None
-    if check_folder(folder) is None:
-        why = "unusable folder name"
-    else:
-        try:
-            target = mailbox_target(cfg, envelope, identity, folder, mailbox,
-                                    source=item.source)
-        except ValueError:
-            why = "folder name too long"
+    target, why = sieve_folder_target(cfg, envelope, identity, main.kind, name, mailbox,
+                                      source=item.source)
     if target is not None and not getattr(item, "create", False) \
             and not target_exists(target):
         why = "folder does not exist (no :create)"

@@ -244,6 +244,21 @@ def test_sieve_script_template_names_the_users_script(make_user, template):
     assert alice.path(f"filters/{alice.name}.sieve.log").exists() is False
 
 
+def test_mailboxexists_looks_in_the_mailbox_of_this_delivery(make_user):
+    """With --mailbox, `mailboxexists` asks about that mailbox's folders,
+    as fileinto stores into them (it looked in the configured one)."""
+    alice = make_user()
+    script(alice, 'require ["mailbox", "fileinto"];\n'
+                  'if mailboxexists "Work" { fileinto "Work"; }\n')
+    for sub in ("cur", "new", "tmp"):
+        alice.mkdir(f"Other/.Work/{sub}")
+    other = str(alice.path("Other")) + "/"
+    code, out = run_pymda(args(alice, "--mailbox", other), msg(), user=alice)
+    assert code == EX_OK, out
+    assert len(list(alice.path("Other/.Work/new").iterdir())) == 1
+    assert not alice.path("Maildir").exists() and not alice.path("Other/new").exists()
+
+
 def test_dangling_symlink_is_no_filtering(make_user):
     alice = make_user()
     os.symlink("sieve/gone.sieve", alice.path(".dovecot.sieve"))

@@ -5,7 +5,7 @@ Called by pymda.recipient only (after the switch to the user, and only
 when ``recipient.sieve_may_run`` saw a script or admin scripts: a plain
 delivery never imports this package)::
 
-    step = run(cfg, log, message, envelope, identity, folder, mailbox, send=True)
+    step = run(cfg, log, message, envelope, identity, main, mailbox, send=True)
     step is None             # no script after all: deliver as before
     step.reject              # PermFail 5.7.1 <reason> (reject/ereject) or None
     step.items               # entries for resolve.plan(items=...): kinds
@@ -411,7 +411,9 @@ def _whole(message):
 
 
 class _Recorder:
-    """A sender that remembers why each recipient's send failed."""
+    """A sender that remembers why each message's send failed, keyed by
+    (recipient, id(data)): a redirect and a vacation reply to one address
+    are two sends, and only a failed redirect may defer the delivery."""
 
     def __init__(self, sender):
         self.sender = sender
@@ -421,7 +423,7 @@ class _Recorder:
         try:
             self.sender.send(envelope_from, recipient, data)
         except Exception as exc:
-            self.failed[recipient] = exc
+            self.failed[recipient, id(data)] = exc
             raise
 
 
@@ -509,8 +511,8 @@ class Step:
             if out.ledger_key in skipped:
                 self.log.info("sieve: %s to <%s>: skipped (sent by an earlier attempt)"
                               % (out.kind, out.recipient))
-            elif out.ledger_key in unchecked or out.recipient in sender.failed:
-                exc = unchecked.get(out.ledger_key) or sender.failed[out.recipient]
+            elif out.ledger_key in unchecked or (out.recipient, id(out.data)) in sender.failed:
+                exc = unchecked.get(out.ledger_key) or sender.failed[out.recipient, id(out.data)]
                 if out.kind != "redirect":
                     continue
                 if not isinstance(exc, DeliveryError):
@@ -524,28 +526,25 @@ class Step:
         return None
 
 
-def run(cfg, log, message, envelope, identity, main, send=True):
+def run(cfg, log, message, envelope, identity, main, mailbox=None, send=True):
     """The Step for one delivery (see the module docstring), or None.
 
     ``main``: the Target the message goes to without a script (its folder
-    is the implicit-keep folder the script sees).
+    is the implicit-keep folder the script sees); ``mailbox``: the
+    mailbox given for this delivery (``--mailbox``), where ``fileinto``
+    and ``mailboxexists`` look too.
     """
     from pymda.sieve.mail import MailView
 
     def mailbox_exists(name):
         from pymda import resolve
-        from pymda.address import check_folder, is_inbox
+        from pymda.address import is_inbox
 
         if is_inbox(name):
             return True
-        folder = name.replace(".", "/") if main.kind == "maildir" else name
-        if check_folder(folder) is None:
-            return False
-        try:
-            target = resolve.mailbox_target(cfg, envelope, identity, folder)
-        except ValueError:
-            return False
-        return resolve.target_exists(target)
+        target, _why = resolve.sieve_folder_target(cfg, envelope, identity, main.kind, name,
+                                                   mailbox)
+        return target is not None and resolve.target_exists(target)
 
     cached = []
 

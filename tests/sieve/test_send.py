@@ -664,6 +664,27 @@ def test_a_deferred_redirect_does_not_mark_the_message_a_duplicate(tmp_path):
     assert st.after() is None
 
 
+def test_a_failed_vacation_reply_to_the_redirect_address_does_not_defer(tmp_path):
+    """A redirect and a vacation reply to one address are two sends: only
+    a failed redirect may defer the delivery (SPEC 6: a failed reply is
+    logged); the sends were told apart by address alone."""
+    from pymda.sieve import step
+
+    ident = _home(tmp_path, 'require "vacation";\nredirect "alice@example.com";\n'
+                            'vacation "away";\n')
+    script = tmp_path / "sendmail"
+    # argv: -oi -f SENDER -- RCPT; the null sender is the vacation reply
+    script.write_text('#!/bin/sh\ncat > /dev/null\n[ -n "$3" ] || exit 75\n')
+    script.chmod(0o755)
+    cfg = config.load(None, environ={}).replace(
+        sendmail_command=(str(script), "-oi", "-f", "$sender"))
+    log = _Log()
+    st = step.run(cfg, log, _Spooled(), _envelope(), ident, _main_target(ident))
+    assert sorted(o.kind for o in st.session.sends) == ["redirect", "vacation"]
+    assert st.after() is None
+    assert any("redirect to <alice@example.com>: sent" in line for line in log.lines), log.lines
+
+
 def test_delivery_session_errors_reject_and_no_script(tmp_path):
     from pymda.sieve import step
 
