@@ -76,7 +76,9 @@ def _str(v):
 
 
 def _strlist(v):
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+    # tuple: a checked table checked again (a cache owned by the config
+    # file's owner, config._cached) must come out the same
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
         raise ValueError("a list of strings")
     return tuple(v)
 
@@ -146,7 +148,7 @@ def _locks(v):
 
 
 def _percentages(v):
-    if not isinstance(v, list) or not all(
+    if not isinstance(v, (list, tuple)) or not all(
             isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 100 for x in v):
         raise ValueError("a list of whole percentages from 1 to 100")
     return tuple(sorted(set(v)))

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from pymda import config
+from pymda import config, config_keys
 from pymda.errors import EX_TEMPFAIL, ConfigError, UsageError
 
 CONFIG_STATUS = "4.3.5"
@@ -394,6 +394,23 @@ def test_cache_owned_by_the_files_owner_is_checked_again(tmp_path, env):
     with pytest.raises(ConfigError) as info:
         load(path, env)
     assert_config_error(info, path, "lock_timeout")
+
+
+def test_checked_table_checked_again_is_the_same(tmp_path, env):
+    """A cache owned by the file's owner holds a checked table (lists are
+    tuples there) and is checked again: that check must take its own
+    output, or every delivery with a list key defers (4.3.5)."""
+    text = ('mailbox = "Maildir/"\nforward_path = ["$home/.forward"]\n'
+            'mbox_locks = ["fcntl"]\nuserdb = ["config", "passwd"]\n'
+            'quota_warnings = [90, 80]\nsieve_before = ["/etc/a.sieve"]\n')
+    path = write(tmp_path, text)
+    os.chown(path, 65534, 65534)
+    checked = config_keys.parse_file(text.encode(), path)
+    cache = plant(path, env, checked)
+    os.chown(cache, 65534, 65534)
+    cfg = load(path, env)
+    assert cfg.mbox_locks == ("fcntl",) and cfg.quota_warnings == (80, 90)
+    assert config_keys.check_table(checked, path) == checked
 
 
 def test_cached_table_is_still_validated(tmp_path, env):
