@@ -275,6 +275,8 @@ def _take(name, table):
     """A kept connection of this process for ``name`` that no thread uses,
     or None.  The lock is held only to pick it: lookups of several
     threads run at once, each within ``userdb_timeout``."""
+    if not _idle.get(name):
+        return None  # nothing kept (always so in the one-shot pymda): no stat
     file_id = _file_id(table)
     stale = []
     entry = None
