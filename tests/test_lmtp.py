@@ -333,6 +333,9 @@ def test_command_errors(server, client, line, reply):
     ("RCPT TO:<a@x> ORCPT=rfc822;a=b@x", "501 5.5.4 Bad ORCPT= value"),
     ("RCPT TO:<a@x> ORCPT=rf/c;a@x", "501 5.5.4 Bad ORCPT= value"),
     ("RCPT TO:<a@x> ORCPT=rfc822;" + "a" * 500, "501 5.5.4 Bad ORCPT= value"),
+    # no Unicode scalar value: it could never be written into X-Original-To
+    ("RCPT TO:<a@x> ORCPT=utf-8;a\\x{D800}@x", "501 5.5.4 Bad ORCPT= value"),
+    ("RCPT TO:<a@x> ORCPT=utf-8;a\\x{110000}@x", "501 5.5.4 Bad ORCPT= value"),
     ("RCPT TO:<a@x> ORCPT=rfc822;a@x ORCPT=rfc822;b@x", "501 5.5.4 Duplicate ORCPT= parameter"),
     ("RCPT TO:<a@x> RET=FULL", "555 5.5.4 Unsupported option: RET"),
     ("RCPT TO:<a@x> ENVID=x", "555 5.5.4 Unsupported option: ENVID"),

@@ -296,7 +296,10 @@ def _unitext_decode(text):
             digits = text[i + 3:end] if end > 0 else ""
             if not 1 <= len(digits) <= 6 or any(h not in "0123456789ABCDEF" for h in digits):
                 return None
-            out.append(chr(min(int(digits, 16), 0x10FFFF)))
+            code = int(digits, 16)
+            if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
+                return None  # no Unicode scalar value: it could never be stored (501)
+            out.append(chr(code))
             i = end + 1
             continue
         out.append(text[i])
