@@ -445,7 +445,7 @@ class _Connection:
             if why is None:
                 raise  # not ours: the server's own shutdown
             task.uncancel()
-            self.idle_task = None
+            self.idle_task = None  # no second interrupt during the 421
             await self.say_and_close(why)
         finally:
             self.idle_task = None
@@ -906,7 +906,8 @@ class _Listener:
         self.sock = sock
         self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
-        self.waiting_since = None
+        self.waiting_since = None  # when this worker began to leave a connection
+        self.last_pause = 0.0
         self.rearm = None
         self.closed = False
         self.loop.add_reader(self.fd, self._ready)
@@ -916,8 +917,11 @@ class _Listener:
         shared = server.shared_count
         if shared is not None and not shared.least_loaded():
             now = self.loop.time()
-            if self.waiting_since is None:
+            # a new wait when the last pause is long past (another worker
+            # took that connection): the patience is per waiting connection
+            if self.waiting_since is None or now - self.last_pause > 4 * ACCEPT_RETRY:
                 self.waiting_since = now
+            self.last_pause = now
             if now - self.waiting_since < ACCEPT_PATIENCE:
                 self._pause(ACCEPT_RETRY)
                 return
@@ -1035,9 +1039,13 @@ class LMTPServer:
                 reader, writer = await asyncio.open_connection(sock=sock)
         except OSError:
             sock.close()
-            return
-        finally:
             self.accepting -= 1
+            self.publish_count()  # no connection after all
+            return
+        except BaseException:
+            self.accepting -= 1
+            raise
+        self.accepting -= 1  # _client counts it as a task from here
         await self._client(reader, writer)
 
     def publish_count(self):
