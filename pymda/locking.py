@@ -211,6 +211,15 @@ def _helper_cannot_lock(lockpath):
                 and directory.st_mode & stat.S_IWGRP)
 
 
+def _switched_temporarily():
+    """A root pymda-lmtpd's temporary switch is on (real uid root, effective
+    uid the user's): no program may start then, not even the setgid
+    helper, which would run with root as its real uid (forward.pipe.
+    program_ids is the same rule for the programs pipe starts)."""
+    ruid, euid, _suid = os.getresuid()
+    return ruid == 0 and euid != 0
+
+
 def _run_dotlockfile(args):
     """Exit status of the setgid dotlockfile helper (no subprocess import)."""
     try:
@@ -291,14 +300,14 @@ def lock_mbox(path, fd, cfg, log=None):
                             log.warning(f"removed stale lock {lockpath}: {reason}")
                         continue
             except _NoDotlock as exc:
-                if os.access(DOTLOCKFILE, os.X_OK):
+                if os.access(DOTLOCKFILE, os.X_OK) and not _switched_temporarily():
                     dot_mode = "dotlockfile"
                 else:
                     dot_mode = None
                     if log:
                         log.warning(
-                            f"cannot create {lockpath} ({exc}) and no {DOTLOCKFILE}:"
-                            " using fcntl locking only"
+                            f"cannot create {lockpath} ({exc}) and no {DOTLOCKFILE}"
+                            " to run: using fcntl locking only"
                         )
                 continue
             except OSError as exc:

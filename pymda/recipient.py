@@ -88,7 +88,7 @@ only; undone and verified before it returns).  Everything that runs a
 program of the user's or writes .forward file targets still switches
 for good, in a forked child.  A Sieve script's sends do not need one:
 sendmail's child takes the user's real and saved ids before the exec
-(forward.sendmail.program_ids).
+(forward.pipe.program_ids).
 
 LIMITATIONS: one recipient per call; LMTP calls it once per recipient.
 """
@@ -277,7 +277,7 @@ def needs_own_process(cfg, envelope, identity, forward=False, mailbox=None):
     started under a temporary switch would keep root as its real uid.
     A Sieve script is no reason: the sendmail its redirect or vacation
     starts takes the user's real and saved ids in its child before the
-    exec (forward.sendmail.program_ids), so it never runs with root's.
+    exec (forward.pipe.program_ids), so it never runs with root's.
     """
     if forward:
         return True

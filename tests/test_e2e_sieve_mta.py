@@ -89,7 +89,7 @@ def test_lmtp_sieve_send_runs_as_the_user_without_a_delivery_child(
     forked delivery child: sendmail's parent is the server, whose main
     thread is root), and the sendmail a redirect starts runs with the
     user's real, effective, saved and file-system ids and no groups
-    (forward.sendmail.program_ids)."""
+    (forward.pipe.program_ids)."""
     alice = make_user()
     alice.write(".dovecot.sieve", b'require "copy";\nredirect :copy "elsewhere@example.org";\n',
                 0o644)

@@ -395,6 +395,41 @@ def test_thread_switches_are_each_threads_own(make_user, mode):
     ]
 
 
+PROGRAM_SCRIPT = """
+import os, subprocess, sys
+from pymda import locking
+from pymda.forward import pipe
+from pymda.users import Identity, switch_temporarily, switch_back
+uid, gid = int(sys.argv[1]), int(sys.argv[2])
+print(pipe.program_ids(), locking._switched_temporarily(), flush=True)
+switch_temporarily(Identity(name="x", uid=uid, gid=gid, home="/nonexistent"))
+print(pipe.program_ids(), locking._switched_temporarily(), flush=True)
+code, first, _ = pipe.run_argv(["/bin/sh", "-c", "grep -E '^(Uid|Gid):' /proc/self/status"],
+                               [b""], env={"PATH": "/usr/bin:/bin"}, ids=None, cwd="/",
+                               timeout=30, what="test")
+switch_back()
+print(code, first, flush=True)
+"""
+
+
+@needs_root
+def test_no_program_starts_with_root_as_its_real_uid_under_a_temporary_switch(test_user):
+    """The one rule for every program pymda starts (forward.pipe.program_ids):
+    under a temporary switch the child takes the user's real and saved ids
+    before the exec (a shell whose real uid is root would run as root),
+    and the setgid dotlockfile helper is not run at all (locking)."""
+    python = paths.prefix() / "bin" / "python3"
+    proc = subprocess.run([str(python), "-c", PROGRAM_SCRIPT, str(test_user.uid),
+                           str(test_user.gid)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    u, g = test_user.uid, test_user.gid
+    assert proc.stdout.splitlines() == [
+        "None False",
+        f"({u}, {g}, None) True",
+        f"0 Uid: {u} {u} {u} {u}",
+    ]
+
+
 REFUSED_SWITCH_SCRIPT = """
 import os
 from pymda.errors import PermFail

@@ -192,18 +192,33 @@ def first_line(output):
     return ""
 
 
+def program_ids():
+    """The ids a program is started with when the caller gives none: None
+    (this process's own) - or, under a root pymda-lmtpd's temporary
+    switch (real uid root, effective uid the user's), the user's uid and
+    gid, so that the child sets its real and saved ids to them as well
+    before the exec.  A program must never run with root as its real uid:
+    it could take root back, and a shell whose real uid is root drops its
+    effective uid to it (runs as root)."""
+    ruid, euid, _suid = os.getresuid()
+    if ruid == 0 and euid != 0:
+        return (euid, os.getegid(), None)
+    return None
+
+
 def _spawn(argv, env, ids, cwd):
+    """``ids``: (uid, gid) - no supplementary groups - or (uid, gid, None):
+    keep the groups (a temporarily switched thread has none, and without
+    root's effective uid may not set them); None: program_ids()."""
     import subprocess
 
+    if ids is None:
+        ids = program_ids()
     kwargs = {}
     if ids is not None:
-        # (uid, gid) or (uid, gid, None): None keeps the supplementary
-        # groups (a thread under a temporary switch has none, and without
-        # root's effective uid may not set them)
-        uid, gid, *groups = ids
-        kwargs = {"user": uid, "group": gid}
-        if not groups or groups[0] is not None:
-            kwargs["extra_groups"] = groups[0] if groups else []
+        kwargs = {"user": ids[0], "group": ids[1]}
+        if len(ids) == 2:
+            kwargs["extra_groups"] = []
     last = None
     for directory in (cwd, "/"):
         try:

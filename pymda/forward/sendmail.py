@@ -28,7 +28,7 @@ the one added for the new delivery, and is refused with 5.4.6.
 
 SECURITY: sendmail runs with pymda's ids (already the user's, SPEC 1.8;
 under a root pymda-lmtpd's temporary switch the child takes the user's
-real and saved ids too before the exec: ``program_ids``),
+real and saved ids too before the exec: pipe.run_argv),
 with a minimal environment (PATH, MAIL_CONFIG when set, PYMDA_DEPTH), in
 its own process group, killed as a group on timeout (pipe.run_argv).
 """
@@ -108,19 +108,6 @@ def submit_bytes(cfg, envelope_from, recipient, data, user="", home="",
     _submit(_argv(cfg, variables, recipient), (data,), recipient, cfg, "sending")
 
 
-def program_ids():
-    """The ids sendmail is started with: None (this process's own) - or,
-    under a root pymda-lmtpd's temporary switch (real uid root, effective
-    uid the user's), the user's uid and gid, so that the child sets its
-    real and saved ids to them as well before it runs the program: a
-    program must never run with root as its real uid (it could take root
-    back).  Its supplementary groups are the switch's (none)."""
-    ruid, euid, _suid = os.getresuid()
-    if ruid == 0 and euid != 0:
-        return (euid, os.getegid(), None)
-    return None
-
-
 def _submit(argv, chunks, address, cfg, what):
     from pymda.forward import pipe
 
@@ -129,7 +116,7 @@ def _submit(argv, chunks, address, cfg, what):
             argv,
             chunks,
             env=environment(),
-            ids=program_ids(),
+            ids=None,
             cwd="/",
             timeout=cfg.command_timeout,
             what=f"{what} to {address}",
