@@ -15,6 +15,7 @@ EX_DATAERR = 65
 EX_NOUSER = 67
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
+EX_SOFTWARE = 70  # a process that must end at once (users._fatal, workers)
 
 # Exit code for each permanent status (SPEC 1.9); any other 5.x.y is 77.
 _PERM_EXIT = {

@@ -42,7 +42,7 @@ user delivers only as itself (see ``authorise``).
 
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
-from pymda.errors import PermFail, TempFail
+from pymda.errors import EX_SOFTWARE, PermFail, TempFail
 from pymda.record import Record
 
 
@@ -250,7 +250,6 @@ def ensure_home(identity):
 
 # -- the temporary switch (root pymda-lmtpd, plain mailbox deliveries) ------------
 
-EX_SOFTWARE = 70
 _saved = []  # [(resuid, resgid, groups)] while a temporary switch is on
 _thread_ids = None  # a lmtp.threadids.ThreadIds: switch the calling thread only
 
@@ -283,10 +282,10 @@ def switch_temporarily(identity):
                 os.seteuid(identity.uid)
             else:
                 _thread_ids.to_user(identity.gid, identity.uid)
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:  # OverflowError: an id past 2**32
             switch_back()
-            raise TempFail(f"cannot switch to {identity.name}: {exc.strerror}",
-                           "4.3.0") from None
+            raise TempFail(f"cannot switch to {identity.name}: "
+                           f"{getattr(exc, 'strerror', None) or exc}", "4.3.0") from None
         if os.getresuid()[1] != identity.uid or os.getresgid()[1] != identity.gid \
                 or os.getgroups():
             switch_back()

@@ -70,7 +70,7 @@ import os
 import threading
 
 from pymda.durable import write_all
-from pymda.errors import DeliveryError, TempFail
+from pymda.errors import EX_SOFTWARE, DeliveryError, TempFail
 
 RCPT_OK = "250 2.1.5 Ok"
 INTERNAL_ERROR = "451 4.3.0 Internal error"
@@ -180,13 +180,17 @@ class DeliveryHandler:
 
         self.executor = ThreadPoolExecutor(max_workers=max_threads,
                                            thread_name_prefix="pymda-lmtpd")
-        # switched deliveries have a thread of their own: every thread of
-        # the pool may be waiting for the guard they hold
-        self.switched = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pymda-switched")
+        # without per-thread ids, switched deliveries have a thread of their
+        # own: every thread of the pool may be waiting for the guard they hold
+        self.switched = None
+        if self.as_root and not self.per_thread:
+            self.switched = ThreadPoolExecutor(max_workers=1,
+                                               thread_name_prefix="pymda-switched")
 
     def close(self):
         self.executor.shutdown(wait=False)
-        self.switched.shutdown(wait=False)
+        if self.switched is not None:
+            self.switched.shutdown(wait=False)
 
     async def _in_thread(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
@@ -334,7 +338,7 @@ class DeliveryHandler:
                     _close_quietly(self.inherited_fds())
                     _child(wfd, self.cfg, self.log, message, sender, recipient)
                 finally:
-                    os._exit(70)
+                    os._exit(EX_SOFTWARE)
         finally:
             self.guard.release()  # the parent only: the child has _exit()ed
         os.close(wfd)

@@ -125,6 +125,7 @@ class ThreadIds:
         worker.join(10)
         if worker.is_alive() or seen.get("back") != root:
             # a thread stuck with other ids: never serve from this process
-            os.write(2, b"pymda-lmtpd: fatal: the per-thread id probe did not come back\n")
-            os._exit(70)
+            from pymda.users import _fatal
+
+            _fatal("the per-thread id probe did not come back")
         return seen.get("thread") == (65534, 65534, []) and seen["main"] == root

@@ -39,6 +39,8 @@ import os
 import signal
 import time
 
+from pymda.errors import EX_SOFTWARE
+
 RESTART_PAUSE = 1.0
 NO_WORKER = -1  # a slot whose worker died and has not been replaced yet
 
@@ -95,7 +97,7 @@ def supervise(count, run_worker, log, sockets=()):
                           f"trying again in {RESTART_PAUSE:g} s")
                 time.sleep(RESTART_PAUSE)
         if pid == 0:
-            status = 70
+            status = EX_SOFTWARE
             try:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     signal.signal(signum, signal.SIG_DFL)
@@ -107,7 +109,7 @@ def supervise(count, run_worker, log, sockets=()):
                 if not isinstance(exc, SystemExit):
                     log.error(f"worker {slot}: {type(exc).__name__}: {exc}")
                 else:
-                    status = exc.code if isinstance(exc.code, int) else 70
+                    status = exc.code if isinstance(exc.code, int) else EX_SOFTWARE
             finally:
                 os._exit(status)
         workers[pid] = (slot, time.monotonic())
