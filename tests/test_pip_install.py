@@ -39,6 +39,10 @@ def _stage(tmp):
     return src
 
 
+REGISTRY_ENVIRONMENT = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "http_proxy",
+                        "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY")
+
+
 def _pip_install(venv, src):
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
     # --no-deps: the one-shot command needs none of click/filelock/magic
@@ -140,9 +144,14 @@ def test_pipx_install(tmp_path):
     src = _stage(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
            "PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(tmp_path / "bin")}
+    # how this machine reaches the package registry (a mirror, a proxy and
+    # its CA), as the plain pip test inherits it
+    env.update((k, v) for k, v in os.environ.items()
+               if k.startswith("PIP_") or k in REGISTRY_ENVIRONMENT)
     # (pipx 1.1 needs the dependencies' metadata: no --no-deps here)
-    subprocess.run(["pipx", "install", str(src)],
-                   env=env, check=True, capture_output=True, timeout=300)
+    proc = subprocess.run(["pipx", "install", str(src)],
+                          env=env, capture_output=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     command = tmp_path / "bin" / "pymda"
     assert command.exists()
     venv = tmp_path / "pipx" / "venvs" / "pymda"
