@@ -30,7 +30,9 @@ st_mtime_ns)``.  Anything else — a foreign or truncated file, another
 pymda version, another extension set, another key — is a miss.
 
 DURABILITY: written to a temporary file in the same directory (O_EXCL,
-0600), fsync'd, renamed over the old one; the directory is created 0700.
+0600) and renamed over the old one (durable.write_atomically); the
+personal cache is not fsynced (a file torn by a crash is a miss), an
+admin's sidecar is; the directory is created 0700.
 
 SECURITY: never pickle; marshal of plain data creates no code objects we
 run.  The cache belongs to the user who runs the script; a user who edits
@@ -42,6 +44,7 @@ import marshal
 
 from pymda import __version__
 from pymda import fastos as os
+from pymda.durable import write_atomically
 
 MAGIC = "pymda-sieve"
 FORMAT = 2      # bump whenever the shape of the compiled tuples changes
@@ -128,34 +131,6 @@ def _read(path, limit=16 << 20):
         os.close(fd)
 
 
-def write_atomic(path, data, mode=0o600):
-    """tmp + fsync + rename in ``path``'s directory (and fsync of it)."""
-    directory = os.path.dirname(path) or "."
-    tmp = "%s/.%s.%d.tmp" % (directory, os.path.basename(path), os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                 | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _read_script(script_path):
     fd = os.open(script_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -211,8 +186,9 @@ def load(script_path, cache_dir=None, extensions=None, max_size=None,
     if cache_dir:
         try:
             os.makedirs(cache_dir, 0o700, exist_ok=True)
-            write_atomic(cache_path(cache_dir, script_path),
-                         dumps(compiled, script_key(st), extensions))
+            # a cache: no fsync (a torn file after a crash is a miss: loads)
+            write_atomically(cache_path(cache_dir, script_path),
+                             dumps(compiled, script_key(st), extensions), sync=False)
         except OSError:
             pass        # a cache we cannot write only costs time
         _remove_old_entries(cache_dir)
@@ -223,5 +199,5 @@ def compile_to_sidecar(script_path, extensions=None):
     st, data = _read_script(script_path)
     compiled = compile_bytes(data, script_path, extensions)
     path = script_path + SIDECAR_SUFFIX
-    write_atomic(path, dumps(compiled, script_key(st), extensions), 0o644)
+    write_atomically(path, dumps(compiled, script_key(st), extensions), 0o644)
     return path

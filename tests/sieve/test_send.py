@@ -802,6 +802,7 @@ def test_delivery_session_admin_scripts_must_be_roots(tmp_path):
 
 
 def test_delivery_session_uses_admin_sidecars(tmp_path):
+    from pymda.durable import write_atomically
     from pymda.sieve import cache, step
 
     ident = _home(tmp_path, 'keep;\n')
@@ -816,7 +817,7 @@ def test_delivery_session_uses_admin_sidecars(tmp_path):
     compiled = cache.loads(data, key)
     patched = (compiled[0], ((compiled[1][0][0], compiled[1][0][1],
                               compiled[1][0][2], ("FromSidecar",)) + compiled[1][0][4:],))
-    cache.write_atomic(sidecar, cache.dumps(patched, key))
+    write_atomically(sidecar, cache.dumps(patched, key))
     cfg = config.load(None, environ={}).replace(sieve_before=(str(before),))
     s = step.evaluate(cfg, ident, _envelope(), MSG, view(MSG), now=0)
     assert [getattr(a, "folder", None) for a in s.stores] == ["FromSidecar", None]
