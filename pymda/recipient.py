@@ -219,6 +219,9 @@ def _plan(cfg, log, envelope, identity, folder, mailbox, forward, items, message
             return [], step
         targets = resolve.plan(cfg, envelope, identity, folder=folder, mailbox=mailbox,
                                log=log, items=step.items, warnings=step.warnings)
+    except BaseException:
+        step.abandon()  # no plan, so no deliver.run to close the script's memory
+        raise
     finally:
         step.report(user_log=not dry)
     return targets, step

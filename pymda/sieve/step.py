@@ -59,12 +59,14 @@ when a redirect or vacation reply is prepared; ``view`` its MailView)::
     session.logs                     # lines for syslog
     session.write_user_log()         # errors into the user's sieve_log
     ... store session.stores ...
-    session.finish(send=True, done=None, record=None) -> log lines
+    session.do_sends(send, done, record, sender) -> log lines
         # sends (unless send=False: pymda -n, redeliver), marks vacation
-        # memory after each successful send, records duplicate marks;
-        # = do_sends(...) then close(marks=send): Step.after writes the
-        # duplicate marks only when a failed redirect does not defer the
-        # delivery (its retry must not see itself as a duplicate)
+        # memory after each successful send
+    session.close(marks=True) -> log lines
+        # records the duplicate marks and closes the memory: Step.after
+        # writes them only when a failed redirect does not defer the
+        # delivery (its retry must not see itself as a duplicate);
+        # session.finish() is the two in one (tests)
 
 ``identity``: pymda.users.Identity (name, uid, home); ``envelope``:
 pymda.resolve.Envelope (sender, recipient, original_recipient).  The
