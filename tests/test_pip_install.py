@@ -30,7 +30,7 @@ def _stage(tmp):
     """A copy of the project to install from (pip builds in the source tree)."""
     src = tmp / "src"
     src.mkdir()
-    for name in ("pymda", "bin", "pyproject.toml", "README.md"):
+    for name in ("pymda", "bin", "pyproject.toml", "setup.py", "README.md"):
         what = paths.REPO / name
         if what.is_dir():
             shutil.copytree(what, src / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -126,6 +126,25 @@ def test_pip_installed_pymda_delivers_without_pth_or_heavy_imports(pip_venv, tmp
     assert "pymda.cli" in names and "pymda.maildir" in names
     assert sorted(n for n in names if n.split(".")[0] in HEAVY) == []
     _delivered(maildir2)
+
+
+def test_pip_installed_pymda_imports_from_the_start_up_bundle(pip_venv, tmp_path):
+    """The wheel carries pymda/__pycache__/startup.<tag>.bundle (setup.py's
+    build step): a delivery reads every pymda module from it, no .pyc."""
+    bundle = _site(pip_venv) / "pymda" / "__pycache__" / f"startup.{sys.implementation.cache_tag}.bundle"
+    assert bundle.is_file()
+    maildir = tmp_path / "Maildir"
+    proc = subprocess.run(
+        [str(pip_venv / "bin" / "python3"), "-v", "-I", "-S",
+         str(pip_venv / "bin" / "pymda"), *ME, "--mailbox", f"{maildir}/"],
+        input=MESSAGE, capture_output=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc
+    _delivered(maildir)
+    loaders = [line for line in proc.stderr.decode().splitlines()
+               if line.startswith("import 'pymda")]
+    assert len(loaders) >= 10, proc.stderr.decode()[-3000:]
+    assert all("PymdaBundle" in line for line in loaders), loaders
+    assert "pymda/__pycache__/cli." not in proc.stderr.decode()
 
 
 def test_through_a_symlink_elsewhere(pip_venv, tmp_path):
