@@ -256,7 +256,7 @@ def build_pip_venv(where, log):
     """A venv with a plain ``pip install --no-deps`` of this tree -> its bin/pymda."""
     src = os.path.join(where, "src")
     os.makedirs(src)
-    for name in ("pymda", "bin", "pyproject.toml", "README.md"):
+    for name in ("pymda", "bin", "pyproject.toml", "setup.py", "README.md"):
         what = os.path.join(bd.REPO, name)
         if os.path.isdir(what):
             shutil.copytree(what, os.path.join(src, name),

@@ -11,9 +11,11 @@ holds and retries both after a short randomized pause (1-50 ms, growing),
 so it cannot deadlock with either order and wakes up soon after the
 holder is done (procmail sleeps 8 s, maildrop 5 s).
 
-DOTLOCK (``<mbox>.lock``): created NFS-safely by writing a unique file in
-the same directory and link()ing it to the lock name (a link that returns
-an error but left st_nlink == 2 also counts, as on NFS).  It holds
+DOTLOCK (``<mbox>.lock``): on a file system on a block device (local)
+created directly with O_EXCL (dovecot's default); elsewhere NFS-safely by
+writing a unique file in the same directory and link()ing it to the lock
+name (a link that returns an error but left st_nlink == 2 also counts, as
+on NFS).  It holds
 ``<pid>\n<host>\n`` (liblockfile writes ``<pid>\n`` and reads the first
 number; postfix writes nothing, procmail ``0``).  A lock is stale, and
 removed, when
@@ -65,21 +67,21 @@ def _hostname():
     return os.uname().nodename.replace("/", "_")
 
 
-def try_dotlock(lockpath):
-    """Create ``lockpath`` with link(); True if taken, False if busy."""
+def try_dotlock(lockpath, excl=False):
+    """Create ``lockpath``; True if taken, False if busy.
+
+    ``excl``: create it directly with O_EXCL (a local file system: what
+    dovecot does by default, two file-name operations fewer); otherwise
+    write a unique file and link() it to the lock name (NFS-safe).
+    """
+    if excl:
+        return _dotlock_excl(lockpath)
     directory, base = os.path.split(lockpath)
     tmp = os.path.join(
         directory or ".",
         f".{base}.{_hostname()}.{os.getpid()}.{os.urandom(4).hex()}",
     )
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        import errno  # a failure: not imported by every delivery
-
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise _NoDotlock(exc.strerror) from None
-        raise
+    fd = _create(tmp)
     try:
         write_all(fd, f"{os.getpid()}\n{_hostname()}\n".encode())
         try:
@@ -96,6 +98,40 @@ def try_dotlock(lockpath):
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def _create(path):
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       0o644)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        import errno  # a failure: not imported by every delivery
+
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _NoDotlock(exc.strerror) from None
+        raise
+
+
+def _dotlock_excl(lockpath):
+    try:
+        fd = _create(lockpath)
+    except FileExistsError:
+        return False
+    # Until the pid is written the lock is empty: others keep only the
+    # mtime rule for it (never "dead"), so it is not broken meanwhile.
+    try:
+        write_all(fd, f"{os.getpid()}\n{_hostname()}\n".encode())
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(lockpath)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    return True
 
 
 _LOCAL_FS = frozenset((
@@ -171,7 +207,8 @@ def break_stale_dotlock(lockpath, stale_after):
     """Remove ``lockpath`` if it is stale (see the module docstring).
 
     Returns the reason it was removed ("old", "dead pid") or None; a lock
-    that vanished by itself counts as removed ("gone").
+    that vanished by itself counts as removed ("gone").  Raises _NoDotlock
+    when the directory does not let us remove it.
     """
     try:
         st = os.lstat(lockpath)
@@ -189,6 +226,10 @@ def break_stale_dotlock(lockpath, stale_after):
         if (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns):
             os.unlink(lockpath)
             return reason
+    except PermissionError as exc:
+        # not our directory (Debian's /var/mail): the O_EXCL create found
+        # the lock before it could find that out; the helper can remove it
+        raise _NoDotlock(exc.strerror) from None
     except OSError:
         pass
     return None
@@ -284,13 +325,16 @@ def lock_mbox(path, fd, cfg, log=None):
     lockpath = path + ".lock"
     deadline = time.monotonic() + cfg.lock_timeout
     dot_mode = "link" if want_dot else None
+    # a file system on a block device is local: O_EXCL is atomic there
+    # (NFS and other network file systems have an anonymous device, major 0)
+    excl = os.major(os.fstat(fd).st_dev) != 0
     attempt = 0
     busy = "mailbox"
     while True:
         held_dot = None
         if dot_mode == "link":
             try:
-                if try_dotlock(lockpath):
+                if try_dotlock(lockpath, excl):
                     held_dot = "link"
                 else:
                     busy = lockpath

@@ -28,11 +28,11 @@ to its length before the append, while still locked - and success is
 reported only after fsync.  The existing file is never read (one pread of
 its last two bytes to keep messages separated by an empty line), so
 appending costs the same for a 2 GB mbox as for an empty one.
-A kill -9 cannot undo its own write: an fsynced append record (start,
+A kill -9 cannot undo its own write: a durable append record (start,
 length, pid, host, where its bytes hold "From ") is written before the
-data and removed after the fsync; the next append, under the lock, undoes
-a dead writer's partial message when nothing else was appended after it
-(``recover``; the exact rule and its limits: docs/mbox.md).
+data and marked done after the fsync; the next append, under the lock,
+undoes a dead writer's partial message when nothing else was appended
+after it (``recover``; the exact rule and its limits: docs/mbox.md).
 
 Mail readers see new mail when mtime > atime: after writing, an atime at
 or past the new mtime is set back to just before it.
@@ -175,6 +175,8 @@ def quote_lines(chunks, style):
 
 
 def _quote_block(block, style):
+    if b"From " not in block:
+        return block  # no line can match ^>*From
     lines = block.split(b"\n")
     for i, line in enumerate(lines):
         if style == "mboxo":
@@ -398,10 +400,16 @@ RECORD_MAGIC = b"pymda-append/1"
 _RECORD_HEAD = 4096  # first bytes of the append kept in the record
 
 
+RECORD_DONE = b"done\n"  # the first line of a record with no append under way
+
+
 def _record_paths(path, st, home):
     """Where the append record of mbox ``path`` goes, in order of choice:
     ``.<name>.pymda-append`` beside it (hidden: mbox folder listings skip
-    it), else ``~/.pymda-append.<dev>.<inode>`` of the mbox."""
+    it; kept between appends and rewritten in place: an overwrite and an
+    fdatasync cost a third of creating, fsyncing and removing a file),
+    else ``~/.pymda-append.<dev>.<inode>`` of the mbox (created and
+    removed for each append: its name follows the mbox's inode)."""
     directory, base = os.path.split(path)
     paths = [os.path.join(directory or ".", f".{base}.pymda-append")]
     if home:
@@ -487,10 +495,10 @@ class FromMarks:
 
 
 def _write_record(records, st, start, lead, marks, head):
-    """Create and fsync the record of the append about to start.
+    """Write the record of the append about to start and make it durable.
 
-    Returns (path, fd) or None when no place would take it (the append
-    then goes ahead unprotected, as before this existed).
+    Returns (path, fd, kept) or None when no place would take it (the
+    append then goes ahead unprotected, as before this existed).
     """
     pid = os.getpid()
     text = (b"%s dev=%d ino=%d start=%d lead=%d length=%d pid=%d since=%d host=%s head=%s"
@@ -498,29 +506,66 @@ def _write_record(records, st, start, lead, marks, head):
         RECORD_MAGIC, st.st_dev, st.st_ino, start, lead, marks.length, pid, _start_time(pid),
         _hostname().encode("utf-8", "surrogateescape"), head[:_RECORD_HEAD].hex().encode(),
         marks.encode())
-    for rpath in records:
-        try:
-            rfd = os.open(rpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o600)
-        except OSError:
+    for kept, rpath in enumerate(records):
+        kept = kept == 0
+        rfd = _open_record(rpath, kept)
+        if rfd is None:
             continue  # not ours to write there (or a foreign record in the way)
         try:
-            write_all(rfd, text)
-            fsync_file(rfd)
+            if kept and os.fstat(rfd).st_size:
+                # in place: a shorter record leaves old bytes after its
+                # newline (only the first line counts); the size rarely
+                # changes, so fdatasync writes the data block alone
+                _pwrite_all(rfd, text, 0)
+                os.fdatasync(rfd)
+            else:
+                write_all(rfd, text)
+                fsync_file(rfd)
         except OSError:
-            _drop_record((rpath, rfd))
+            _drop_record((rpath, rfd, kept))
             continue
-        return rpath, rfd
+        return rpath, rfd, kept
     return None
 
 
+def _open_record(rpath, kept):
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        if not kept:
+            return os.open(rpath, flags | os.O_EXCL, 0o600)
+        rfd = os.open(rpath, flags | os.O_NONBLOCK, 0o600)
+    except OSError:
+        return None
+    try:
+        rst = os.fstat(rfd)
+        if _is_regular(rst) and rst.st_uid == os.geteuid() and rst.st_nlink == 1:
+            return rfd
+    except OSError:
+        pass
+    os.close(rfd)
+    return None
+
+
+def _pwrite_all(fd, data, offset):
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
 def _drop_record(record):
-    """Remove our record - only ours: the path must still be our inode."""
+    """Mark our record done (the kept one) or remove it - only ours: the
+    path must still be our inode.  Not made durable: a record that comes
+    back after a power cut describes a complete append, which recovery
+    leaves as it is."""
     if record is None:
         return
-    rpath, rfd = record
+    rpath, rfd, kept = record
     try:
-        if os.fstat(rfd).st_ino == os.lstat(rpath).st_ino:
+        if kept:
+            _pwrite_all(rfd, RECORD_DONE, 0)
+        elif os.fstat(rfd).st_ino == os.lstat(rpath).st_ino:
             os.unlink(rpath)
     except OSError:
         pass  # left behind: harmless, it describes a complete append
@@ -529,7 +574,7 @@ def _drop_record(record):
 
 
 def _parse_record(data):
-    fields = data.split()
+    fields = data.split(b"\n", 1)[0].split()
     if not fields or fields[0] != RECORD_MAGIC:
         return None
     rec = {}
@@ -556,11 +601,12 @@ def _writer_alive(rec):
 def recover(fd, path, st, records, log=None):
     """Undo a dead writer's unfinished append to the (locked) mbox ``fd``.
 
-    For each record found (normally none: one failed open() per place):
-    settle it, then remove it.  Raises TempFail 4.2.0 when the record's
+    For each record found (normally the kept one beside the mbox, marked
+    done, and one failed open() in the home): settle it, then mark it done
+    (the kept one) or remove it.  Raises TempFail 4.2.0 when the record's
     writer is still running (it lost its lock, or is stopped).
     """
-    for rpath in records:
+    for i, rpath in enumerate(records):
         try:
             rfd = os.open(rpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
@@ -576,9 +622,18 @@ def recover(fd, path, st, records, log=None):
             if log:
                 log.warning(f"ignoring {rpath}: not a record pymda wrote as this user")
             continue
+        if data.startswith(RECORD_DONE):
+            continue
         _settle(fd, path, st, rpath, _parse_record(data), log)
         try:
-            os.unlink(rpath)
+            if i == 0:
+                rfd = os.open(rpath, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    _pwrite_all(rfd, RECORD_DONE, 0)
+                finally:
+                    os.close(rfd)
+            else:
+                os.unlink(rpath)
         except OSError:
             pass
 

@@ -169,7 +169,11 @@ def test_full_fs_mbox_75_and_truncated_back(test_user, small_fs):
     assert_failure(result, EX_TEMPFAIL, TEMP)
     with open(mbox, "rb") as f:
         assert f.read() == before
-    assert sorted(os.listdir(box)) == ["mbox"]  # no dotlock left
+    # no dotlock left; the append record beside the mbox (kept between
+    # appends) says no append is under way
+    assert sorted(os.listdir(box)) == [".mbox.pymda-append", "mbox"]
+    with open(os.path.join(box, ".mbox.pymda-append"), "rb") as f:
+        assert f.read().startswith(b"done\n")
 
 
 def test_full_fs_maildir_75_and_nothing_left(test_user, small_fs):
