@@ -404,3 +404,60 @@ def test_pymda_holds_the_fcntl_lock_while_writing(test_user):
     print(f"checked={checked}")
     assert checked > 0
     assert not os.path.exists(str(mbox) + ".lock")
+
+
+# --- how the dotlock is made: O_EXCL on a local file system, link() elsewhere ---------
+
+def _locking_calls(user, mbox):
+    """The open/link calls on ``mbox``'s dotlock names during one delivery."""
+    import shutil
+
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed (scripts/setup-system)")
+    result = run_pymda(["-f", SENDER, "-a", recipient_of(user), "--mailbox", str(mbox)],
+                       MESSAGE, user=user)
+    assert result.code == 0, result  # control: the delivery works without strace
+    proc = subprocess.run(
+        ["strace", "-f", "-e", "trace=openat,link", str(paths.pymda_bin()),
+         "-f", SENDER, "-a", recipient_of(user), "--mailbox", str(mbox)],
+        input=MESSAGE, capture_output=True, timeout=60, check=False,
+        user=user.uid, group=user.gid, extra_groups=[],
+        env=child_environment(user, None, False, None, ""))
+    assert proc.returncode == 0, proc
+    name = os.path.basename(mbox) + ".lock"
+    return [line for line in proc.stderr.decode().splitlines() if name in line]
+
+
+def test_dotlock_is_one_o_excl_create_on_a_local_file_system(test_user):
+    test_user.write("mbox", b"")
+    calls = _locking_calls(test_user, test_user.path("mbox"))
+    creates = [c for c in calls if "openat(" in c and "O_CREAT" in c]
+    assert len(creates) == 1 and "O_EXCL" in creates[0], calls
+    assert f'"{test_user.path("mbox.lock")}"' in creates[0], calls
+    assert not [c for c in calls if "link(" in c], calls
+    assert not test_user.path("mbox.lock").exists()
+
+
+def test_dotlock_is_linked_on_a_network_like_file_system(test_user):
+    """tmpfs has an anonymous device (major 0), as NFS has: pymda cannot
+    tell it from a network file system and uses the NFS-safe link()."""
+    import secrets
+    from pathlib import Path
+
+    mnt = Path(f"/mnt/pymda-lock-{secrets.token_hex(4)}")
+    mnt.mkdir(mode=0o755)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)],
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr!r}")
+    try:
+        box = mnt / "box"
+        box.mkdir()
+        os.chown(box, test_user.uid, test_user.gid)
+        calls = _locking_calls(test_user, box / "mbox")
+        assert [c for c in calls if "link(" in c and '"%s"' % (box / "mbox.lock") in c], calls
+        assert not (box / "mbox.lock").exists()
+        assert (box / "mbox").read_bytes().count(b"\nFrom ") + 1 == 2
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        mnt.rmdir()

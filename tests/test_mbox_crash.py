@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -146,6 +147,26 @@ def test_killed_writer_partial_message_removed_by_the_next(test_user, tmp_path):
         b"Subject: old\n\nold body\n", mboxfmt.expected(SMALL, SENDER, recipient_of(test_user))]
     assert not record_active(record)
     assert not test_user.path("mbox.lock").exists()
+
+
+def test_the_record_beside_the_mbox_is_kept_and_reused(test_user):
+    """Each append rewrites the same record file in place and marks it
+    done afterwards (docs/mbox.md): one file, the user's, 0600."""
+    test_user.write("mbox", OLD)
+    record = test_user.path(".mbox.pymda-append")
+    for n in range(3):
+        code, out = deliver(test_user, ["--mailbox", "mbox"], SMALL)
+        assert code == EX_OK, out
+        st = record.stat()
+        if n == 0:
+            first = st.st_ino
+        assert st.st_ino == first and st.st_nlink == 1
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (test_user.uid, 0o600)
+        data = record.read_bytes()
+        assert data.startswith(b"done\n"), data[:80]
+        # what was overwritten is the record of this very append
+        assert b"-append/1 dev=" in data and b" pid=" in data
+    assert len(mboxfmt.split_mbox(test_user.path("mbox").read_bytes())) == 4
 
 
 def test_partial_message_followed_by_other_mail_is_left(test_user, tmp_path):
