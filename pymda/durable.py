@@ -5,6 +5,8 @@ status with ``errors.from_oserror`` and the context only they know):
 
 - ``write_all(fd, data)``: write every byte of ``data`` (``os.write``
   may write fewer than asked: a pipe, a signal, a nearly full disk).
+- ``pwrite_all(fd, data, offset)``: the same at ``offset`` (a file
+  rewritten in place: the mbox append record).
 - ``fsync_file(fd)``: the file's data and metadata reach the disk.
 - ``fsync_directory(path)``: a name just created, linked or renamed in
   directory ``path`` reaches the disk (a Maildir's ``new/``; the
@@ -51,6 +53,15 @@ def write_all(fd, data):
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def pwrite_all(fd, data, offset):
+    """Write all of ``data`` to ``fd`` at ``offset`` (the file offset stays)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
 
 
 def read_all(fd, limit):

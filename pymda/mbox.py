@@ -39,7 +39,7 @@ or past the new mtime is set back to just before it.
 """
 
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
-from pymda.durable import fsync_file, write_all
+from pymda.durable import fsync_file, pwrite_all, write_all
 from pymda.errors import TempFail, from_oserror
 from pymda.locking import _hostname, lock_mbox, process_gone
 from pymda.message import CHUNK, format_from_line
@@ -516,7 +516,7 @@ def _write_record(records, st, start, lead, marks, head):
                 # in place: a shorter record leaves old bytes after its
                 # newline (only the first line counts); the size rarely
                 # changes, so fdatasync writes the data block alone
-                _pwrite_all(rfd, text, 0)
+                pwrite_all(rfd, text, 0)
                 os.fdatasync(rfd)
             else:
                 write_all(rfd, text)
@@ -546,14 +546,6 @@ def _open_record(rpath, kept):
     return None
 
 
-def _pwrite_all(fd, data, offset):
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
 def _drop_record(record):
     """Mark our record done (the kept one) or remove it - only ours: the
     path must still be our inode.  Not made durable: a record that comes
@@ -564,7 +556,7 @@ def _drop_record(record):
     rpath, rfd, kept = record
     try:
         if kept:
-            _pwrite_all(rfd, RECORD_DONE, 0)
+            pwrite_all(rfd, RECORD_DONE, 0)
         elif os.fstat(rfd).st_ino == os.lstat(rpath).st_ino:
             os.unlink(rpath)
     except OSError:
@@ -629,7 +621,7 @@ def recover(fd, path, st, records, log=None):
             if i == 0:
                 rfd = os.open(rpath, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
                 try:
-                    _pwrite_all(rfd, RECORD_DONE, 0)
+                    pwrite_all(rfd, RECORD_DONE, 0)
                 finally:
                     os.close(rfd)
             else:
