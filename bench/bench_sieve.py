@@ -254,15 +254,7 @@ def build_table(user, have, routes, pip_pymda, pymda_sieve):
 
 def build_pip_venv(where, log):
     """A venv with a plain ``pip install --no-deps`` of this tree -> its bin/pymda."""
-    src = os.path.join(where, "src")
-    os.makedirs(src)
-    for name in ("pymda", "bin", "pyproject.toml", "setup.py", "README.md"):
-        what = os.path.join(bd.REPO, name)
-        if os.path.isdir(what):
-            shutil.copytree(what, os.path.join(src, name),
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(what, os.path.join(src, name))
+    src = common._support("paths").stage_source(os.path.join(where, "src"))
     venv = os.path.join(where, "venv")
     log(f"pip install into a fresh venv {venv} ...")
     subprocess.run(["/usr/bin/python3", "-m", "venv", venv], check=True)

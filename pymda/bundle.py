@@ -34,9 +34,23 @@ import sys
 MARK = b"PYMB"
 HEAD = 12  # mark, magic, loader length
 
+# What every one-shot delivery imports, in the order it imports them
+# (each after what it imports): loaded before cli runs, without the import
+# system's own work per module (its locks, spec handling, attribute
+# setting: ~30 % of an import from the bundle).  tests/test_bundle.py
+# holds this list to what a plain delivery really imports.  A name that is
+# no longer needed only costs its load; one missing here is imported the
+# ordinary way, from the bundle.
+PRELOAD = (
+    "pymda", "pymda.fastos", "pymda.errors", "pymda.cli", "pymda.record", "pymda.config",
+    "pymda.log", "pymda.message", "pymda.users", "pymda.recipient", "pymda.address",
+    "pymda.resolve", "pymda.deliver", "pymda.durable",
+)
+
 # The loader: run by the launcher, in its own globals, which hold fd (the
 # bundle, open), head (its first bytes) and site (the directory holding
-# pymda/).  INDEX and OPTIMIZE are filled in when the bundle is made.
+# pymda/).  INDEX, PRELOAD and OPTIMIZE are filled in when the bundle is
+# made.
 LOADER = '''
 from _imp import _fix_co_filename
 from marshal import loads
@@ -84,8 +98,43 @@ class PymdaBundle:
         exec(cls.codes.pop(module.__spec__.name), module.__dict__)
 
 
+def preload(names):
+    """Load ``names`` in order as the import system would, minus its
+    bookkeeping; stop at the first that cannot be (the finder or the
+    ordinary import then does it, and reports what is wrong)."""
+    modules = sys.modules
+    for name in names:
+        if name in modules:
+            continue
+        spec = PymdaBundle.find_spec(name)
+        if spec is None:
+            return
+        module = type(sys)(name)
+        module.__spec__ = spec
+        module.__loader__ = PymdaBundle
+        module.__file__ = spec.origin
+        parent, _, child = name.rpartition(".")
+        if spec.submodule_search_locations is None:
+            module.__package__ = parent
+        else:
+            module.__package__ = name
+            module.__path__ = spec.submodule_search_locations
+        modules[name] = module
+        try:
+            exec(PymdaBundle.codes.pop(name), module.__dict__)
+        except Exception:
+            del modules[name]
+            return
+        if parent:
+            setattr(modules[parent], child, module)
+
+
 if sys.flags.optimize == OPTIMIZE:
     sys.meta_path.insert(0, PymdaBundle)
+    # -X importtime and -v report only what the import system loads:
+    # under them every module goes through it, so that all show
+    if not (sys.flags.verbose or "importtime" in sys._xoptions):
+        preload(PRELOAD)
 '''
 
 
@@ -134,7 +183,8 @@ def build(package_dir, mtimes=True):
                        offset, len(blob))
         blobs.append(blob)
         offset += len(blob)
-    source = LOADER.replace("INDEX", repr(index)).replace("OPTIMIZE", str(sys.flags.optimize))
+    source = (LOADER.replace("INDEX", repr(index)).replace("PRELOAD", repr(PRELOAD), 1)
+              .replace("OPTIMIZE", str(sys.flags.optimize)))
     loader = marshal.dumps(compile(source, "<pymda bundle loader>", "exec", dont_inherit=True))
     out = bundle_path(package_dir)
     os.makedirs(os.path.dirname(out), exist_ok=True)

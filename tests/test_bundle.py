@@ -131,3 +131,34 @@ def _me():
     import pwd
 
     return pwd.getpwuid(os.getuid()).pw_name
+
+
+def test_what_every_delivery_needs_is_loaded_before_cli_runs(env):
+    """The preload (PRELOAD in pymda/bundle.py): the launcher's last line,
+    run_and_exit(), replaced by a report of what is loaded then and by
+    whom.  Without the preload only cli and what it imports at its top
+    would be there."""
+    from pymda.bundle import PRELOAD
+
+    root, site, bundle = env
+    launcher = root / "bin" / "pymda"
+    text = launcher.read_text()
+    assert text.endswith("\nrun_and_exit()\n")
+    launcher.write_text(text[:-len("run_and_exit()\n")] + (
+        "for name, module in sorted(sys.modules.items()):\n"
+        "    if name.split('.')[0] == 'pymda':\n"
+        "        print(name, getattr(module.__loader__, '__name__', '?'))\n"
+        "sys.stdout.flush()\n"
+        "posix._exit(0)\n"))
+    proc = subprocess.run([str(launcher)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc
+    loaded = dict(line.split() for line in proc.stdout.splitlines())
+    assert set(PRELOAD) <= set(loaded), (PRELOAD, loaded)
+    assert {loaded[name] for name in PRELOAD} == {"PymdaBundle"}
+    # control: with the bundle gone, only the launcher's own import is there
+    bundle.unlink()
+    proc = subprocess.run([str(launcher)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    loaded = dict(line.split() for line in proc.stdout.splitlines())
+    assert "pymda.cli" in loaded and "pymda.deliver" not in loaded, loaded

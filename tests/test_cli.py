@@ -578,7 +578,10 @@ HEAVY = {
 }
 
 
-def imported_modules(user, args, data, extra_env=None):
+def imported_modules(user, args, data, extra_env=None, ordered=False):
+    """The modules a delivery imports (``-X importtime``: under it the
+    start-up bundle's preload stands aside, so every module shows); with
+    ``ordered``, a list in the order each import finished."""
     python = paths.prefix() / "bin" / "python3"
     env = child_environment(user, extra_env)
     proc = subprocess.run(
@@ -586,14 +589,14 @@ def imported_modules(user, args, data, extra_env=None):
         input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         user=user.uid, group=user.gid, extra_groups=[], cwd="/", check=False, timeout=30)
     assert proc.returncode == EX_OK, proc
-    names = set()
+    order = []
     for line in proc.stderr.decode().splitlines():
         if line.startswith("import time:") and "|" in line:
             name = line.rsplit("|", 1)[1].strip()
             if name != "package":
-                names.add(name)
-    assert "pymda.cli" in names, proc.stderr  # the measurement itself works
-    return names
+                order.append(name)
+    assert "pymda.cli" in order, proc.stderr  # the measurement itself works
+    return order if ordered else set(order)
 
 
 def heavy_in(names):
@@ -626,6 +629,23 @@ def test_plain_maildir_delivery_loads_no_more_pymda_modules(test_user):
     assert sorted(ours - PLAIN_MAILDIR_DELIVERY_MODULES) == []
     assert len(ours) <= len(PLAIN_MAILDIR_DELIVERY_MODULES)
     only_message(test_user.path("Maildir"))
+
+
+@needs_root
+def test_start_up_bundle_preloads_what_every_delivery_imports(test_user):
+    """pymda/bundle.py PRELOAD: loaded before cli runs, in this order (each
+    after what it imports): the modules a plain Maildir delivery imports,
+    but the mailbox kind's own (maildir / mbox, locking)."""
+    from pymda.bundle import PRELOAD
+
+    order = imported_modules(test_user, ["-f", SENDER, "--mailbox", "Maildir/"], MESSAGE,
+                             ordered=True)
+    ours = [n for n in order if n.split(".")[0] == "pymda"]
+    assert ours[-1] == "pymda.maildir", ours
+    assert list(PRELOAD) == ours[:-1]
+    mbox = imported_modules(test_user, ["-f", SENDER, "--mailbox", "mbox"], MESSAGE,
+                            ordered=True)
+    assert [n for n in mbox if n in PRELOAD] == list(PRELOAD)
 
 
 @needs_root

@@ -28,15 +28,7 @@ MESSAGE = b"From: a@example.org\nSubject: pip\nMessage-ID: <pip@example.org>\n\n
 
 def _stage(tmp):
     """A copy of the project to install from (pip builds in the source tree)."""
-    src = tmp / "src"
-    src.mkdir()
-    for name in ("pymda", "bin", "pyproject.toml", "setup.py", "README.md"):
-        what = paths.REPO / name
-        if what.is_dir():
-            shutil.copytree(what, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(what, src / name)
-    return src
+    return paths.stage_source(tmp / "src")
 
 
 REGISTRY_ENVIRONMENT = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "http_proxy",

@@ -29,6 +29,26 @@ def pymda_bin():
     return prefix() / "bin" / "pymda"
 
 
+# what a build of the package needs (scripts/install's stage() copies the same)
+BUILD_FILES = ("pymda", "bin", "pyproject.toml", "setup.py", "README.md")
+
+
+def stage_source(dst):
+    """Copy what a build needs into the new directory ``dst`` (pip builds
+    in the source tree: a copy keeps build/ out of the checkout)."""
+    import shutil
+
+    os.makedirs(dst)
+    for name in BUILD_FILES:
+        what = REPO / name
+        if what.is_dir():
+            shutil.copytree(what, os.path.join(dst, name),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(what, os.path.join(dst, name))
+    return dst
+
+
 def corpus_dir():
     if os.environ.get("PYMDA_CORPUS"):
         return Path(os.environ["PYMDA_CORPUS"])
