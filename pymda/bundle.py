@@ -46,11 +46,20 @@ PRELOAD = (
     "pymda.log", "pymda.message", "pymda.users", "pymda.recipient", "pymda.address",
     "pymda.resolve", "pymda.deliver", "pymda.durable",
 )
+# The same for what a delivery imports once it has imported the key: a
+# user with a Sieve script (pymda.sieve is imported only then) needs all
+# of these to run a compiled script (also held to a real delivery by
+# test_cli).
+AFTER = {
+    "pymda.sieve": ("pymda.sieve.step", "pymda.sieve.mail", "pymda.sieve.cache",
+                    "pymda.sieve.match", "pymda.sieve.result", "pymda.sieve.interp",
+                    "pymda.sieve.run"),
+}
 
 # The loader: run by the launcher, in its own globals, which hold fd (the
 # bundle, open), head (its first bytes) and site (the directory holding
-# pymda/).  INDEX, PRELOAD and OPTIMIZE are filled in when the bundle is
-# made.
+# pymda/).  INDEX, PRELOAD, AFTER and OPTIMIZE are filled in when the
+# bundle is made.
 LOADER = '''
 from _imp import _fix_co_filename
 from marshal import loads
@@ -61,6 +70,7 @@ class PymdaBundle:
     """pymda's modules from the install's start-up bundle (pymda/bundle.py)."""
 
     index = INDEX
+    after = AFTER
     base = 12 + int.from_bytes(head[8:12], "little")
     codes = {}
     fd = fd
@@ -95,7 +105,12 @@ class PymdaBundle:
 
     @classmethod
     def exec_module(cls, module):
-        exec(cls.codes.pop(module.__spec__.name), module.__dict__)
+        name = module.__spec__.name
+        exec(cls.codes.pop(name), module.__dict__)
+        if name in cls.after and cls.preloading:
+            preload(cls.after[name])
+
+    preloading = False
 
 
 def preload(names):
@@ -134,6 +149,7 @@ if sys.flags.optimize == OPTIMIZE:
     # -X importtime and -v report only what the import system loads:
     # under them every module goes through it, so that all show
     if not (sys.flags.verbose or "importtime" in sys._xoptions):
+        PymdaBundle.preloading = True
         preload(PRELOAD)
 '''
 
@@ -184,7 +200,7 @@ def build(package_dir, mtimes=True):
         blobs.append(blob)
         offset += len(blob)
     source = (LOADER.replace("INDEX", repr(index)).replace("PRELOAD", repr(PRELOAD), 1)
-              .replace("OPTIMIZE", str(sys.flags.optimize)))
+              .replace("AFTER", repr(AFTER), 1).replace("OPTIMIZE", str(sys.flags.optimize)))
     loader = marshal.dumps(compile(source, "<pymda bundle loader>", "exec", dont_inherit=True))
     out = bundle_path(package_dir)
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -649,6 +649,22 @@ def test_start_up_bundle_preloads_what_every_delivery_imports(test_user):
 
 
 @needs_root
+def test_start_up_bundle_loads_a_sieve_users_modules_together(test_user):
+    """pymda/bundle.py AFTER["pymda.sieve"]: what a delivery through a
+    compiled Sieve script imports once it has imported pymda.sieve."""
+    from pymda.bundle import AFTER, PRELOAD
+
+    test_user.write(".dovecot.sieve", b'require "fileinto";\n'
+                    b'if header :contains "subject" "zzz" { fileinto "Junk"; }\n')
+    args = ["-f", SENDER, "--mailbox", "Maildir/"]
+    assert_ok(deliver(test_user, args))  # compiles the script: a cache miss
+    order = imported_modules(test_user, args, MESSAGE, ordered=True)
+    ours = [n for n in order if n.split(".")[0] == "pymda" and n not in PRELOAD]
+    assert ours[0] == "pymda.sieve" and ours[-1] == "pymda.maildir", ours
+    assert sorted(ours[1:-1]) == sorted(AFTER["pymda.sieve"])
+
+
+@needs_root
 def test_plain_mbox_delivery_imports_nothing_heavy(test_user):
     names = imported_modules(test_user, ["-f", SENDER, "--mailbox", "mbox"], MESSAGE)
     assert "pymda.mbox" in names
