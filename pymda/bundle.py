@@ -38,7 +38,6 @@ import os
 import sys
 
 MARK = b"PYMB"
-HEAD = 12  # mark, magic, loader length
 
 # What every one-shot delivery imports, in the order it imports them
 # (each after what it imports): loaded before cli runs, without the import
