@@ -48,6 +48,7 @@ import time
 from pymda import fastos as os  # not os: ~1.2 ms of start-up
 from pymda.durable import write_all
 from pymda.errors import TempFail
+from pymda.users import switched_temporarily
 
 DOTLOCKFILE = "/usr/bin/dotlockfile"
 
@@ -104,9 +105,7 @@ def _create(path):
     try:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                        0o644)
-    except FileExistsError:
-        raise
-    except OSError as exc:
+    except OSError as exc:  # FileExistsError: the caller's (a busy lock)
         import errno  # a failure: not imported by every delivery
 
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -252,15 +251,6 @@ def _helper_cannot_lock(lockpath):
                 and directory.st_mode & stat.S_IWGRP)
 
 
-def _switched_temporarily():
-    """A root pymda-lmtpd's temporary switch is on (real uid root, effective
-    uid the user's): no program may start then, not even the setgid
-    helper, which would run with root as its real uid (forward.pipe.
-    program_ids is the same rule for the programs pipe starts)."""
-    ruid, euid, _suid = os.getresuid()
-    return ruid == 0 and euid != 0
-
-
 def _run_dotlockfile(args):
     """Exit status of the setgid dotlockfile helper (no subprocess import)."""
     try:
@@ -344,7 +334,9 @@ def lock_mbox(path, fd, cfg, log=None):
                             log.warning(f"removed stale lock {lockpath}: {reason}")
                         continue
             except _NoDotlock as exc:
-                if os.access(DOTLOCKFILE, os.X_OK) and not _switched_temporarily():
+                # not under a temporary switch: the setgid helper would run
+                # with root as its real uid (users.switched_temporarily)
+                if os.access(DOTLOCKFILE, os.X_OK) and not switched_temporarily():
                     dot_mode = "dotlockfile"
                 else:
                     dot_mode = None

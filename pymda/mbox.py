@@ -401,6 +401,10 @@ _RECORD_HEAD = 4096  # first bytes of the append kept in the record
 
 
 RECORD_DONE = b"done\n"  # the first line of a record with no append under way
+# What recovery reads of a record: one is under 30 KB (4 KiB of head in hex,
+# at most 256 From marks); a longer file's first line does not parse, and an
+# unparsable record never cuts the mbox.
+_RECORD_READ = 1 << 16
 
 
 def _record_paths(path, st, home):
@@ -508,11 +512,11 @@ def _write_record(records, st, start, lead, marks, head):
         marks.encode())
     for kept, rpath in enumerate(records):
         kept = kept == 0
-        rfd = _open_record(rpath, kept)
+        rfd, size = _open_record(rpath, kept)
         if rfd is None:
             continue  # not ours to write there (or a foreign record in the way)
         try:
-            if kept and os.fstat(rfd).st_size:
+            if size:
                 # in place: a shorter record leaves old bytes after its
                 # newline (only the first line counts); the size rarely
                 # changes, so fdatasync writes the data block alone
@@ -529,21 +533,23 @@ def _write_record(records, st, start, lead, marks, head):
 
 
 def _open_record(rpath, kept):
+    """(fd, size) of the record file to write, or (None, 0): a new file in
+    the home; the kept file beside the mbox only when it is ours."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         if not kept:
-            return os.open(rpath, flags | os.O_EXCL, 0o600)
+            return os.open(rpath, flags | os.O_EXCL, 0o600), 0
         rfd = os.open(rpath, flags | os.O_NONBLOCK, 0o600)
     except OSError:
-        return None
+        return None, 0
     try:
         rst = os.fstat(rfd)
         if _is_regular(rst) and rst.st_uid == os.geteuid() and rst.st_nlink == 1:
-            return rfd
+            return rfd, rst.st_size
     except OSError:
         pass
     os.close(rfd)
-    return None
+    return None, 0
 
 
 def _drop_record(record):
@@ -605,7 +611,7 @@ def recover(fd, path, st, records, log=None):
             continue
         try:
             rst = os.fstat(rfd)
-            data = os.read(rfd, 1 << 20)
+            data = os.read(rfd, _RECORD_READ)
         except OSError:
             data = rst = None
         finally:

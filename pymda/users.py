@@ -251,6 +251,16 @@ def ensure_home(identity):
 # -- the temporary switch (root pymda-lmtpd, plain mailbox deliveries) ------------
 
 _saved = []  # [(resuid, resgid, groups)] while a temporary switch is on
+
+
+def switched_temporarily():
+    """Is the calling thread under a root pymda-lmtpd's temporary switch
+    (real uid root, effective uid the user's)?  Then no program may start
+    as it is: it would keep root as its real uid and could take root back
+    (forward.pipe.program_ids starts it with the user's real and saved
+    ids; locking does not run the setgid dotlockfile helper at all)."""
+    ruid, euid, _suid = os.getresuid()
+    return ruid == 0 and euid != 0
 _thread_ids = None  # a lmtp.threadids.ThreadIds: switch the calling thread only
 
 

@@ -401,9 +401,9 @@ from pymda import locking
 from pymda.forward import pipe
 from pymda.users import Identity, switch_temporarily, switch_back
 uid, gid = int(sys.argv[1]), int(sys.argv[2])
-print(pipe.program_ids(), locking._switched_temporarily(), flush=True)
+print(pipe.program_ids(), locking.switched_temporarily(), flush=True)
 switch_temporarily(Identity(name="x", uid=uid, gid=gid, home="/nonexistent"))
-print(pipe.program_ids(), locking._switched_temporarily(), flush=True)
+print(pipe.program_ids(), locking.switched_temporarily(), flush=True)
 code, first, _ = pipe.run_argv(["/bin/sh", "-c", "grep -E '^(Uid|Gid):' /proc/self/status"],
                                [b""], env={"PATH": "/usr/bin:/bin"}, ids=None, cwd="/",
                                timeout=30, what="test")

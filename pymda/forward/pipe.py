@@ -200,9 +200,10 @@ def program_ids():
     before the exec.  A program must never run with root as its real uid:
     it could take root back, and a shell whose real uid is root drops its
     effective uid to it (runs as root)."""
-    ruid, euid, _suid = os.getresuid()
-    if ruid == 0 and euid != 0:
-        return (euid, os.getegid(), None)
+    from pymda.users import switched_temporarily
+
+    if switched_temporarily():
+        return (os.geteuid(), os.getegid(), None)
     return None
 
 
