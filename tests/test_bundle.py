@@ -162,3 +162,34 @@ def test_what_every_delivery_needs_is_loaded_before_cli_runs(env):
                           check=False)
     loaded = dict(line.split() for line in proc.stdout.splitlines())
     assert "pymda.cli" in loaded and "pymda.deliver" not in loaded, loaded
+
+
+def test_the_launcher_runs_a_delivery_without_the_cyclic_collector(env):
+    """bin/pymda turns the cyclic GC off before it loads anything: a
+    one-shot delivery collects nothing worth its 2-4 passes over the code
+    just loaded (docs/performance.md).  The launcher's last line is
+    replaced by a report; the control is a copy without the gc line."""
+    root, site, bundle = env
+    launcher = root / "bin" / "pymda"
+    text = launcher.read_text()
+    assert text.endswith("\nrun_and_exit()\n")
+    report = ("import gc\n"
+              "print(gc.isenabled(), sum(s['collections'] for s in gc.get_stats()))\n"
+              "sys.stdout.flush()\n"
+              "posix._exit(0)\n")
+    launcher.write_text(text[:-len("run_and_exit()\n")] + report)
+    proc = subprocess.run([str(launcher)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc
+    enabled, collections = proc.stdout.split()
+    # the interpreter's own start-up may collect before the launcher runs;
+    # after its gc line, nothing does (the preload allocates thousands)
+    assert enabled == "False"
+    before = int(collections)
+    control = text.replace("\ngc.disable()\n", "\n")
+    assert control != text
+    launcher.write_text(control[:-len("run_and_exit()\n")] + report)
+    proc = subprocess.run([str(launcher)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    enabled, collections = proc.stdout.split()
+    assert enabled == "True" and int(collections) > before, (before, proc.stdout)

@@ -65,6 +65,16 @@ def test_lf_and_crlf_and_from_line_and_garbage():
     assert fields == [("Subject", " obsolete space"), ("X-Ok", " yes")]
 
 
+@pytest.mark.parametrize("name, ok", [
+    ("X-Ok", True), ("a!#$%&'*+-.^_`{|}~Z", True), ("X Y", False), ("X\tY", False),
+    ("Sübject", False), ("X\x7fY", False), ("X\x01", False), ("\u00a0X", False),
+])
+def test_field_names_are_printable_ascii_without_space(name, ok):
+    """RFC 5322 3.6.8 (the check is three str methods, not a loop)."""
+    fields = split_header_block((name + ": v\nY: w\n").encode("utf-8"))
+    assert fields == ([(name, " v"), ("Y", " w")] if ok else [("Y", " w")])
+
+
 def test_8bit_header_bytes_are_utf8():
     v = MailView("Subject: Grüße\n".encode() + b"X-Bad: \xff\xfe\n\n")
     assert v.headers("subject") == ["Grüße"]
