@@ -391,13 +391,8 @@ def main():
         common.delete_user(user)
         shutil.rmtree(top, ignore_errors=True)
     table = render(results, source, len(message), started)
-    print(table)
-    if opts.markdown:
-        with open(opts.markdown, "w") as f:
-            f.write(table)
-    if opts.json:
-        with open(opts.json, "w") as f:
-            json.dump({"results": results, "machine": common.machine()}, f, indent=2)
+    common.write_table(table, opts.markdown, opts.json,
+                       {"results": results, "machine": common.machine()})
     sys.exit(1 if failed else 0)
 
 

@@ -37,6 +37,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import common  # noqa: E402
 LMTP_TARGET = 1.2
 ONESHOT_TARGET = 1.25
 MODES = {"root": "LMTP as root delivering to a system user",
@@ -145,13 +147,8 @@ def main(argv=None):
     command = "bench/bench_speed.py " + " ".join((argv if argv is not None else sys.argv[1:]))
     table = render(rows, started, command.strip(),
                    f"{load_before:.1f} → {os.getloadavg()[0]:.1f}")
-    print(table)
-    if opts.markdown:
-        with open(opts.markdown, "w") as f:
-            f.write(table)
-    if opts.json:
-        with open(opts.json, "w") as f:
-            json.dump({"rows": rows, "lmtp": lmtp, "oneshot": oneshot}, f, indent=2)
+    common.write_table(table, opts.markdown, opts.json,
+                       {"rows": rows, "lmtp": lmtp, "oneshot": oneshot})
     return 1 if status else 0
 
 

@@ -338,6 +338,18 @@ def machine(path="/home"):
     }
 
 
+def write_table(table, markdown=None, json_path=None, data=None):
+    """Print a markdown table; also write it to ``markdown`` and ``data``
+    as JSON to ``json_path`` when given (the LMTP and speed tables)."""
+    print(table)
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(table)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=2)
+
+
 def emit(report, as_json, print_text):
     """Print ``report``: indented JSON when ``as_json``, else ``print_text(report)``."""
     if as_json:
