@@ -665,6 +665,20 @@ def test_start_up_bundle_loads_a_sieve_users_modules_together(test_user):
 
 
 @needs_root
+def test_only_a_script_with_matches_loads_the_wildcard_engine(test_user):
+    """pymda.sieve.wildcard (``:matches``) is imported at its first use:
+    the test above shows a ``:contains`` script without it; here the same
+    delivery with ``:matches`` loads it and files the message."""
+    test_user.write(".dovecot.sieve", b'require "fileinto";\n'
+                    b'if header :matches "subject" "*" { fileinto "Junk"; }\n')
+    args = ["-f", SENDER, "--mailbox", "Maildir/"]
+    assert_ok(deliver(test_user, args))
+    names = imported_modules(test_user, args, MESSAGE)
+    assert "pymda.sieve.wildcard" in names
+    assert len(os.listdir(test_user.path("Maildir/.Junk/new"))) == 2
+
+
+@needs_root
 def test_plain_mbox_delivery_imports_nothing_heavy(test_user):
     names = imported_modules(test_user, ["-f", SENDER, "--mailbox", "mbox"], MESSAGE)
     assert "pymda.mbox" in names

@@ -14,7 +14,8 @@ SECURITY: the message is a stranger's: parts nest at most
 scanners are linear.
 """
 
-from pymda.sieve.mail import _B64, _text, _unquote, split_header_block, unfold
+from pymda.sieve.mail import _text, _unquote, split_header_block, unfold
+from pymda.sieve.words import _B64
 
 
 def _params(value):

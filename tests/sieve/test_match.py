@@ -10,9 +10,10 @@ import time
 import pytest
 from test_mail import needs_sieve_test, run_sieve_test  # the real-peer helpers
 
-from pymda.sieve import match
-from pymda.sieve.match import (check, compare, count_matches, glob_match,
-                               match_values, numeric_key, relation_holds)
+from pymda.sieve import match, wildcard
+from pymda.sieve.match import (check, compare, count_matches, match_values, numeric_key,
+                               relation_holds)
+from pymda.sieve.wildcard import glob_match
 
 OCTET, CASEMAP, NUMERIC = "i;octet", "i;ascii-casemap", "i;ascii-numeric"
 
@@ -224,7 +225,7 @@ def test_glob_against_lazy_regex(monkeypatch, budget):
     """Random patterns and texts: the same verdict and the same captures
     as a non-greedy backtracking regex; budget 1 forces the bit masks."""
     import random
-    monkeypatch.setattr(match, "_SCAN_BUDGET", budget)
+    monkeypatch.setattr(wildcard, "_SCAN_BUDGET", budget)
     rng = random.Random(5229)
     for _ in range(4000):
         pattern = "".join(rng.choice("ab*?") for _ in range(rng.randrange(0, 9)))
