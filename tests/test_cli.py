@@ -669,8 +669,8 @@ def test_only_a_script_with_matches_loads_the_wildcard_engine(test_user):
     """pymda.sieve.wildcard (``:matches``) is imported at its first use:
     the test above shows a ``:contains`` script without it; here the same
     delivery with ``:matches`` loads it and files the message."""
-    test_user.write(".dovecot.sieve", b'require "fileinto";\n'
-                    b'if header :matches "subject" "*" { fileinto "Junk"; }\n')
+    test_user.write(".dovecot.sieve", b'require ["fileinto", "mailbox"];\n'
+                    b'if header :matches "subject" "*" { fileinto :create "Junk"; }\n')
     args = ["-f", SENDER, "--mailbox", "Maildir/"]
     assert_ok(deliver(test_user, args))
     names = imported_modules(test_user, args, MESSAGE)
