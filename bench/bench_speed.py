@@ -62,11 +62,12 @@ def lmtp_rows(results):
     rows = []
     for cell in results:
         p, d = cell.get("pymda", {}).get("per_second"), cell.get("dovecot", {}).get("per_second")
-        ratio = round(p / d, 2) if p and d else None
+        ratio = p / d if p and d else None   # judged unrounded: 1.197 is not 1.2
         rows.append({"what": f"{MODES.get(cell['mode'], cell['mode'])}, {cell['count']} "
                              f"messages, {cell['connections']} connection"
                              + ("s" if cell["connections"] > 1 else "") + " (msgs/s)",
-                     "pymda": p, "dovecot": d, "ratio": ratio,
+                     "pymda": p, "dovecot": d,
+                     "ratio": None if ratio is None else round(ratio, 3),
                      "met": None if ratio is None else ratio >= LMTP_TARGET,
                      "target": f">= {LMTP_TARGET}x"})
     return rows
