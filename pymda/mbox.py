@@ -413,11 +413,12 @@ def _record_paths(path, st, home):
     it; kept between appends and rewritten in place: an overwrite and an
     fdatasync cost a third of creating, fsyncing and removing a file),
     else ``~/.pymda-append.<dev>.<inode>`` of the mbox (created and
-    removed for each append: its name follows the mbox's inode)."""
+    removed for each append: its name follows the mbox's inode).
+    -> [(path, kept)]: ``kept`` True for the one kept between appends."""
     directory, base = os.path.split(path)
-    paths = [os.path.join(directory or ".", f".{base}.pymda-append")]
+    paths = [(os.path.join(directory or ".", f".{base}.pymda-append"), True)]
     if home:
-        paths.append(os.path.join(home, f".pymda-append.{st.st_dev}.{st.st_ino}"))
+        paths.append((os.path.join(home, f".pymda-append.{st.st_dev}.{st.st_ino}"), False))
     return paths
 
 
@@ -510,8 +511,7 @@ def _write_record(records, st, start, lead, marks, head):
         RECORD_MAGIC, st.st_dev, st.st_ino, start, lead, marks.length, pid, _start_time(pid),
         _hostname().encode("utf-8", "surrogateescape"), head[:_RECORD_HEAD].hex().encode(),
         marks.encode())
-    for kept, rpath in enumerate(records):
-        kept = kept == 0
+    for rpath, kept in records:
         rfd, size = _open_record(rpath, kept)
         if rfd is None:
             continue  # not ours to write there (or a foreign record in the way)
@@ -604,7 +604,7 @@ def recover(fd, path, st, records, log=None):
     (the kept one) or remove it.  Raises TempFail 4.2.0 when the record's
     writer is still running (it lost its lock, or is stopped).
     """
-    for i, rpath in enumerate(records):
+    for rpath, kept in records:
         try:
             rfd = os.open(rpath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
@@ -624,7 +624,7 @@ def recover(fd, path, st, records, log=None):
             continue
         _settle(fd, path, st, rpath, _parse_record(data), log)
         try:
-            if i == 0:
+            if kept:
                 rfd = os.open(rpath, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
                 try:
                     pwrite_all(rfd, RECORD_DONE, 0)
