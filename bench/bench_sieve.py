@@ -208,7 +208,8 @@ def build_table(user, have, routes, pip_pymda, pymda_sieve):
     user.write("pymda200.sieve", s200)
     user.write("dovecot20.sieve", s20)
     user.write("dovecot200.sieve", s200)
-    absent = ()  # with the script renamed away: ("script", False)
+    # the plain rows run with the user's script renamed away (prepare
+    # "off"), the Sieve rows with it back in place ("on")
     off, on = ("script", h(".dovecot.sieve"), False), ("script", h(".dovecot.sieve"), True)
     miss = ["-o", "sieve_script=" + h("pymda200.sieve")]
     t = {"floor": {"argv": FLOOR, "kind": None}}
@@ -221,7 +222,7 @@ def build_table(user, have, routes, pip_pymda, pymda_sieve):
         t[name] = {"argv": argv, "kind": "mbox", "box": box, "folder": "", "prepare": prepare}
 
     if have["pymda"]:
-        md("pymda plain", pymda_row(PYMDA, h("pymda-plain") + "/", *absent), h("pymda-plain"),
+        md("pymda plain", pymda_row(PYMDA, h("pymda-plain") + "/"), h("pymda-plain"),
            prepare=off)
         if pymda_sieve:
             md("pymda 20 rules (hit)", pymda_row(PYMDA, h("pymda-s20") + "/"), h("pymda-s20"),
@@ -244,12 +245,12 @@ def build_table(user, have, routes, pip_pymda, pymda_sieve):
     if routes:
         user.mkdir("dovecot-mail")
         if have["pymda"]:
-            mb("pymda plain mbox", pymda_row(PYMDA, h("pymda.mbox"), *absent), h("pymda.mbox"),
+            mb("pymda plain mbox", pymda_row(PYMDA, h("pymda.mbox")), h("pymda.mbox"),
                off)
         if pip_pymda:
-            md("pymda(pip) plain", pymda_row(pip_pymda, h("pip-plain") + "/", *absent),
+            md("pymda(pip) plain", pymda_row(pip_pymda, h("pip-plain") + "/"),
                h("pip-plain"), prepare=off)
-            mb("pymda(pip) plain mbox", pymda_row(pip_pymda, h("pip.mbox"), *absent),
+            mb("pymda(pip) plain mbox", pymda_row(pip_pymda, h("pip.mbox")),
                h("pip.mbox"), off)
             if pymda_sieve:
                 md("pymda(pip) 20 rules (hit)", pymda_row(pip_pymda, h("pip-s20") + "/"),
