@@ -38,13 +38,16 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import bench_sieve  # noqa: E402
 import common  # noqa: E402
 LMTP_TARGET = 1.2
 ONESHOT_TARGET = 1.25
 MODES = {"root": "LMTP as root delivering to a system user",
          "user": "LMTP as the mail user (virtual users)"}
-ROUTES = (("plain `pip install` venv", "pip venv", "pymda(pip) plain"),
-          ("`scripts/install` launcher", "scripts/install", "pymda plain"))
+ROUTES = (("plain `pip install` venv", "pymda(pip) plain"),
+          ("`scripts/install` launcher", "pymda plain"))
+# bench_sieve's label of the paired ratio of two of its contenders
+PAIR_LABEL = {(a, b): label for label, a, b, _how in bench_sieve.PAIRS}
 
 
 def run(argv, log):
@@ -76,11 +79,11 @@ def lmtp_rows(results):
 def oneshot_rows(report):
     one, pairs = report.get("oneshot", {}), report.get("paired", {})
     rows = []
-    for label, route, name in ROUTES:
+    for label, name in ROUTES:
         for kind, suffix in (("Maildir", ""), ("mbox", " mbox")):
             p = one.get(name + suffix, {}).get("median_ms")
             d = one.get("dovecot-lda plain" + suffix, {}).get("median_ms")
-            paired = pairs.get(f"{route} {kind} / dovecot")
+            paired = pairs.get(PAIR_LABEL[name + suffix, "dovecot-lda plain" + suffix])
             rows.append({"what": f"one-shot `pymda`, {label}, {kind} (ms; ratio: paired median, "
                                  f"plain medians {round(p / d, 3) if p and d else '-'})",
                          "pymda": p, "dovecot": d, "ratio": paired,
